@@ -1,0 +1,114 @@
+"""Helpers shared by the attention mechanisms: argument checks, projections, head reshapes.
+
+Glossary of dimension letters used across hvlm_export.modules:
+    B  batch size              L  sequence length (queries)
+    M  memory length (keys)    H  number of heads
+    E  model width (``dim``)   Dh head width (E // H)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "MultiHeadProjections",
+    "check_dropout",
+    "check_positive_int",
+    "check_sequence",
+    "merge_heads",
+    "split_heads",
+]
+
+
+def check_positive_int(name: str, value: object, minimum: int = 1) -> int:
+    """Return ``value`` if it is an int >= ``minimum``; raise TypeError / ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+    return value
+
+
+def check_dropout(value: object) -> float:
+    """Return ``value`` as a float in [0, 1); raise TypeError / ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"dropout must be a float in [0, 1), got {value!r}.")
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {value}.")
+    return float(value)
+
+
+def check_sequence(x: object, dim: int, name: str = "x") -> torch.Tensor:
+    """Check that ``x`` is a floating (B, L, dim) tensor with L >= 1.
+
+    Raises:
+        TypeError: not a tensor, or not floating point.
+        ValueError: wrong rank, wrong last dimension, or an empty sequence.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, L, {dim}), got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor, got dtype {x.dtype}.")
+    if x.dim() != 3:
+        raise ValueError(f"{name} must have shape (B, L, {dim}), got rank {x.dim()} shape {tuple(x.shape)}.")
+    if x.shape[-1] != dim:
+        raise ValueError(f"{name} must have last dimension {dim} (the layer's dim), got {x.shape[-1]}.")
+    return x
+
+
+def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(B, L, E) -> (B, H, L, Dh)."""
+    b, length, e = x.shape
+    return x.view(b, length, num_heads, e // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, H, L, Dh) -> (B, L, E)."""
+    b, h, length, dh = x.shape
+    return x.transpose(1, 2).reshape(b, length, h * dh)
+
+
+class MultiHeadProjections(nn.Module):
+    """Base of the softmax-attention layers: q/k/v/out projections and head bookkeeping.
+
+    Args:
+        dim: model width E; must be divisible by ``num_heads``.
+        num_heads: number of heads H.
+        dropout: dropout on attention probabilities, applied in training only.
+    """
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0, *, device=None, dtype=None) -> None:
+        super().__init__()
+        check_positive_int("dim", dim)
+        check_positive_int("num_heads", num_heads)
+        if dim % num_heads:
+            raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads}).")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.dropout = check_dropout(dropout)
+        dd = {"device": device, "dtype": dtype}
+        self.q_proj = nn.Linear(dim, dim, **dd)
+        self.k_proj = nn.Linear(dim, dim, **dd)
+        self.v_proj = nn.Linear(dim, dim, **dd)
+        self.out_proj = nn.Linear(dim, dim, **dd)
+
+    def _qkv(self, x: torch.Tensor, memory: torch.Tensor | None = None):
+        """Project to heads: q from x, k/v from ``memory`` (default x); each (B, H, *, Dh)."""
+        src = x if memory is None else memory
+        return (
+            split_heads(self.q_proj(x), self.num_heads),
+            split_heads(self.k_proj(src), self.num_heads),
+            split_heads(self.v_proj(src), self.num_heads),
+        )
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """Scaled dot-product attention with a boolean ``mask`` (True = may attend)."""
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, scale=self.scale)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, dropout={self.dropout}"

@@ -1,0 +1,147 @@
+"""MambaLayer: the Mamba-1 block (Gu & Dao 2023, arXiv 2312.00752, section 3.4 / Algorithm 2).
+
+Glossary: B batch, L length, E model width (``dim``), Di = expand * E (``d_inner``),
+N state size, R dt rank, K conv kernel.
+
+Parameter-for-parameter compatible with ``Mamba`` of state-spaces/mamba
+(``mamba_ssm/modules/mamba_simple.py``): same sub-module names, shapes and initialisation,
+so its state_dict loads with ``strict=True``. The forward pass is that block's reference
+(non-fused) path:
+
+    x, z = in_proj(u).chunk(2)               (B, Di, L) each
+    x    = silu(causal depthwise conv1d(x))
+    dt, B, C = x_proj(x).split([R, N, N])
+    y    = selective_scan(x, dt_proj.weight @ dt, A=-exp(A_log), B, C, D, z,
+                          delta_bias=dt_proj.bias, delta_softplus=True)
+    out  = out_proj(y)
+
+The scan is ``torch.ops.hvlm.selective_scan`` (one node under export) or, with
+``scan_impl='reference'``, the sequential loop.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hvlm_export.modules._attention import check_positive_int, check_sequence
+from hvlm_export.ops.selective_scan import selective_scan
+
+__all__ = ["MambaLayer"]
+
+ScanImpl = Literal["op", "reference"]
+
+
+class MambaLayer(nn.Module):
+    """Mamba-1 selective state-space block (see module docstring).
+
+    Args:
+        dim: model width E (default 768).
+        state_size: N (default 16).
+        conv_kernel: K of the causal depthwise conv (default 4).
+        expand: Di = expand * E (default 2).
+        dt_rank: R, or 'auto' for ceil(E / 16) (default 'auto').
+        dt_min, dt_max: range of the log-uniform initial time step (defaults 1e-3, 1e-1).
+        dt_init: 'random' or 'constant' initialisation of dt_proj.weight (default 'random').
+        dt_scale: scale of that initialisation (default 1.0).
+        dt_init_floor: lower clamp of the initial time step (default 1e-4).
+        conv_bias: bias in the conv (default True).
+        bias: bias in in_proj / out_proj (default False).
+        scan_impl: 'op' (fast kernel, one node when exported) or 'reference' (default 'op').
+    """
+
+    def __init__(
+        self,
+        dim: int = 768,
+        state_size: int = 16,
+        conv_kernel: int = 4,
+        expand: int = 2,
+        dt_rank: int | Literal["auto"] = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: Literal["random", "constant"] = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        scan_impl: ScanImpl = "op",
+        *,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        self.dim = check_positive_int("dim", dim)
+        self.state_size = check_positive_int("state_size", state_size)
+        self.conv_kernel = check_positive_int("conv_kernel", conv_kernel)
+        self.expand = check_positive_int("expand", expand)
+        self.d_inner = expand * dim
+        self.dt_rank = math.ceil(dim / 16) if dt_rank == "auto" else check_positive_int("dt_rank", dt_rank)
+        if dt_init not in ("random", "constant"):
+            raise ValueError(f"Unknown dt_init {dt_init!r}.\nNote: valid choices are 'random', 'constant'.")
+        if not 0 < dt_min <= dt_max:
+            raise ValueError(f"Need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}.")
+        if scan_impl not in ("op", "reference"):
+            raise ValueError(f"Unknown scan_impl {scan_impl!r}.\nNote: valid choices are 'op', 'reference'.")
+        self.scan_impl = scan_impl
+        dd = {"device": device, "dtype": dtype}
+        di, n, r = self.d_inner, state_size, self.dt_rank
+
+        self.in_proj = nn.Linear(dim, 2 * di, bias=bias, **dd)
+        self.conv1d = nn.Conv1d(di, di, conv_kernel, groups=di, padding=conv_kernel - 1, bias=conv_bias, **dd)
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(di, r + 2 * n, bias=False, **dd)
+        self.dt_proj = nn.Linear(r, di, bias=True, **dd)
+        self.out_proj = nn.Linear(di, dim, bias=bias, **dd)
+
+        # dt_proj: weight keeps the variance at init, bias is softplus^-1 of a log-uniform dt.
+        std = r**-0.5 * dt_scale
+        with torch.no_grad():
+            if dt_init == "constant":
+                self.dt_proj.weight.fill_(std)
+            else:
+                self.dt_proj.weight.uniform_(-std, std)
+            dt = torch.exp(torch.rand(di, **dd) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+            dt = dt.clamp(min=dt_init_floor)
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+
+        # S4D-Real initialisation: A[d, n] = -(n + 1); kept in float32 like the reference.
+        a = torch.arange(1, n + 1, dtype=torch.float32, device=device).repeat(di, 1)
+        self.A_log = nn.Parameter(torch.log(a))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(di, device=device))
+        self.D._no_weight_decay = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, L, E) -> (B, L, E)."""
+        check_sequence(x, self.dim)
+        length = x.shape[1]
+        xz = self.in_proj(x).transpose(1, 2)  # (B, 2 Di, L)
+        xs, z = xz.chunk(2, dim=1)
+        xs = self.act(self.conv1d(xs)[..., :length])  # causal: keep the first L outputs
+        x_dbl = self.x_proj(xs.transpose(1, 2))  # (B, L, R + 2N)
+        dt, b_in, c_in = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, Di, L), bias added in the scan
+        y = selective_scan(
+            xs,
+            delta,
+            -torch.exp(self.A_log.float()),
+            b_in.transpose(1, 2),
+            c_in.transpose(1, 2),
+            D=self.D.float(),
+            z=z,
+            delta_bias=self.dt_proj.bias.float(),
+            delta_softplus=True,
+            impl=self.scan_impl,
+        )
+        return self.out_proj(y.transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, state_size={self.state_size}, d_inner={self.d_inner}, "
+            f"dt_rank={self.dt_rank}, conv_kernel={self.conv_kernel}, scan_impl={self.scan_impl!r}"
+        )

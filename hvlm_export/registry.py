@@ -1,0 +1,222 @@
+"""The registry of mechanisms: the one place that knows every mechanism.
+
+Each :class:`ModelSpec` says how to build the module, what its graph inputs are and which
+axes are dynamic, which sequence lengths stress it (below / at / above each window or stride),
+and the default parity tolerances per precision. Export, validate, bench and the tests iterate
+:data:`REGISTRY`; a config-built stack gets a spec from :func:`spec_for_config`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import nn
+
+from hvlm_export.config import StackConfig, build_stack, load_config
+from hvlm_export.errors import UnknownMechanismError
+from hvlm_export.modules import (
+    CrossMemoryAttention,
+    HierarchicalAttentionBlock,
+    LinearAttentionBlock,
+    LocalGlobalAttention,
+    MambaLayer,
+    PerformerAttention,
+    StridedAttention,
+)
+
+__all__ = ["Tolerance", "ModelSpec", "REGISTRY", "get", "names", "spec_for_config", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Element-wise pass rule |actual - expected| <= atol + rtol * |expected|."""
+
+    atol: float
+    rtol: float
+
+
+# Why these numbers: fp32 graphs differ from eager only by op reassociation (ORT fusions,
+# the chunked scan body); measured worst cases are ~1e-5 at unit-scale outputs, so 1e-4 /
+# 1e-3 leaves 10x headroom while still catching a wrong mask or window (errors ~1e-1).
+# fp16 has a 10-bit mantissa (eps 9.8e-4) and bf16 a 7-bit one (eps 7.8e-3); outputs pass
+# through several matmuls of width E, so a few ulps of relative error per element.
+_SOFTMAX_TOL = {"fp32": Tolerance(1e-4, 1e-3), "fp16": Tolerance(1e-2, 1e-2), "bf16": Tolerance(5e-2, 5e-2)}
+# The scan accumulates L steps in fp32 inside, but fp16 inputs to it are rounded first.
+_SCAN_TOL = {"fp32": Tolerance(2e-4, 2e-3), "fp16": Tolerance(2e-2, 2e-2), "bf16": Tolerance(1e-1, 5e-2)}
+
+
+def _window_lengths(size: int) -> list[int]:
+    """Lengths around a window / stride: 1, size-1, size, size+1, 2*size+3."""
+    return sorted({1, max(1, size - 1), size, size + 1, 2 * size + 3})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How to build, feed, export and judge one mechanism (or a config-built stack)."""
+
+    name: str
+    summary: str
+    factory: Callable[..., nn.Module]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: A small instance for tests and quick CPU runs (overrides of ``defaults``).
+    small: Mapping[str, Any] = field(default_factory=dict)
+    inputs: tuple[str, ...] = ("x",)
+    outputs: tuple[str, ...] = ("y",)
+    tolerances: Mapping[str, Tolerance] = field(default_factory=lambda: _SOFTMAX_TOL)
+    #: Lengths that stress this mechanism, given its constructor kwargs.
+    critical_lengths: Callable[[Mapping[str, Any]], list[int]] = lambda kw: [1, 7, 64]
+    #: Config (for stacks) recorded in exported metadata.
+    config: StackConfig | None = None
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "mem_seq"}, "y": {0: "batch", 1: "seq"}}
+        return {n: axes[n] for n in (*self.inputs, *self.outputs)}
+
+    def kwargs(self, overrides: Mapping[str, Any] | None = None, small: bool = False) -> dict[str, Any]:
+        """Constructor kwargs: defaults, then ``small`` if asked, then ``overrides``."""
+        return {**self.defaults, **(self.small if small else {}), **(overrides or {})}
+
+    def build(self, overrides: Mapping[str, Any] | None = None, small: bool = False) -> nn.Module:
+        """Instantiate the module in eval mode."""
+        return self.factory(**self.kwargs(overrides, small)).eval()
+
+    def lengths(self, kwargs: Mapping[str, Any]) -> list[int]:
+        return sorted(set(self.critical_lengths(kwargs)))
+
+    def example_inputs(
+        self,
+        model: nn.Module,
+        batch: int = 2,
+        seq_len: int = 16,
+        mem_len: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ) -> tuple[torch.Tensor, ...]:
+        """Random normal inputs named by ``self.inputs`` (memory length defaults to seq_len // 2 + 3)."""
+        dim = _model_dim(model)
+        gen = torch.Generator().manual_seed(seed)
+        x = torch.randn(batch, seq_len, dim, generator=gen)
+        tensors = [x]
+        if "memory" in self.inputs:
+            m = mem_len if mem_len is not None else seq_len // 2 + 3
+            tensors.append(torch.randn(batch, m, dim, generator=gen))
+        return tuple(t.to(dtype) for t in tensors)
+
+
+def _model_dim(model: nn.Module) -> int:
+    dim = getattr(model, "dim", None)
+    if dim is None and hasattr(model, "config"):
+        dim = model.config.dim
+    if not isinstance(dim, int):
+        raise TypeError(f"cannot tell the width of {type(model).__name__}: it has no int attribute 'dim'.")
+    return dim
+
+
+_SMALL = {"dim": 64, "num_heads": 4}
+
+REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
+    {
+        s.name: s
+        for s in [
+            ModelSpec(
+                "strided",
+                "dilated attention, (i - j) % stride == 0",
+                StridedAttention,
+                {"dim": 768, "num_heads": 12, "stride": 4},
+                _SMALL,
+                critical_lengths=lambda kw: _window_lengths(kw.get("stride", 4)) + [37],
+            ),
+            ModelSpec(
+                "local_global",
+                "sliding window + global tokens (Longformer)",
+                LocalGlobalAttention,
+                {"dim": 768, "num_heads": 12, "local_window": 64, "num_global_tokens": 4},
+                {**_SMALL, "local_window": 16},
+                critical_lengths=lambda kw: _window_lengths(kw.get("local_window", 64))
+                + _window_lengths(max(kw.get("local_window", 64) // 2, 1)),
+            ),
+            ModelSpec(
+                "cross_memory",
+                "cross-attention to a memory bank",
+                CrossMemoryAttention,
+                {"dim": 768, "num_heads": 12},
+                _SMALL,
+                inputs=("x", "memory"),
+                critical_lengths=lambda kw: [1, 5, 33],
+            ),
+            ModelSpec(
+                "hierarchical_block",
+                "pre-norm block + MLP around local_global attention",
+                HierarchicalAttentionBlock,
+                {"attention_type": "local_global", "dim": 768, "num_heads": 12, "local_window": 64},
+                {**_SMALL, "local_window": 16},
+                critical_lengths=lambda kw: _window_lengths(kw.get("local_window", 64)),
+            ),
+            ModelSpec(
+                "performer",
+                "FAVOR+ linear attention (causal, chunked prefix sums)",
+                PerformerAttention,
+                {"dim": 768, "num_heads": 12, "kernel": "softmax", "causal": True},
+                {**_SMALL, "chunk_size": 16},
+                critical_lengths=lambda kw: _window_lengths(kw.get("chunk_size", 64)),
+            ),
+            ModelSpec(
+                "mamba",
+                "Mamba-1 selective SSM, the scan as one custom op",
+                MambaLayer,
+                {"dim": 768, "state_size": 16},
+                {"dim": 64, "state_size": 8},
+                tolerances=_SCAN_TOL,
+                critical_lengths=lambda kw: [1, 3, 31, 32, 33, 100],
+            ),
+            ModelSpec(
+                "linear_block",
+                "pre-norm block + MLP around a Mamba layer",
+                LinearAttentionBlock,
+                {"attention_type": "mamba", "dim": 768},
+                {"dim": 64, "state_size": 8},
+                tolerances=_SCAN_TOL,
+                critical_lengths=lambda kw: [1, 31, 33, 70],
+            ),
+        ]
+    }
+)
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def get(name: str) -> ModelSpec:
+    """The spec registered as ``name``; raises UnknownMechanismError with the valid names."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise UnknownMechanismError(
+            f"unknown mechanism {name!r}", f"valid names are {', '.join(REGISTRY)} (or a config .yaml path)."
+        ) from None
+
+
+def spec_for_config(config: StackConfig | str | Any) -> ModelSpec:
+    """A spec for the stack a config describes (inputs x[, memory])."""
+    cfg = config if isinstance(config, StackConfig) else load_config(config)
+    types = {b.attention_type for b in cfg.blocks}
+    scan = "mamba" in types
+    windows = [b.options.get("stride", b.options.get("local_window", 0)) for b in cfg.blocks]
+    return ModelSpec(
+        cfg.name,
+        f"config stack of {len(cfg.blocks)} blocks",
+        lambda: build_stack(cfg),
+        inputs=("x", "memory") if cfg.memory else ("x",),
+        tolerances=_SCAN_TOL if scan else _SOFTMAX_TOL,
+        critical_lengths=lambda kw: [1, 33] + [n for w in windows if w for n in (w - 1, w + 1)],
+        config=cfg,
+    )

@@ -1,0 +1,96 @@
+"""PerformerAttention against dense kernelised attention and exact softmax attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hvlm_export.modules import PerformerAttention
+from tests.references import dense_attention
+
+
+def _x(batch, length, dim, seed=0):
+    return torch.randn(batch, length, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _dense_kernelised(layer: PerformerAttention, x: torch.Tensor) -> torch.Tensor:
+    """phi(Q) phi(K)^T as an explicit L x L matrix, normalised row-wise (the definition)."""
+    h = layer.num_heads
+    b, n, e = x.shape
+    q, k, v = (p(x).view(b, n, h, e // h).transpose(1, 2) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
+    qf, kf = layer._features(q, True), layer._features(k, False)
+    a = qf @ kf.transpose(-2, -1)
+    if layer.causal:
+        a = a.tril()
+    out = (a / a.sum(-1, keepdim=True)) @ v
+    return layer.out_proj(out.transpose(1, 2).reshape(b, n, e))
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu", "elu"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("length", [1, 7, 8, 9, 30])
+def test_linear_form_matches_dense_kernel(kernel, causal, length):
+    layer = PerformerAttention(dim=32, num_heads=4, kernel=kernel, causal=causal, chunk_size=8).double()
+    x = _x(2, length, 32)
+    err = (layer(x) - _dense_kernelised(layer, x)).abs().max().item()
+    assert err < 1e-10, f"max abs err {err:.3g}"
+
+
+def test_softmax_kernel_converges_to_exact_softmax():
+    """The FAVOR+ estimate of softmax attention improves as nb_features grows."""
+    torch.manual_seed(0)
+    errors = []
+    for m in (8, 128, 4096):
+        layer = PerformerAttention(dim=16, num_heads=1, nb_features=m).double()
+        with torch.no_grad():  # small logits keep the estimator's variance modest
+            for p in (layer.q_proj, layer.k_proj):
+                p.weight.mul_(0.3)
+        x = _x(1, 24, 16)
+        exact = dense_attention(layer, x, torch.ones(24, 24, dtype=torch.bool))
+        errors.append((layer(x) - exact).abs().mean().item())
+    assert errors[2] < errors[1] < errors[0], f"errors by nb_features (8, 128, 4096): {errors}"
+    assert errors[2] < 0.02, f"mean abs err at 4096 features: {errors[2]:.3g}"
+
+
+def test_projection_is_a_fixed_buffer():
+    layer = PerformerAttention(dim=32, num_heads=4)
+    assert "projection_matrix" in dict(layer.named_buffers())
+    assert layer.projection_matrix.shape == (layer.nb_features, 8)
+    assert layer.nb_features == int(8 * torch.log(torch.tensor(8.0)).item())
+    x = torch.randn(2, 10, 32)
+    before = layer.projection_matrix.clone()
+    assert torch.equal(layer(x), layer(x)), "forward must never redraw features"
+    assert torch.equal(before, layer.projection_matrix)
+    layer.redraw_projection()
+    assert not torch.equal(before, layer.projection_matrix)
+
+
+def test_projection_rows_are_orthogonal_within_blocks():
+    layer = PerformerAttention(dim=64, num_heads=4, nb_features=16)
+    w = layer.projection_matrix
+    unit = w / w.norm(dim=1, keepdim=True)
+    gram = unit @ unit.T
+    assert torch.allclose(gram, torch.eye(16), atol=1e-5), "a block of Dh rows must be orthogonal"
+
+
+def test_stabiliser_is_per_sequence():
+    """A sample's output does not depend on the other samples of the batch, even when their
+    magnitudes are wildly different (a batch-global max would underflow the small one)."""
+    layer = PerformerAttention(dim=32, num_heads=4).eval()
+    a = torch.randn(1, 12, 32)
+    b = 30 * torch.randn(1, 12, 32)
+    alone = layer(a)
+    together = layer(torch.cat([a, b]))[:1]
+    assert torch.allclose(alone, together, atol=1e-6), (alone - together).abs().max()
+
+
+def test_fp16_input_stays_finite():
+    layer = PerformerAttention(dim=32, num_heads=4, causal=True)
+    x = (20 * torch.randn(2, 40, 32))
+    y = layer.half()(x.half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+
+
+def test_bad_kernel():
+    with pytest.raises(ValueError, match="valid choices"):
+        PerformerAttention(dim=32, num_heads=4, kernel="cosine")

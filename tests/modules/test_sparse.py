@@ -1,0 +1,114 @@
+"""Strided, local/global and cross-memory attention against dense masked attention."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hvlm_export.modules import CrossMemoryAttention, LocalGlobalAttention, StridedAttention
+from tests.references import dense_attention, local_global_mask, strided_mask
+
+# float64 on both sides: the only difference is summation order, so 1e-10 is generous
+# while a wrong mask or window gives errors of order 1e-1.
+ATOL = 1e-10
+
+STRIDES = [1, 3, 4]
+WINDOWS = [1, 2, 7, 16]
+# below, at and above each stride / window, non-multiples, and L = 1
+LENGTHS = [1, 2, 3, 4, 5, 8, 15, 16, 17, 35]
+
+
+def _x(batch: int, length: int, dim: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, length, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("stride", STRIDES)
+@pytest.mark.parametrize("length", LENGTHS)
+def test_strided_matches_dense(stride, length, causal):
+    layer = StridedAttention(dim=32, num_heads=4, stride=stride, causal=causal).double().eval()
+    for batch in (1, 3):
+        x = _x(batch, length, 32)
+        got = layer(x)
+        want = dense_attention(layer, x, strided_mask(length, stride, causal))
+        err = (got - want).abs().max().item()
+        assert err < ATOL, f"stride={stride} L={length} B={batch}: max abs err {err:.3g}"
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("num_global", [0, 3])
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("length", LENGTHS)
+def test_local_global_matches_dense(window, num_global, length, causal):
+    layer = LocalGlobalAttention(
+        dim=32, num_heads=4, local_window=window, num_global_tokens=num_global, causal=causal
+    ).double().eval()
+    for batch in (1, 2):
+        x = _x(batch, length, 32)
+        got = layer(x)
+        want = dense_attention(
+            layer, x, local_global_mask(length, window, num_global, causal), prefix=layer.global_tokens
+        )
+        err = (got - want).abs().max().item()
+        assert err < ATOL, f"window={window} G={num_global} L={length} B={batch}: max abs err {err:.3g}"
+
+
+@pytest.mark.parametrize("mem_len", [1, 6, 40])
+@pytest.mark.parametrize("length", [1, 9])
+def test_cross_memory_matches_dense(length, mem_len):
+    layer = CrossMemoryAttention(dim=32, num_heads=4).double().eval()
+    x, memory = _x(2, length, 32), _x(2, mem_len, 32, seed=1)
+    want = dense_attention(layer, x, torch.ones(length, mem_len, dtype=torch.bool), kv_source=memory)
+    err = (layer(x, memory) - want).abs().max().item()
+    assert err < ATOL, f"max abs err {err:.3g}"
+    self_want = dense_attention(layer, x, torch.ones(length, length, dtype=torch.bool))
+    assert (layer(x) - self_want).abs().max().item() < ATOL, "memory=None must mean memory = x"
+
+
+def test_fuse_with_memory():
+    layer = CrossMemoryAttention(dim=32, num_heads=4).eval()
+    x, memory = torch.randn(2, 5, 32), torch.randn(2, 3, 32)
+    for ratio in (0.0, 0.3, 1.0):
+        want = (1 - ratio) * x + ratio * layer(x, memory)
+        assert torch.allclose(layer.fuse_with_memory(x, memory, fusion_ratio=ratio), want, atol=1e-6)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="fusion_ratio"):
+            layer.fuse_with_memory(x, memory, fusion_ratio=bad)
+
+
+def test_stride_one_is_full_attention():
+    layer = StridedAttention(dim=32, num_heads=4, stride=1).double().eval()
+    x = _x(2, 13, 32)
+    want = dense_attention(layer, x, torch.ones(13, 13, dtype=torch.bool))
+    assert (layer(x) - want).abs().max().item() < ATOL
+
+
+def test_padding_never_leaks():
+    """Outputs at real positions do not change when the sequence is extended with more tokens
+    beyond the causal horizon, and padded rows never produce NaN."""
+    layer = LocalGlobalAttention(dim=32, num_heads=4, local_window=6, causal=True).double().eval()
+    x = _x(1, 11, 32)
+    longer = torch.cat([x, _x(1, 20, 32, seed=5)], dim=1)
+    assert torch.allclose(layer(x), layer(longer)[:, :11], atol=ATOL)
+    strided = StridedAttention(dim=32, num_heads=4, stride=8, causal=True).double().eval()
+    assert torch.allclose(strided(x), strided(longer)[:, :11], atol=ATOL)
+
+
+def test_dropout_only_in_training():
+    layer = StridedAttention(dim=32, num_heads=4, stride=2, dropout=0.5)
+    x = torch.randn(2, 9, 32)
+    layer.eval()
+    assert torch.equal(layer(x), layer(x)), "eval must be deterministic"
+    layer.train()
+    torch.manual_seed(0)
+    a = layer(x)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, layer(x)), "dropout must act in training"
+
+
+def test_local_global_cost_is_linear():
+    """The key span per query is fixed by the window: no L x L anything."""
+    layer = LocalGlobalAttention(dim=32, num_heads=4, local_window=8, num_global_tokens=2)
+    mask = layer._mask(1000, -(-1000 // layer.block), torch.device("cpu"))
+    assert mask.shape[-1] == 2 + 3 * layer.block
+    assert mask.numel() <= 4 * 1000 * (2 + 3 * 4) * 2

@@ -1,0 +1,36 @@
+"""The registry is the spine: names as in DESIGN.md, every entry usable."""
+
+from __future__ import annotations
+
+import pytest
+
+from hvlm_export import registry
+from hvlm_export.errors import UnknownMechanismError
+
+DESIGN_NAMES = ["strided", "local_global", "cross_memory", "hierarchical_block", "performer", "mamba", "linear_block"]
+
+
+def test_names_match_design():
+    assert registry.names() == DESIGN_NAMES
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(UnknownMechanismError, match="valid names are strided"):
+        registry.get("flash")
+
+
+@pytest.mark.parametrize("name", DESIGN_NAMES)
+def test_spec_is_complete(name):
+    spec = registry.get(name)
+    assert set(spec.tolerances) == set(registry.PRECISIONS)
+    for precision, tol in spec.tolerances.items():
+        assert 0 < tol.atol < 1 and 0 < tol.rtol < 1, precision
+    assert spec.inputs[0] == "x" and spec.outputs == ("y",)
+    assert set(spec.dynamic_axes) == {*spec.inputs, "y"}
+    lengths = spec.lengths(spec.kwargs(small=True))
+    assert 1 in lengths and len(lengths) >= 3
+
+
+def test_defaults_are_the_documented_ones():
+    model = registry.get("strided").build()
+    assert (model.dim, model.num_heads, model.stride) == (768, 12, 4)
