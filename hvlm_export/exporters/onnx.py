@@ -1,0 +1,312 @@
+"""torch -> ONNX: export a mechanism, a config-built stack or any nn.Module of ours.
+
+Pipeline (each step raises :class:`ExportError` with the step it failed at):
+
+1. resolve the model (registry name, config YAML/dict, or module) and cast it to the
+   precision (parameters that a module lists in ``_keep_fp32`` stay float32);
+2. ``torch.onnx.export(dynamo=True)`` with named inputs/outputs and ``torch.export.Dim``
+   dynamic axes; ``hvlm::selective_scan`` is translated to one ``hvlm::SelectiveScan`` node,
+   attention softmax to a float32 softmax (precision policy in :mod:`.translations`);
+3. add the SelectiveScan FunctionProto (or inline it for ``scan="inline"``) and metadata;
+4. write the file and the weights beside it atomically, then ``onnx.checker`` (full check)
+   and shape inference on the written file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import onnx
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from hvlm_export import __version__
+from hvlm_export.config import StackConfig
+from hvlm_export.errors import ArtifactError, ExportError, HvlmExportError
+from hvlm_export.exporters import scan_body
+from hvlm_export.exporters.translations import translation_table
+from hvlm_export.registry import DTYPES, PRECISIONS, REGISTRY, ModelSpec, get, spec_for_config
+
+__all__ = ["export_onnx", "resolve_model", "ResolvedModel", "DEFAULT_OPSET", "OPSETS", "META_PREFIX"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OPSET = 20
+#: Opsets the dynamo exporter emits and ONNX Runtime / TensorRT 10-11 all read.
+OPSETS = range(18, 24)
+META_PREFIX = "hvlm_export."
+ScanMode = Literal["custom", "inline"]
+Precision = Literal["fp32", "fp16", "bf16"]
+_EXTERNAL_DATA_BYTES = 1 << 30  # parameters above 1 GiB go to an external .data file
+
+
+@dataclass
+class ResolvedModel:
+    """A module ready to export, with what is needed to rebuild it from the file alone."""
+
+    module: nn.Module
+    spec: ModelSpec
+    source: dict[str, Any]
+
+
+def resolve_model(
+    model: nn.Module | str | os.PathLike | StackConfig | Mapping[str, Any],
+    model_kwargs: Mapping[str, Any] | None = None,
+    *,
+    small: bool = False,
+) -> ResolvedModel:
+    """Turn a registry name, config (path / dict / StackConfig) or module into a ResolvedModel."""
+    if isinstance(model, nn.Module):
+        spec = _spec_for_module(model)
+        return ResolvedModel(model, spec, {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"})
+    if isinstance(model, str) and model in REGISTRY:
+        spec = get(model)
+        kwargs = spec.kwargs(model_kwargs, small=small)
+        try:
+            module = spec.factory(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise ExportError(f"cannot build {model!r} with {kwargs}: {err}") from err
+        return ResolvedModel(module, spec, {"kind": "registry", "name": model, "kwargs": kwargs})
+    if isinstance(model, (str, os.PathLike, StackConfig, Mapping)):
+        if isinstance(model, str) and not model.endswith((".yaml", ".yml")):
+            get(model)  # raises UnknownMechanismError listing the valid names
+        if model_kwargs:
+            raise ExportError("model_kwargs apply to registry names, not to configs", "edit the config instead.")
+        spec = spec_for_config(model)
+        return ResolvedModel(spec.factory(), spec, {"kind": "config", "config": spec.config.to_dict()})
+    raise ExportError(f"cannot export a {type(model).__name__}", "pass an nn.Module, a registry name or a config path.")
+
+
+def _spec_for_module(module: nn.Module) -> ModelSpec:
+    """The registry spec whose factory built this module's class (or a generic x-only spec)."""
+    from hvlm_export.config import AttentionStack
+
+    if isinstance(module, AttentionStack):
+        return spec_for_config(module.config)
+    for spec in REGISTRY.values():
+        if type(module) is spec.factory:
+            return spec
+    return ModelSpec(type(module).__name__, "user module", type(module))
+
+
+def _cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Cast to ``dtype``, keeping float32 the parameters a module lists in ``_keep_fp32``."""
+    module = module.to(dtype)
+    for sub in module.modules():
+        for name in getattr(sub, "_keep_fp32", ()):
+            getattr(sub, name).data = getattr(sub, name).data.float()
+    return module
+
+
+@contextlib.contextmanager
+def _scan_schema_registered() -> Iterator[None]:
+    """Register the SelectiveScan schema for the duration of an export (onnxscript needs it)."""
+    already = onnx.defs.has(scan_body.OP_TYPE, scan_body.DOMAIN)
+    if not already:
+        onnx.defs.register_schema(scan_body.scan_schema())
+    try:
+        yield
+    finally:
+        if not already:
+            onnx.defs.deregister_schema(scan_body.OP_TYPE, 1, scan_body.DOMAIN)
+
+
+def _dynamic_shapes(spec: ModelSpec, dynamic: bool) -> dict[str, dict[int, Any]] | None:
+    if not dynamic:
+        return None
+    dims: dict[str, Any] = {}
+    out = {}
+    for name in spec.inputs:
+        out[name] = {ax: dims.setdefault(label, torch.export.Dim(label)) for ax, label in spec.dynamic_axes[name].items()}
+    return out
+
+
+def _check_options(opset: int, precision: str, scan: str) -> None:
+    if opset not in OPSETS:
+        raise ExportError(f"unsupported opset {opset}", f"choose one of {OPSETS.start}..{OPSETS.stop - 1}.")
+    if precision not in PRECISIONS:
+        raise ExportError(f"unknown precision {precision!r}", f"valid choices are {', '.join(PRECISIONS)}.")
+    if scan not in ("custom", "inline"):
+        raise ExportError(f"unknown scan mode {scan!r}", "valid choices are 'custom', 'inline'.")
+
+
+def export_onnx(
+    model: nn.Module | str | os.PathLike | StackConfig | Mapping[str, Any],
+    path: str | os.PathLike,
+    example_inputs: tuple[torch.Tensor, ...] | None = None,
+    *,
+    dynamic: bool = True,
+    opset: int | None = None,
+    precision: Precision = "fp32",
+    scan: ScanMode = "custom",
+    checkpoint: str | os.PathLike | None = None,
+    model_kwargs: Mapping[str, Any] | None = None,
+    batch: int = 2,
+    seq_len: int = 48,
+    external_data: bool | None = None,
+) -> Path:
+    """Export ``model`` to ONNX at ``path`` and return the path.
+
+    Args:
+        model: an nn.Module, a registry name (``hvlm-export list``) or a config YAML/dict.
+        path: the .onnx file to write; weights go beside it as ``<stem>.weights.pt``.
+        example_inputs: tensors (x[, memory]); default random of (batch, seq_len).
+        dynamic: batch and sequence axes dynamic (default) or fixed to the example shape.
+        opset: default-domain opset (default 20; 18..23).
+        precision: 'fp32', 'fp16' or 'bf16': the graph's types (TensorRT 11 reads precision
+            from them); softmax, exp, the scan and norm statistics stay float32.
+        scan: 'custom' (one hvlm::SelectiveScan node + FunctionProto) or 'inline' (the body's
+            standard ops in the graph, no custom domain).
+        checkpoint: a state_dict (.pt) loaded with strict=True before export.
+        model_kwargs: constructor overrides for a registry name (e.g. {"dim": 256}).
+        batch, seq_len: size of the default example inputs.
+        external_data: store weights in ``<name>.data`` (default: when over 1 GiB).
+    """
+    opset = DEFAULT_OPSET if opset is None else opset
+    _check_options(opset, precision, scan)
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ExportError(f"output path {str(path)!r} must end in .onnx")
+    if not path.parent.is_dir():
+        raise ExportError(f"output directory {str(path.parent)!r} does not exist", "create it first.")
+    if not os.access(path.parent, os.W_OK):
+        raise ExportError(f"output directory {str(path.parent)!r} is not writable")
+
+    resolved = resolve_model(model, model_kwargs)
+    module = resolved.module
+    if checkpoint is not None:
+        _load_checkpoint(module, checkpoint)
+    dtype = DTYPES[precision]
+    module = _cast(module.eval(), dtype)
+    if example_inputs is None:
+        example_inputs = resolved.spec.example_inputs(module, batch=batch, seq_len=seq_len, dtype=dtype)
+    example_inputs = tuple(t.to(dtype) for t in example_inputs)
+    if len(example_inputs) != len(resolved.spec.inputs):
+        raise ExportError(
+            f"{resolved.spec.name} takes inputs {resolved.spec.inputs}, got {len(example_inputs)} example tensors"
+        )
+
+    program = _torch_export(module, example_inputs, resolved.spec, dynamic, opset, precision)
+    ir_model = program.model
+    _add_scan_function(ir_model, opset, scan)
+    meta = _metadata(resolved, precision, scan, opset, dynamic, example_inputs, path)
+    for key, value in meta.items():
+        ir_model.metadata_props[META_PREFIX + key] = value
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES
+    _write(ir_model, module, resolved, path, external_data if external_data is not None else big)
+    return path
+
+
+def _load_checkpoint(module: nn.Module, checkpoint: str | os.PathLike) -> None:
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError as err:
+        raise ExportError(f"checkpoint {str(checkpoint)!r} does not exist") from err
+    except Exception as err:  # torch raises several types for a bad file
+        raise ExportError(f"checkpoint {str(checkpoint)!r} is not a readable state_dict: {err}") from err
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, TypeError) as err:
+        raise ExportError(f"checkpoint {str(checkpoint)!r} does not fit the model: {err}") from err
+
+
+def _torch_export(module, example_inputs, spec, dynamic, opset, precision):
+    with _scan_schema_registered(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return torch.onnx.export(
+                module,
+                example_inputs,
+                dynamo=True,
+                input_names=list(spec.inputs),
+                output_names=list(spec.outputs),
+                dynamic_shapes=_dynamic_shapes(spec, dynamic),
+                opset_version=opset,
+                custom_translation_table=translation_table(precision),
+                optimize=True,
+                verbose=False,
+            )
+        except HvlmExportError:
+            raise
+        except Exception as err:  # torch.onnx raises many exception types, all fatal here
+            raise ExportError(
+                f"torch.onnx.export failed for {spec.name}: {type(err).__name__}: {str(err)[:2000]}",
+                "this is a bug in hvlm-export if the model is one of ours; please report it.",
+            ) from err
+
+
+def _add_scan_function(model: ir.Model, opset: int, scan: ScanMode) -> None:
+    uses_scan = any(n.domain == scan_body.DOMAIN for n in model.graph.all_nodes())
+    if not uses_scan:
+        model.opset_imports.pop(scan_body.DOMAIN, None)
+        return
+    fn = ir.serde.deserialize_function(scan_body.scan_function(opset))
+    model.functions[fn.identifier()] = fn
+    model.opset_imports[scan_body.DOMAIN] = 1
+    if scan == "inline":
+        ir.passes.common.InlinePass()(model)
+        ir.passes.common.RemoveUnusedFunctionsPass()(model)
+        model.opset_imports.pop(scan_body.DOMAIN, None)
+
+
+def _metadata(resolved, precision, scan, opset, dynamic, example_inputs, path) -> dict[str, str]:
+    spec = resolved.spec
+    return {
+        "version": __version__,
+        "source": json.dumps(resolved.source, sort_keys=True),
+        "mechanism": spec.name,
+        "precision": precision,
+        "scan": scan,
+        "opset": str(opset),
+        "dynamic": json.dumps(dynamic),
+        "inputs": json.dumps({n: list(t.shape) for n, t in zip(spec.inputs, example_inputs, strict=True)}),
+        "dynamic_axes": json.dumps(spec.dynamic_axes),
+        "weights": _weights_path(path).name,
+        "torch": torch.__version__,
+    }
+
+
+def _weights_path(path: Path) -> Path:
+    return path.with_name(path.stem + ".weights.pt")
+
+
+def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Path, external: bool) -> None:
+    """Write model (+ .data) and weights into a temp dir, check, then move them into place."""
+    weights = _weights_path(path)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".hvlm-export-") as tmp:
+        tmp_model = Path(tmp) / path.name
+        data_name = path.name + ".data"
+        ir.save(model, tmp_model, external_data=data_name if external else None)
+        payload = module if resolved.source["kind"] == "module" else module.state_dict()
+        torch.save(payload, Path(tmp) / weights.name)
+        try:
+            onnx.checker.check_model(str(tmp_model), full_check=True)
+            onnx.shape_inference.infer_shapes_path(str(tmp_model), str(Path(tmp) / "inferred.onnx"))
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
+            raise ExportError(f"the exported graph failed onnx.checker: {err}", "this is a bug; please report it.") from err
+        os.replace(tmp_model, path)
+        if external:
+            os.replace(Path(tmp) / data_name, path.parent / data_name)
+        os.replace(Path(tmp) / weights.name, weights)
+    log.info("wrote %s (+ %s)", path, weights.name)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``hvlm_export.*`` metadata of an exported file (without loading its weights)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{str(path)!r} does not exist") from err
+    except Exception as err:  # protobuf DecodeError and friends
+        raise ArtifactError(f"{str(path)!r} is not a readable ONNX file: {err}", "re-export it.") from err
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}

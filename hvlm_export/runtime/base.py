@@ -1,0 +1,85 @@
+"""The session contract every runtime implements, and the input checks they share."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from hvlm_export.errors import RuntimeInputError
+
+__all__ = ["Session", "TensorInfo"]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, numpy dtype and shape of a graph input/output; a str or None dim is dynamic."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple[int | str | None, ...]
+
+
+class Session(abc.ABC):
+    """``run({name: array}) -> {name: array}`` over one loaded artefact."""
+
+    inputs: tuple[TensorInfo, ...]
+    outputs: tuple[TensorInfo, ...]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Check ``feed`` against the inputs (names, dtypes, ranks, fixed dims), then run."""
+        self._check(feed)
+        return self._run(feed)
+
+    @abc.abstractmethod
+    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    def _check(self, feed: Mapping[str, np.ndarray]) -> None:
+        missing = [n for n in self.input_names if n not in feed]
+        extra = [n for n in feed if n not in self.input_names]
+        if missing or extra:
+            raise RuntimeInputError(
+                f"input names do not match: missing {missing}, unexpected {extra}",
+                f"this model takes {self.input_names}.",
+            )
+        for info in self.inputs:
+            value = feed[info.name]
+            if not isinstance(value, np.ndarray):
+                raise RuntimeInputError(f"input {info.name!r} must be a numpy array, got {type(value).__name__}")
+            if value.dtype != info.dtype:
+                raise RuntimeInputError(
+                    f"input {info.name!r} has dtype {value.dtype}, the model expects {info.dtype}",
+                    f"convert it with array.astype(np.{info.dtype}).",
+                )
+            if value.ndim != len(info.shape):
+                raise RuntimeInputError(
+                    f"input {info.name!r} has rank {value.ndim} (shape {value.shape}), the model expects rank "
+                    f"{len(info.shape)} {_fmt(info.shape)}"
+                )
+            for axis, (got, want) in enumerate(zip(value.shape, info.shape, strict=True)):
+                if isinstance(want, int) and got != want:
+                    raise RuntimeInputError(
+                        f"input {info.name!r} has size {got} on axis {axis}, the model was exported with a fixed "
+                        f"{want} there {_fmt(info.shape)}",
+                        "re-export with dynamic axes (the default) to feed other sizes.",
+                    )
+            if any(s == 0 for s in value.shape[:2]):
+                raise RuntimeInputError(f"input {info.name!r} has an empty batch or sequence axis: {value.shape}")
+
+    def __repr__(self) -> str:
+        ins = ", ".join(f"{t.name}{_fmt(t.shape)}:{t.dtype}" for t in self.inputs)
+        return f"{type(self).__name__}({ins})"
+
+
+def _fmt(shape) -> str:
+    return "(" + ", ".join(str(s) if s is not None else "?" for s in shape) + ")"

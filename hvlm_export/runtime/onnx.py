@@ -1,0 +1,75 @@
+"""ONNX Runtime session (numpy in, numpy out; no torch)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from hvlm_export.errors import ArtifactError
+from hvlm_export.runtime.base import Session, TensorInfo
+
+__all__ = ["OnnxSession", "default_providers"]
+
+_ORT_TYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(double)": np.dtype(np.float64),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+    "tensor(bool)": np.dtype(np.bool_),
+}
+
+
+def default_providers() -> list[str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def _dtype(ort_type: str) -> np.dtype:
+    if ort_type == "tensor(bfloat16)":
+        import ml_dtypes  # shipped with onnx
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return _ORT_TYPES[ort_type]
+
+
+class OnnxSession(Session):
+    """An ``onnxruntime.InferenceSession`` behind the Session contract.
+
+    Args:
+        path: the .onnx file (its external data, if any, beside it).
+        providers: execution providers in priority order (default CUDA if present, CPU).
+    """
+
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        providers = providers or default_providers()
+        unknown = [p for p in providers if p not in ort.get_available_providers()]
+        if unknown:
+            raise ArtifactError(
+                f"execution provider(s) {unknown} are not available in this onnxruntime",
+                f"available providers are {ort.get_available_providers()}.",
+            )
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(self.path), options, providers=providers)
+        except Exception as err:  # ORT raises InvalidGraph, Fail, NoSuchFile, ...: all mean "unusable"
+            raise ArtifactError(
+                f"ONNX Runtime cannot load {self.path.name!r}: {type(err).__name__}: {str(err)[:500]}",
+                "the file may be truncated or corrupt, or use an op/dtype this onnxruntime lacks; re-export it.",
+            ) from err
+        self.providers = self._session.get_providers()
+        self.inputs = tuple(TensorInfo(i.name, _dtype(i.type), tuple(i.shape)) for i in self._session.get_inputs())
+        self.outputs = tuple(TensorInfo(o.name, _dtype(o.type), tuple(o.shape)) for o in self._session.get_outputs())
+
+    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        values = self._session.run(self.output_names, dict(feed))
+        return dict(zip(self.output_names, values, strict=True))
