@@ -1,50 +1,242 @@
 """The ``hvlm-export`` command line: thin commands over the public API.
 
-User errors (HvlmExportError) print one message without a traceback and exit 1.
+User errors (HvlmExportError) print one message without a traceback and exit 1; a failed
+validation exits 1 after printing its table.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import logging
+import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
-from hvlm_export.errors import HvlmExportError
+from hvlm_export.errors import ArtifactError, ExportError, HvlmExportError, RuntimeInputError
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
+
+
+def _console():
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _parse_set(items: Sequence[str]) -> dict:
+    """``key=value`` pairs; values are read as YAML scalars (ints, floats, bools, strings)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ExportError(f"--set expects key=value, got {item!r}")
+        out[key] = yaml.safe_load(value)
+    return out
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from hvlm_export.registry import REGISTRY
 
     table = Table(title="hvlm-export mechanisms")
-    for col in ("name", "module", "inputs", "defaults", "what"):
+    for col in ("name", "inputs", "defaults", "what"):
         table.add_column(col)
     for spec in REGISTRY.values():
         defaults = ", ".join(f"{k}={v}" for k, v in spec.defaults.items())
-        table.add_row(spec.name, spec.factory.__name__, ", ".join(spec.inputs), defaults, spec.summary)
-    Console().print(table)
+        table.add_row(spec.name, ", ".join(spec.inputs), defaults, spec.summary)
+    _console().print(table)
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from hvlm_export.exporters.onnx import export_onnx
+
+    overrides = _parse_set(args.set)
+    model = args.model
+    if args.small:
+        from hvlm_export.registry import get
+
+        overrides = {**get(model).small, **overrides}
+    path = export_onnx(
+        model,
+        args.output,
+        dynamic=not args.static,
+        opset=args.opset,
+        precision=args.precision,
+        scan=args.scan,
+        checkpoint=args.checkpoint,
+        model_kwargs=overrides or None,
+        batch=args.batch,
+        seq_len=args.seq_len,
+    )
+    print(f"exported {model} -> {path} ({args.precision}, opset {args.opset or 'default'}, scan={args.scan})")
+    if args.lint:
+        _print_lint(path, strict=False)
+    if args.validate:
+        return _run_validate(path, args)
+    return 0
+
+
+def _print_lint(path: Path, strict: bool) -> int:
+    from hvlm_export.validators.trt_lint import format_findings, lint_tensorrt
+
+    findings = lint_tensorrt(path)
+    print(format_findings(findings, path))
+    errors = [f for f in findings if f.severity == "error"]
+    return 1 if errors or (strict and findings) else 0
+
+
+def _cmd_lint(args: argparse.Namespace) -> int:
+    return _print_lint(Path(args.model), args.strict)
+
+
+def _shapes(args: argparse.Namespace) -> list[dict] | None:
+    if not args.seq_lens and not args.batch_sizes and not args.mem_lens:
+        return None
+    seqs = args.seq_lens or [1, 17, 64]
+    batches = args.batch_sizes or [1, 2]
+    mems = args.mem_lens or [None]
+    shapes = []
+    for b, length, m in itertools.product(batches, seqs, mems):
+        shapes.append({"batch": b, "seq": length, **({"mem": m} if m is not None else {})})
+    return shapes
+
+
+def _run_validate(path: Path, args: argparse.Namespace) -> int:
+    from hvlm_export.registry import Tolerance
+    from hvlm_export.validators.parity import validate
+
+    tolerances = None
+    if args.atol is not None or args.rtol is not None:
+        from hvlm_export.validators.reference import load_reference
+
+        base = load_reference(path).spec.tolerances[_precision_of(path)]
+        tolerances = Tolerance(args.atol if args.atol is not None else base.atol,
+                               args.rtol if args.rtol is not None else base.rtol)
+    report = validate(path, shapes=_shapes(args), tolerances=tolerances, backends=args.backends, seed=args.seed)
+    console = _console()
+    console.print(report.table())
+    if args.report:
+        report.to_json(args.report)
+        console.print(f"report written to {args.report}")
+    console.print(report.summary())
+    return 0 if report else 1
+
+
+def _precision_of(path: Path) -> str:
+    from hvlm_export.validators.reference import read_artifact_metadata
+
+    return read_artifact_metadata(path)["precision"]
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    return _run_validate(Path(args.model), args)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from hvlm_export import runtime
+
+    session = runtime.load(args.model)
+    try:
+        with np.load(args.inputs) as data:
+            feed = {k: data[k] for k in data.files}
+    except FileNotFoundError as err:
+        raise RuntimeInputError(f"inputs file {args.inputs!r} does not exist") from err
+    except (ValueError, OSError) as err:
+        raise RuntimeInputError(f"inputs file {args.inputs!r} is not a readable .npz: {err}") from err
+    outputs = session.run(feed)
+    out = Path(args.outputs)
+    if not out.parent.is_dir():
+        raise ArtifactError(f"output directory {str(out.parent)!r} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
+    os.close(fd)
+    try:
+        np.savez(tmp, **outputs)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in outputs.items())
+    print(f"wrote {out}: {shapes}")
+    return 0
+
+
+def _add_validate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("validation")
+    g.add_argument("--seq-lens", type=int, nargs="+", help="sequence lengths (default: the mechanism's grid)")
+    g.add_argument("--batch-sizes", type=int, nargs="+", help="batch sizes (default: 1 and 3)")
+    g.add_argument("--mem-lens", type=int, nargs="+", help="memory lengths for cross-memory models")
+    g.add_argument("--atol", type=float, help="absolute tolerance (default: the registry's for the precision)")
+    g.add_argument("--rtol", type=float, help="relative tolerance (default: the registry's for the precision)")
+    g.add_argument("--backends", nargs="+", choices=["onnxruntime", "tensorrt"], help="default: all available")
+    g.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    g.add_argument("--report", help="write the JSON report here")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hvlm-export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hvlm-export", description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
     sub = parser.add_subparsers(dest="command", required=True)
+
     p = sub.add_parser("list", help="list the registered mechanisms")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("export", help="export a mechanism or config to ONNX")
+    p.add_argument("model", help="registry name (see `list`) or a config .yaml")
+    p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, help="ONNX opset, 18..23 (default 20)")
+    p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="graph types (default fp32)")
+    p.add_argument("--static", action="store_true", help="fix batch and sequence to the example shape")
+    p.add_argument("--batch", type=int, default=2, help="example batch size (default 2)")
+    p.add_argument("--seq-len", type=int, default=48, help="example sequence length (default 48)")
+    p.add_argument("--scan", choices=["custom", "inline"], default="custom",
+                   help="Mamba scan as one hvlm::SelectiveScan node (default) or inlined standard ops")
+    p.add_argument("--checkpoint", help="state_dict .pt to load (strict) before export")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="constructor argument of a registry mechanism, e.g. --set dim=256 (repeatable)")
+    p.add_argument("--small", action="store_true", help="use the registry's small test size (dim 64)")
+    p.add_argument("--no-lint", dest="lint", action="store_false", help="skip the TensorRT-compatibility lint")
+    p.add_argument("--validate", action="store_true", help="validate the export right away")
+    _add_validate_args(p)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("validate", help="compare an exported model against eager PyTorch")
+    p.add_argument("model", help="an exported .onnx (or engine) file")
+    _add_validate_args(p)
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("run", help="run an exported model on inputs from a .npz")
+    p.add_argument("model", help="an exported .onnx (or engine) file")
+    p.add_argument("--inputs", required=True, help=".npz with one array per graph input")
+    p.add_argument("--outputs", required=True, help=".npz to write")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("lint", help="check an ONNX graph against TensorRT's parser restrictions")
+    p.add_argument("model", help="an .onnx file")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+    p.set_defaults(func=_cmd_lint)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except HvlmExportError as err:
         print(f"hvlm-export {args.command}: error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ __all__ = ["export_onnx", "resolve_model", "ResolvedModel", "DEFAULT_OPSET", "OP
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 20
+BF16_OPSET = 22
 #: Opsets the dynamo exporter emits and ONNX Runtime / TensorRT 10-11 all read.
 OPSETS = range(18, 24)
 META_PREFIX = "hvlm_export."
@@ -122,13 +123,23 @@ def _scan_schema_registered() -> Iterator[None]:
 
 
 def _dynamic_shapes(spec: ModelSpec, dynamic: bool) -> dict[str, dict[int, Any]] | None:
+    """Dim.DYNAMIC for every dynamic axis: torch.export may record benign guards (contiguity
+    checks on padded chunk counts) but errors out rather than specialising a dynamic axis."""
     if not dynamic:
         return None
-    dims: dict[str, Any] = {}
-    out = {}
-    for name in spec.inputs:
-        out[name] = {ax: dims.setdefault(label, torch.export.Dim(label)) for ax, label in spec.dynamic_axes[name].items()}
-    return out
+    return {name: {ax: torch.export.Dim.DYNAMIC for ax in spec.dynamic_axes[name]} for name in spec.inputs}
+
+
+def _axis_names(program: torch.export.ExportedProgram, spec: ModelSpec) -> dict[str, str]:
+    """torch's symbols (s27, ...) -> the spec's axis names (batch, seq, mem_seq)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    mapping = {}
+    for node, name in zip(placeholders, spec.inputs, strict=True):
+        shape = node.meta["val"].shape
+        for axis, label in spec.dynamic_axes[name].items():
+            mapping[str(shape[axis])] = label
+    return mapping
 
 
 def _check_options(opset: int, precision: str, scan: str) -> None:
@@ -162,7 +173,8 @@ def export_onnx(
         path: the .onnx file to write; weights go beside it as ``<stem>.weights.pt``.
         example_inputs: tensors (x[, memory]); default random of (batch, seq_len).
         dynamic: batch and sequence axes dynamic (default) or fixed to the example shape.
-        opset: default-domain opset (default 20; 18..23).
+        opset: default-domain opset (default 20, or 22 for bf16 where Conv first takes
+            bfloat16; 18..23).
         precision: 'fp32', 'fp16' or 'bf16': the graph's types (TensorRT 11 reads precision
             from them); softmax, exp, the scan and norm statistics stay float32.
         scan: 'custom' (one hvlm::SelectiveScan node + FunctionProto) or 'inline' (the body's
@@ -172,7 +184,8 @@ def export_onnx(
         batch, seq_len: size of the default example inputs.
         external_data: store weights in ``<name>.data`` (default: when over 1 GiB).
     """
-    opset = DEFAULT_OPSET if opset is None else opset
+    if opset is None:  # Conv and friends accept bfloat16 only from opset 22
+        opset = BF16_OPSET if precision == "bf16" else DEFAULT_OPSET
     _check_options(opset, precision, scan)
     path = Path(path)
     if path.suffix != ".onnx":
@@ -221,16 +234,25 @@ def _load_checkpoint(module: nn.Module, checkpoint: str | os.PathLike) -> None:
 
 
 def _torch_export(module, example_inputs, spec, dynamic, opset, precision):
-    with _scan_schema_registered(), warnings.catch_warnings():
+    """torch.export (non-strict), then ONNX translation of that program: no fallback strategies."""
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            return torch.onnx.export(
-                module,
-                example_inputs,
+            program = torch.export.export(module, example_inputs, dynamic_shapes=_dynamic_shapes(spec, dynamic), strict=False)
+        except Exception as err:  # torch.export raises many types; all mean "not exportable as is"
+            raise ExportError(
+                f"step 1/2 (torch.export) failed for {spec.name}: {type(err).__name__}: {str(err)[:2000]}",
+                "a module of ours failing here is a bug in hvlm-export; please report it.",
+            ) from err
+    with _scan_schema_registered(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            onnx_program = torch.onnx.export(
+                program,
+                (),
                 dynamo=True,
                 input_names=list(spec.inputs),
                 output_names=list(spec.outputs),
-                dynamic_shapes=_dynamic_shapes(spec, dynamic),
                 opset_version=opset,
                 custom_translation_table=translation_table(precision),
                 optimize=True,
@@ -240,9 +262,28 @@ def _torch_export(module, example_inputs, spec, dynamic, opset, precision):
             raise
         except Exception as err:  # torch.onnx raises many exception types, all fatal here
             raise ExportError(
-                f"torch.onnx.export failed for {spec.name}: {type(err).__name__}: {str(err)[:2000]}",
+                f"step 2/2 (ONNX translation) failed for {spec.name}: {type(err).__name__}: {str(err)[:2000]}",
                 "this is a bug in hvlm-export if the model is one of ours; please report it.",
             ) from err
+    if dynamic:
+        onnx_program.rename_axes(_axis_names(program, spec))
+        _check_dynamic(onnx_program.model, spec)
+    return onnx_program
+
+
+def _check_dynamic(model: ir.Model, spec: ModelSpec) -> None:
+    """Every declared dynamic axis of every input and output must still carry its name."""
+    frozen = []
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        for axis, label in spec.dynamic_axes.get(value.name, {}).items():
+            dim = value.shape[axis] if value.shape is not None else None
+            if not isinstance(dim, ir.SymbolicDim) or dim.value != label:
+                frozen.append(f"{value.name}[{axis}] is {dim!r}, expected {label!r}")
+    if frozen:
+        raise ExportError(
+            "the exported graph does not keep its dynamic axes: " + "; ".join(frozen),
+            "the model has a Python branch or reshape that fixes this size; please report it.",
+        )
 
 
 def _add_scan_function(model: ir.Model, opset: int, scan: ScanMode) -> None:
@@ -283,7 +324,11 @@ def _weights_path(path: Path) -> Path:
 def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Path, external: bool) -> None:
     """Write model (+ .data) and weights into a temp dir, check, then move them into place."""
     weights = _weights_path(path)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".hvlm-export-") as tmp:
+    try:
+        tmp_dir = tempfile.TemporaryDirectory(dir=path.parent, prefix=".hvlm-export-")
+    except OSError as err:
+        raise ExportError(f"cannot write to {str(path.parent)!r}: {err}", "choose a writable directory.") from err
+    with tmp_dir as tmp:
         tmp_model = Path(tmp) / path.name
         data_name = path.name + ".data"
         ir.save(model, tmp_model, external_data=data_name if external else None)
@@ -293,7 +338,10 @@ def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Pa
             onnx.checker.check_model(str(tmp_model), full_check=True)
             onnx.shape_inference.infer_shapes_path(str(tmp_model), str(Path(tmp) / "inferred.onnx"))
         except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as err:
-            raise ExportError(f"the exported graph failed onnx.checker: {err}", "this is a bug; please report it.") from err
+            hint = "this is a bug; please report it."
+            if "bfloat16" in str(err):
+                hint = f"an op takes bfloat16 only from a newer opset; use --opset {BF16_OPSET} or higher."
+            raise ExportError(f"the exported graph failed onnx.checker: {err}", hint) from err
         os.replace(tmp_model, path)
         if external:
             os.replace(Path(tmp) / data_name, path.parent / data_name)

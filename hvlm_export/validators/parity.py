@@ -96,7 +96,10 @@ def _open_backends(artifact: Path, backends: Sequence[str], providers, report: R
             reason = tensorrt_available()
             report.skipped[backend] = reason or "no engine given: run `hvlm-export build` and validate the .engine"
         else:
-            sessions[backend] = runtime.load(artifact, providers=providers) if not is_engine else runtime.load(artifact)
+            try:
+                sessions[backend] = runtime.load(artifact, providers=providers) if not is_engine else runtime.load(artifact)
+            except ArtifactError as err:  # e.g. ONNX Runtime CPU has no bfloat16 MatMul kernel
+                report.skipped[backend] = f"cannot load: {err.message}"
     return sessions
 
 
@@ -148,7 +151,9 @@ def validate(
     sessions = _open_backends(path, list(backends or BACKENDS), providers, report)
     if not sessions:
         raise ValidationError(
-            f"no backend could run {path.name!r}: " + "; ".join(f"{b}: {r}" for b, r in report.skipped.items())
+            f"no backend could run {path.name!r}: " + "; ".join(f"{b}: {r}" for b, r in report.skipped.items()),
+            "ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul/Conv; validate bf16 with the CUDA "
+            "provider or a TensorRT engine (docs/EXPORT.md lists what runs where).",
         )
     dim = reference.dim
     for i, shape in enumerate(shapes):
@@ -171,9 +176,3 @@ def validate(
             log.info("%s %s: %s", backend, case.shape, "PASSED" if case.passed else "FAILED")
     return report
 
-
-def check_artifact(path: str | os.PathLike) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{str(path)!r} does not exist")
-    return path

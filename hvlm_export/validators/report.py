@@ -86,19 +86,20 @@ class Report:
         """A rich Table of every case and output."""
         from rich.table import Table
 
-        table = Table(title=f"parity: {self.model} ({self.precision}) vs eager PyTorch fp32 - {Path(self.artifact).name}")
+        title = f"parity: {self.model} ({self.precision}) vs eager PyTorch fp32 - {Path(self.artifact).name}"
+        table = Table(title=title)
         for col in ("backend", "shape", "out", "max abs", "max rel", "mean abs", "p99 abs", "cosine", "nan/inf",
                     "atol/rtol", "result"):
             table.add_column(col, justify="right" if col not in ("backend", "shape", "out", "result") else "left")
         for case in self.cases:
-            shape = " ".join(f"{k}{list(v)}" for k, v in case.shape.items())
+            shape = " ".join(f"{k}=" + "x".join(map(str, v)) for k, v in case.shape.items())
             if case.error:
                 table.add_row(case.backend, shape, "-", *["-"] * 7, f"[red]ERROR[/red] {case.error[:80]}")
                 continue
             for name, s in case.outputs.items():
                 verdict = "[green]PASS[/green]" if s.passed else f"[red]FAIL[/red] {s.message}"
                 table.add_row(case.backend, shape, name, f"{s.max_abs:.2e}", f"{s.max_rel:.2e}", f"{s.mean_abs:.2e}",
-                              f"{s.p99_abs:.2e}", f"{s.cosine:.6f}", f"{s.nan}/{s.inf}", f"{s.atol:g}/{s.rtol:g}", verdict)
+                              f"{s.p99_abs:.2e}", f"{s.cosine:.6f}", f"{s.nan}/{s.inf}", f"{s.atol:.0e}/{s.rtol:.0e}", verdict)
         return table
 
     def summary(self) -> str:

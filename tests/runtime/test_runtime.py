@@ -1,0 +1,85 @@
+"""hvlm_export.runtime: the session contract, input checks, and no torch on the ONNX path."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from hvlm_export import runtime
+from hvlm_export.errors import ArtifactError, RuntimeInputError
+
+
+@pytest.fixture(scope="module")
+def session(exported):
+    return runtime.load(exported("cross_memory"))
+
+
+def _feed(b=2, length=7, mem=3, dim=64, dtype=np.float32):
+    rng = np.random.default_rng(0)
+    return {"x": rng.standard_normal((b, length, dim)).astype(dtype),
+            "memory": rng.standard_normal((b, mem, dim)).astype(dtype)}
+
+
+def test_contract(session):
+    assert session.input_names == ["x", "memory"] and session.output_names == ["y"]
+    out = session.run(_feed())
+    assert set(out) == {"y"} and out["y"].shape == (2, 7, 64) and out["y"].dtype == np.float32
+    assert "x(batch, seq, 64)" in repr(session)
+
+
+@pytest.mark.parametrize(
+    "feed, match",
+    [
+        ({"x": _feed()["x"]}, "missing \\['memory'\\]"),
+        ({**_feed(), "mask": np.zeros(1)}, "unexpected \\['mask'\\]"),
+        (_feed(dtype=np.float64), "dtype float64"),
+        ({"x": _feed()["x"][0], "memory": _feed()["memory"]}, "rank 2"),
+        (_feed(dim=32), "fixed 64"),
+        ({"x": _feed()["x"].tolist(), "memory": _feed()["memory"]}, "numpy array"),
+        (_feed(length=0), "empty"),
+    ],
+)
+def test_bad_inputs(session, feed, match):
+    with pytest.raises(RuntimeInputError, match=match):
+        session.run(feed)
+
+
+def test_bad_files(tmp_path, exported):
+    with pytest.raises(ArtifactError, match="does not exist"):
+        runtime.load(tmp_path / "missing.onnx")
+    with pytest.raises(ArtifactError, match="cannot tell how to run"):
+        (tmp_path / "m.pt").write_bytes(b"x")
+        runtime.load(tmp_path / "m.pt")
+    good = exported("strided").read_bytes()
+    truncated = tmp_path / "t.onnx"
+    truncated.write_bytes(good[: len(good) // 3])
+    with pytest.raises(ArtifactError, match="cannot load"):
+        runtime.load(truncated)
+    with pytest.raises(ArtifactError, match="not available"):
+        runtime.load(exported("strided"), providers=["NoSuchExecutionProvider"])
+
+
+def test_onnx_path_imports_neither_torch_nor_tensorrt(exported, tmp_path):
+    """Run an export in a fresh interpreter where importing torch or tensorrt raises."""
+    path = exported("mamba")
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "tensorrt"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import hvlm_export.runtime as rt
+        s = rt.load({str(path)!r})
+        y = s.run({{"x": np.ones((1, 5, 64), np.float32)}})["y"]
+        assert y.shape == (1, 5, 64)
+        assert "torch" not in sys.modules and "tensorrt" not in sys.modules
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
