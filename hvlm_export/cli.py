@@ -170,6 +170,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_build(args: argparse.Namespace) -> int:
+    from hvlm_export.errors import BuildError
+    from hvlm_export.exporters.tensorrt import Profile, build_engine, parse_shape_arg
+
+    groups = [args.min_shapes, args.opt_shapes, args.max_shapes]
+    if any(groups) and not all(len(g) == len(groups[0]) for g in groups):
+        raise BuildError("give --min-shapes, --opt-shapes and --max-shapes the same number of times (one per profile)")
+    profiles = []
+    for lo, opt, hi in zip(*groups, strict=True):
+        lo, opt, hi = parse_shape_arg(lo), parse_shape_arg(opt), parse_shape_arg(hi)
+        if not set(lo) == set(opt) == set(hi):
+            raise BuildError("--min/--opt/--max-shapes of one profile must name the same inputs")
+        profiles.append(Profile({n: (lo[n], opt[n], hi[n]) for n in lo}))
+    path = build_engine(args.model, args.output, profiles=profiles or None, precision=args.precision,
+                        workspace=int(args.workspace * (1 << 30)), timing_cache=args.timing_cache,
+                        aot_plugins=not args.no_aot, verbose=args.verbose)
+    print(f"built {path} (metadata in {path.name}.json)")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from hvlm_export import bench
+
+    command = "hvlm-export bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "hvlm-export bench"
+    out = Path(args.out)
+    if args.suite == "onnx":
+        rows = bench.run_onnx(args.names, dim=args.dim, length=args.lengths[0] if args.lengths else 2048,
+                              repeats=args.repeats)
+        paths = bench.write_results(rows, out, "onnx-cpu-fp32", command)
+    else:
+        if args.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ExportError("--device cuda needs a CUDA GPU, and torch sees none")
+        lengths = args.lengths or [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+        records = bench.run_scaling(args.device, args.dtype, lengths, args.names, repeats=args.repeats)
+        paths = bench.write_results(records, out, f"scaling-{args.device}-{args.dtype}", command)
+    print(paths[1].read_text())
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
 def _add_validate_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("validation")
     g.add_argument("--seq-lens", type=int, nargs="+", help="sequence lengths (default: the mechanism's grid)")
@@ -219,6 +262,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, help=".npz with one array per graph input")
     p.add_argument("--outputs", required=True, help=".npz to write")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX file")
+    p.add_argument("model", help="an .onnx file written by `export`")
+    p.add_argument("-o", "--output", required=True, help="the engine file to write")
+    p.add_argument("--precision", choices=["fp16", "bf16"],
+                   help="build an fp32 graph in fp16/bf16 (TensorRT 10 only; TensorRT 11 reads the ONNX types)")
+    for which in ("min", "opt", "max"):
+        p.add_argument(f"--{which}-shapes", action="append", default=[], metavar="NAME:AxBxC[,...]",
+                       help=f"{which} shapes of one optimization profile (repeat for more profiles)")
+    p.add_argument("--workspace", type=float, default=4.0, help="workspace limit in GiB (default 4)")
+    p.add_argument("--timing-cache", help="timing cache file (read if present, written after the build)")
+    p.add_argument("--no-aot", action="store_true", help="use the JIT Python plugin even where an AOT one exists")
+    p.set_defaults(func=_cmd_build)
+
+    p = sub.add_parser("bench", help="benchmarks: latency/memory vs L, or ONNX Runtime vs eager")
+    p.add_argument("--suite", choices=["scaling", "onnx"], default="scaling", help="what to measure (default scaling)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
+    p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (onnx suite: the first one)")
+    p.add_argument("--names", nargs="+", help="cases to run (default all)")
+    p.add_argument("--dim", type=int, default=256, help="model width for the onnx suite (default 256)")
+    p.add_argument("--repeats", type=int, default=10, help="timed runs per case, median reported (default 10)")
+    p.add_argument("--out", default="benchmarks/results", help="output directory")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("lint", help="check an ONNX graph against TensorRT's parser restrictions")
     p.add_argument("model", help="an .onnx file")

@@ -130,6 +130,20 @@ def _dynamic_shapes(spec: ModelSpec, dynamic: bool) -> dict[str, dict[int, Any]]
     return {name: {ax: torch.export.Dim.DYNAMIC for ax in spec.dynamic_axes[name]} for name in spec.inputs}
 
 
+def _widen_unit_axes(example_inputs: tuple[torch.Tensor, ...], spec: ModelSpec) -> tuple[torch.Tensor, ...]:
+    """torch.export specialises a dynamic axis whose example size is 0 or 1: repeat such axes
+    to size 2 for tracing (the traced graph does not depend on the values)."""
+    widened = []
+    for name, tensor in zip(spec.inputs, example_inputs, strict=True):
+        for axis in spec.dynamic_axes[name]:
+            if tensor.shape[axis] < 2:
+                if tensor.shape[axis] == 0:
+                    raise ExportError(f"example input {name!r} is empty on axis {axis}")
+                tensor = tensor.repeat_interleave(2, dim=axis)
+        widened.append(tensor)
+    return tuple(widened)
+
+
 def _axis_names(program: torch.export.ExportedProgram, spec: ModelSpec) -> dict[str, str]:
     """torch's symbols (s27, ...) -> the spec's axis names (batch, seq, mem_seq)."""
     user_inputs = set(program.graph_signature.user_inputs)
@@ -209,7 +223,8 @@ def export_onnx(
             f"{resolved.spec.name} takes inputs {resolved.spec.inputs}, got {len(example_inputs)} example tensors"
         )
 
-    program = _torch_export(module, example_inputs, resolved.spec, dynamic, opset, precision)
+    traced = _widen_unit_axes(example_inputs, resolved.spec) if dynamic else example_inputs
+    program = _torch_export(module, traced, resolved.spec, dynamic, opset, precision)
     ir_model = program.model
     _add_scan_function(ir_model, opset, scan)
     meta = _metadata(resolved, precision, scan, opset, dynamic, example_inputs, path)

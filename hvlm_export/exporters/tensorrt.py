@@ -1,15 +1,48 @@
-"""ONNX -> TensorRT engine. TensorRT is imported lazily, only by the functions that need it."""
+"""ONNX -> TensorRT engine, for TensorRT 10.x and 11.x (decided by feature detection).
+
+TensorRT is imported lazily, only by the functions that need it. Profiles, metadata and the
+precision decision are plain Python (unit-tested without TensorRT); the build itself follows
+the documented Python API:
+
+    Builder -> create_network(flags) -> OnnxParser.parse_from_file -> BuilderConfig
+    (workspace pool, optimization profiles, timing cache) -> build_serialized_network
+
+Precision: TensorRT 11 networks are strongly typed only (no FP16/BF16 builder flags, no
+EXPLICIT_BATCH): precision comes from the ONNX types, so export with ``--precision``.
+On 10.x the same strongly typed network is used for typed graphs; asking to build an fp32
+graph in fp16/bf16 uses the 10.x builder flags when they exist, and is refused otherwise.
+"""
 
 from __future__ import annotations
 
 import importlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
-from hvlm_export.errors import TensorRTUnavailableError
+from hvlm_export.errors import BuildError, TensorRTUnavailableError
 
-__all__ = ["tensorrt_available", "import_tensorrt"]
+__all__ = [
+    "Profile",
+    "build_engine",
+    "default_profiles",
+    "engine_metadata_path",
+    "import_tensorrt",
+    "parse_shape_arg",
+    "tensorrt_available",
+]
+
+log = logging.getLogger(__name__)
 
 INSTALL_HINT = "install TensorRT 10.x or 11.x for your CUDA (`pip install tensorrt`) on a machine with an NVIDIA GPU."
+#: default dynamic-axis ranges (min, opt, max) when no profile is given
+DEFAULT_RANGES = {"batch": (1, 1, 8), "seq": (1, 512, 8192), "mem_seq": (1, 64, 2048)}
 
 
 def tensorrt_available() -> str | None:
@@ -27,3 +60,231 @@ def import_tensorrt() -> ModuleType:
         return importlib.import_module("tensorrt")
     except ImportError as err:
         raise TensorRTUnavailableError(f"TensorRT is not installed ({err})", INSTALL_HINT) from err
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One optimization profile: input name -> (min, opt, max) shapes."""
+
+    shapes: Mapping[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
+    def check(self, inputs: Mapping[str, Sequence[int | str | None]]) -> None:
+        """Raise BuildError unless every input is covered with consistent, ordered shapes."""
+        missing = sorted(set(inputs) - set(self.shapes))
+        unknown = sorted(set(self.shapes) - set(inputs))
+        if missing or unknown:
+            raise BuildError(f"profile inputs do not match the model: missing {missing}, unknown {unknown}",
+                             f"the model's inputs are {sorted(inputs)}.")
+        for name, (lo, opt, hi) in self.shapes.items():
+            dims = inputs[name]
+            for label, shape in (("min", lo), ("opt", opt), ("max", hi)):
+                if len(shape) != len(dims):
+                    raise BuildError(f"{label} shape {shape} of {name!r} has rank {len(shape)}, the input has {len(dims)}")
+                for axis, (got, fixed) in enumerate(zip(shape, dims, strict=True)):
+                    if isinstance(fixed, int) and fixed >= 0 and got != fixed:
+                        raise BuildError(f"{label} shape of {name!r} has {got} on axis {axis}, which is fixed to {fixed}")
+                    if got < 1:
+                        raise BuildError(f"{label} shape of {name!r} has size {got} < 1 on axis {axis}")
+            if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
+                raise BuildError(f"profile of {name!r} needs min <= opt <= max on every axis, got {lo}, {opt}, {hi}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: [list(s) for s in v] for k, v in self.shapes.items()}
+
+
+def default_profiles(inputs: Mapping[str, Sequence[int | str | None]]) -> list[Profile]:
+    """One profile from the graph's dim names and :data:`DEFAULT_RANGES`."""
+    shapes = {}
+    for name, dims in inputs.items():
+        lo, opt, hi = [], [], []
+        for d in dims:
+            if isinstance(d, int) and d > 0:
+                rng = (d, d, d)
+            else:
+                rng = DEFAULT_RANGES.get(str(d))
+                if rng is None:
+                    raise BuildError(f"input {name!r} has a dynamic axis {d!r} with no default range",
+                                     "give --min-shapes/--opt-shapes/--max-shapes.")
+            lo.append(rng[0])
+            opt.append(rng[1])
+            hi.append(rng[2])
+        shapes[name] = (tuple(lo), tuple(opt), tuple(hi))
+    return [Profile(shapes)]
+
+
+def parse_shape_arg(spec: str) -> dict[str, tuple[int, ...]]:
+    """trtexec-style ``x:1x128x768,memory:1x32x768`` -> {name: shape}."""
+    out = {}
+    for item in spec.split(","):
+        name, sep, dims = item.strip().rpartition(":")
+        if not sep or not name:
+            raise BuildError(f"shape {item!r} must look like name:1x128x768")
+        try:
+            out[name] = tuple(int(d) for d in dims.split("x"))
+        except ValueError as err:
+            raise BuildError(f"shape {item!r} must look like name:1x128x768") from err
+    return out
+
+
+def engine_metadata_path(engine_path: str | os.PathLike) -> Path:
+    path = Path(engine_path)
+    return path.with_suffix(path.suffix + ".json")
+
+
+def _onnx_inputs(onnx_path: Path) -> tuple[dict[str, list], dict[str, str]]:
+    import onnx
+
+    from hvlm_export.exporters.onnx import read_metadata
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    inits = {i.name for i in model.graph.initializer}
+    inputs = {
+        v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim]
+        for v in model.graph.input if v.name not in inits
+    }
+    return inputs, read_metadata(onnx_path)
+
+
+def _uses_scan_plugin(onnx_path: Path) -> bool:
+    import onnx
+
+    from hvlm_export.exporters import scan_body
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return any(n.domain == scan_body.DOMAIN and n.op_type == scan_body.OP_TYPE for n in model.graph.node)
+
+
+def _network_flags(trt: ModuleType, graph_precision: str, requested: str | None) -> tuple[int, list[str]]:
+    """Creation flags and 10.x builder flags for the precision (see module docstring)."""
+    flags, builder_flags = 0, []
+    typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    weak_flags = hasattr(trt.BuilderFlag, "FP16")  # removed in TensorRT 11
+    if requested is None or requested == graph_precision:
+        if typed is not None and weak_flags:  # 10.x: ask for strong typing explicitly
+            flags |= 1 << int(typed)
+        return flags, builder_flags
+    if graph_precision != "fp32" or requested not in ("fp16", "bf16"):
+        raise BuildError(f"cannot build a {graph_precision} graph in {requested}",
+                         "re-export the ONNX with --precision instead.")
+    if not weak_flags:
+        raise BuildError(
+            f"this TensorRT ({trt.__version__}) is strongly typed only: precision comes from the ONNX types",
+            f"re-export with `hvlm-export export ... --precision {requested}`.",
+        )
+    builder_flags.append(requested.upper())
+    return flags, builder_flags
+
+
+def _parse(trt, network, logger, onnx_path: Path, plugins: bool):
+    parser = trt.OnnxParser(network, logger)
+    override = getattr(getattr(trt, "OnnxParserFlag", None), "ENABLE_PLUGIN_OVERRIDE", None)
+    if plugins and override is not None:
+        parser.set_flag(override)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            errors.append(f"  - node {e.node()} '{e.node_name()}' ({e.node_operator()}): {e.desc()} [code {e.code()}]")
+            log.error("TensorRT parser: %s", errors[-1].strip())
+        raise BuildError(
+            f"TensorRT could not parse {onnx_path.name} ({len(errors)} errors):\n" + "\n".join(errors),
+            "run `hvlm-export lint` on the file; unsupported ops are listed there with the TensorRT versions they need.",
+        )
+    return parser
+
+
+def build_engine(
+    onnx_path: str | os.PathLike,
+    engine_path: str | os.PathLike,
+    *,
+    profiles: Sequence[Profile] | None = None,
+    precision: str | None = None,
+    workspace: int = 4 << 30,
+    timing_cache: str | os.PathLike | None = None,
+    plugins: bool = True,
+    aot_plugins: bool = True,
+    verbose: bool = False,
+) -> Path:
+    """Build a serialized engine from an exported ONNX file; return its path.
+
+    Args:
+        onnx_path: the .onnx written by :func:`hvlm_export.export_onnx`.
+        engine_path: the engine to write; metadata goes beside it as ``<engine>.json``.
+        profiles: optimization profiles; default one from the graph's dynamic axes
+            (batch 1/1/8, seq 1/512/8192, mem_seq 1/64/2048).
+        precision: None (the ONNX types decide) or 'fp16'/'bf16' to build an fp32 graph with
+            TensorRT 10.x builder flags (refused on TensorRT 11).
+        workspace: workspace memory-pool limit in bytes (default 4 GiB).
+        timing_cache: a timing-cache file, read if it exists and written after the build.
+        plugins: register the hvlm plugins (needed for graphs with SelectiveScan nodes).
+        aot_plugins: prefer the ahead-of-time (Python-free) plugin where TensorRT has it.
+        verbose: TensorRT verbose logging.
+    """
+    onnx_path, engine_path = Path(onnx_path), Path(engine_path)
+    if not onnx_path.is_file():
+        raise BuildError(f"{str(onnx_path)!r} does not exist")
+    if not engine_path.parent.is_dir():
+        raise BuildError(f"output directory {str(engine_path.parent)!r} does not exist")
+    trt = import_tensorrt()
+    inputs, meta = _onnx_inputs(onnx_path)
+    profiles = list(profiles) if profiles else default_profiles(inputs)
+    for p in profiles:
+        p.check(inputs)
+    registered = []
+    if plugins and _uses_scan_plugin(onnx_path):
+        from hvlm_export.exporters.plugins import register_plugins
+
+        registered = register_plugins(trt)
+    flags, builder_flags = _network_flags(trt, meta.get("precision", "fp32"), precision)
+    aot = aot_plugins and "aot" in registered and hasattr(trt.NetworkDefinitionCreationFlag, "PREFER_AOT_PYTHON_PLUGINS")
+    if aot:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
+
+    logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(flags)
+    _parse(trt, network, logger, onnx_path, bool(registered))
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+    for name in builder_flags:
+        config.set_flag(getattr(trt.BuilderFlag, name))
+    for p in profiles:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in p.shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
+        cache = config.create_timing_cache(blob)
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BuildError(f"TensorRT failed to build an engine from {onnx_path.name}", "rerun with --verbose for the log.")
+    _write_atomic(engine_path, bytes(plan))
+    if cache is not None:
+        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
+    metadata = {
+        "onnx": onnx_path.name,
+        "onnx_dir": str(onnx_path.resolve().parent),
+        "onnx_metadata": meta,
+        "precision": precision or meta.get("precision", "fp32"),
+        "profiles": [p.to_json() for p in profiles],
+        "tensorrt_version": trt.__version__,
+        "plugins": registered,
+        "aot_plugins": aot,
+    }
+    _write_atomic(engine_metadata_path(engine_path), json.dumps(metadata, indent=2).encode())
+    return engine_path
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+

@@ -20,10 +20,11 @@ is float32.
 Two eager kernels with the same signature:
 
 * :func:`selective_scan_ref` - the sequential loop over L, obviously correct, for tests.
-* :func:`selective_scan_chunked` - the fast path behind the op: a sequential loop over a
-  fixed chunk of ``SCAN_CHUNK`` steps that runs all chunks at once, then a Hillis-Steele
+* :func:`selective_scan_chunked` - the fast path behind the op on CPU: a sequential loop over
+  a fixed chunk of ``SCAN_CHUNK`` steps that runs all chunks at once, then a Hillis-Steele
   scan over the chunk carries. It reassociates the same recurrence, so it is exact up to
   float32 rounding, and every exponent it takes is <= 0 for A <= 0 (no overflow).
+* on CUDA the op runs the Triton kernels of ``selective_scan_triton`` (parallel over L).
 
 The ONNX function body of the ``hvlm::SelectiveScan`` node (hvlm_export.exporters.scan_body)
 implements the same two-level algorithm with standard ONNX ops.
@@ -31,6 +32,8 @@ implements the same two-level algorithm with standard ONNX ops.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Literal
 
 import torch
@@ -284,6 +287,30 @@ def _backward(ctx, grad_y, grad_state):
 
 
 _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@functools.cache
+def _triton_scan():
+    """The Triton launcher, or None (with one warning) where Triton is not installed."""
+    try:
+        from hvlm_export.ops.selective_scan_triton import selective_scan_triton
+    except ImportError as err:
+        warnings.warn(
+            f"Triton is not importable ({err}); CUDA tensors use the chunked PyTorch scan instead of the "
+            "Triton kernel (same numbers, slower). Install triton to get the fast kernel.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
+    return selective_scan_triton
+
+
+@_selective_scan_op.register_kernel("cuda")
+def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    kernel = _triton_scan()
+    if kernel is None:
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
 def selective_scan(

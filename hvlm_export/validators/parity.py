@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,30 @@ def _eager(module: nn.Module, spec: ModelSpec, feed: Mapping[str, np.ndarray]) -
     return {spec.outputs[0]: module(*args).numpy()}
 
 
-def _open_backends(artifact: Path, backends: Sequence[str], providers, report: Report) -> dict[str, Any]:
+def _grid_profile(spec: ModelSpec, shapes: Sequence[Shape], dim: int):
+    """One TensorRT profile spanning every shape of the validation grid."""
+    from hvlm_export.exporters.tensorrt import Profile
+
+    def span(key: str, default: int = 1) -> tuple[int, int]:
+        values = [s.get(key, default) for s in shapes]
+        return min(values), max(values)
+
+    (b0, b1), (l0, l1), (m0, m1) = span("batch"), span("seq"), span("mem", 8)
+    profile = {"x": ((b0, l0, dim), (b1, l1, dim), (b1, l1, dim))}
+    if "memory" in spec.inputs:
+        profile["memory"] = ((b0, m0, dim), (b1, m1, dim), (b1, m1, dim))
+    return Profile(profile)
+
+
+def _engine_for(artifact: Path, profile, workdir: Path) -> Path:
+    """Build a TensorRT engine for an .onnx artefact into ``workdir`` (three-way validation)."""
+    from hvlm_export.exporters.tensorrt import build_engine
+
+    return build_engine(artifact, workdir / (artifact.stem + ".engine"), profiles=[profile])
+
+
+def _open_backends(artifact: Path, backends: Sequence[str], providers, report: Report,
+                   profile=None, workdir: Path | None = None) -> dict[str, Any]:
     from hvlm_export import runtime
 
     sessions = {}
@@ -94,7 +118,13 @@ def _open_backends(artifact: Path, backends: Sequence[str], providers, report: R
             from hvlm_export.exporters.tensorrt import tensorrt_available
 
             reason = tensorrt_available()
-            report.skipped[backend] = reason or "no engine given: run `hvlm-export build` and validate the .engine"
+            if reason is not None:
+                report.skipped[backend] = reason
+            else:
+                try:
+                    sessions[backend] = runtime.load(_engine_for(artifact, profile, workdir))
+                except HvlmExportError as err:
+                    report.skipped[backend] = f"engine build failed: {err.message}"
         else:
             try:
                 sessions[backend] = runtime.load(artifact, providers=providers) if not is_engine else runtime.load(artifact)
@@ -148,21 +178,29 @@ def validate(
     precision = meta["precision"]
     tol = _resolve_tolerances(spec, precision, tolerances)
     report = Report(spec.name, str(path), precision)
-    sessions = _open_backends(path, list(backends or BACKENDS), providers, report)
+    shapes = [dict(s) for s in shapes]
+    with tempfile.TemporaryDirectory(prefix="hvlm-validate-") as workdir:
+        sessions = _open_backends(path, list(backends or BACKENDS), providers, report,
+                                  _grid_profile(spec, shapes, reference.dim), Path(workdir))
+        _run_cases(report, sessions, reference, shapes, tol, seed)
+    return report
+
+
+def _run_cases(report: Report, sessions: dict[str, Any], reference, shapes, tol, seed: int) -> None:
+    spec = reference.spec
+    path = Path(report.artifact)
     if not sessions:
         raise ValidationError(
             f"no backend could run {path.name!r}: " + "; ".join(f"{b}: {r}" for b, r in report.skipped.items()),
             "ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul/Conv; validate bf16 with the CUDA "
             "provider or a TensorRT engine (docs/EXPORT.md lists what runs where).",
         )
-    dim = reference.dim
+    dtype = next(iter(sessions.values())).inputs[0].dtype
     for i, shape in enumerate(shapes):
-        shape = dict(shape)
+        feed = _inputs(spec, reference.dim, shape, seed + i, dtype)
+        expected = _eager(reference.module, spec, feed)
         for backend, session in sessions.items():
-            dtype = session.inputs[0].dtype
-            feed = _inputs(spec, dim, shape, seed + i, dtype)
             case = Case(backend, {n: tuple(a.shape) for n, a in feed.items()})
-            expected = _eager(reference.module, spec, feed)
             try:
                 actual = session.run(feed)
             except HvlmExportError as err:
@@ -174,5 +212,4 @@ def validate(
                     case.outputs[name] = compare(np.asarray(actual[name]).astype(np.float32), expected[name], tol[name])
             report.cases.append(case)
             log.info("%s %s: %s", backend, case.shape, "PASSED" if case.passed else "FAILED")
-    return report
 

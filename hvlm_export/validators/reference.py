@@ -37,11 +37,14 @@ def read_artifact_metadata(path: Path) -> dict[str, Any]:
         meta_path = path.with_suffix(path.suffix + ".json")
         if not meta_path.is_file():
             raise ArtifactError(f"engine metadata {meta_path.name!r} is missing", "rebuild with `hvlm-export build`.")
-        raw = json.loads(meta_path.read_text())["onnx_metadata"]
+        engine_meta = json.loads(meta_path.read_text())
+        raw = engine_meta["onnx_metadata"]
+        weights_dir = Path(engine_meta.get("onnx_dir", path.parent))
     else:
         from hvlm_export.exporters.onnx import read_metadata
 
         raw = read_metadata(path)
+        weights_dir = path.parent
     if "source" not in raw:
         raise ValidationError(
             f"{path.name!r} was not exported by hvlm-export (no hvlm_export.* metadata)",
@@ -50,7 +53,7 @@ def read_artifact_metadata(path: Path) -> dict[str, Any]:
     meta = dict(raw)
     meta["source"] = json.loads(raw["source"])
     meta["input_shapes"] = json.loads(raw["inputs"])
-    meta["dir"] = str(path.parent)
+    meta["dir"] = str(weights_dir if (weights_dir / raw.get("weights", "")).is_file() else path.parent)
     return meta
 
 

@@ -1,0 +1,106 @@
+"""SelectiveScan as a TensorRT quickly deployable plugin (``tensorrt.plugin``, TRT >= 10.6).
+
+No ``from __future__ import annotations`` here: ``tensorrt.plugin`` reads the annotations.
+"""
+
+import importlib.util
+from typing import List, Tuple, Union
+
+import numpy as np
+import tensorrt as trt
+import tensorrt.plugin as trtp
+
+from hvlm_export.exporters.plugins import selective_scan_logic as logic
+
+__all__ = ["register", "PLUGIN_ID", "aot_compile"]
+
+PLUGIN_ID = f"{logic.PLUGIN_NAMESPACE}::{logic.PLUGIN_NAME}"
+_TRT_DTYPES = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat16"}
+_TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
+AOT_BLOCK_D, AOT_BLOCK_T, AOT_WARPS = 8, 32, 4
+
+
+def _desc(
+    u: trtp.TensorDesc, delta: trtp.TensorDesc, A: trtp.TensorDesc, B: trtp.TensorDesc, C: trtp.TensorDesc,
+    D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, delta_softplus: int,
+) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
+    logic.ScanAttrs.from_fields({"delta_softplus": delta_softplus})
+    logic.check_input_shapes([_dims(t) for t in (u, delta, A, B, C, D, delta_bias)])
+    state = trtp.from_shape_expr((u.shape_expr[0], u.shape_expr[1], A.shape_expr[1]), dtype=trt.float32)
+    return u.like(), state
+
+
+def _dims(desc: trtp.TensorDesc) -> list:
+    """Build-time extents: ints where TensorRT knows them, "?" where they are dynamic."""
+    return [e.constant_value if e.is_constant else "?" for e in desc.shape_expr]
+
+
+def _autotune(u, delta, A, B, C, D, delta_bias, delta_softplus: int, outputs) -> List[trtp.AutoTuneCombination]:
+    data = "FP32|FP16|BF16"
+    # positions: u, delta, A, B, C, D, delta_bias, y, last_state
+    return [trtp.AutoTuneCombination(f"{data}, {data}, FP32, {data}, {data}, FP32, FP32, {data}, FP32", "LINEAR")]
+
+
+def _impl(
+    u: trtp.Tensor, delta: trtp.Tensor, A: trtp.Tensor, B: trtp.Tensor, C: trtp.Tensor, D: trtp.Tensor,
+    delta_bias: trtp.Tensor, delta_softplus: int, outputs: Tuple[trtp.Tensor], stream: int,
+) -> None:
+    import torch
+
+    from hvlm_export.exporters.plugins.kernel import run_scan
+
+    ins = [torch.as_tensor(t, device="cuda") for t in (u, delta, A, B, C, D, delta_bias)]
+    outs = [torch.as_tensor(t, device="cuda") for t in outputs]
+    run_scan(ins, outs, bool(delta_softplus), stream)
+
+
+def aot_compile(u_dtype: str, n_state_block: int, delta_softplus: bool):
+    """Compile the Triton plugin kernel to PTX; returns (name, ptx, shared_mem, num_warps)."""
+    import triton
+
+    from hvlm_export.ops.selective_scan_triton import scan_plugin_kernel
+
+    ptr = _TRITON_PTR[u_dtype]
+    signature = {"u_ptr": ptr, "delta_ptr": ptr, "A_ptr": "*fp32", "B_ptr": ptr, "C_ptr": ptr, "D_ptr": "*fp32",
+                 "bias_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32", "y_ptr": ptr,
+                 "state_ptr": "*fp32"}
+    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_D": AOT_BLOCK_D, "BLOCK_N": n_state_block,
+                  "BLOCK_T": AOT_BLOCK_T}
+    compiled = triton.compile(triton.compiler.ASTSource(fn=scan_plugin_kernel, signature=signature,
+                                                        constexprs=constexprs), options={"num_warps": AOT_WARPS})
+    return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.shared, compiled.metadata.num_warps
+
+
+def _aot_impl(
+    u: trtp.TensorDesc, delta: trtp.TensorDesc, A: trtp.TensorDesc, B: trtp.TensorDesc, C: trtp.TensorDesc,
+    D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, delta_softplus: int, outputs: Tuple[trtp.TensorDesc],
+    tactic: int,
+) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+    dtype = _TRT_DTYPES[u.dtype]
+    if not A.shape_expr[1].is_constant:
+        raise logic.PluginInputError("the AOT SelectiveScan kernel needs a build-time constant state size N")
+    n_block = _next_pow2(A.shape_expr[1].constant_value)
+    name, ptx, shared, warps = aot_compile(dtype, n_block, bool(delta_softplus))
+    params = trtp.KernelLaunchParams()
+    params.grid_x = trtp.cdiv(u.shape_expr[1], AOT_BLOCK_D)
+    params.grid_y = u.shape_expr[0]
+    params.block_x = warps * 32
+    params.shared_mem = shared
+    extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in (u.shape_expr[1], u.shape_expr[2], A.shape_expr[1])])
+    return name.encode(), ptx.encode(), params, extra
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
+
+
+def register() -> List[str]:
+    """Register desc + autotune + JIT impl (+ AOT impl where available); return the routes."""
+    trtp.register(PLUGIN_ID)(_desc)
+    trtp.autotune(PLUGIN_ID)(_autotune)
+    trtp.impl(PLUGIN_ID)(_impl)
+    routes = ["qdp"]
+    if hasattr(trtp, "aot_impl") and importlib.util.find_spec("triton") is not None:
+        trtp.aot_impl(PLUGIN_ID)(_aot_impl)
+        routes.append("aot")
+    return routes

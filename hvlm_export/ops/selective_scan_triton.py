@@ -1,0 +1,205 @@
+"""CUDA path of ``hvlm::selective_scan``: Triton kernels, parallel over L.
+
+Glossary: B batch, D channels, L length, N state size, S segments of L.
+
+Algorithm (exact up to float32 rounding; state in float32 registers):
+
+* L is cut into S segments of whole ``BLOCK_T``-step tiles. One program per
+  (D-block, batch, segment) walks its segment tile by tile. Inside a tile the recurrence
+  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t runs as ``tl.associative_scan`` over the
+  BLOCK_T steps (pairs (a, b) combine as (a1 a2, a2 b1 + b2)); the tile's carry-in state is
+  folded in with the scan's cumulative decay.
+* With S > 1: pass 1 computes each segment's end state from zero and its delta sum; a small
+  kernel chains the segments (S steps); pass 2 reruns every segment from its true carry-in
+  and writes y. With S = 1 one pass does everything.
+
+The launcher picks S so that enough programs exist to fill the GPU. The same kernel
+(``scan_tile_kernel``) is what the TensorRT plugin launches.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["selective_scan_triton", "ScanConfig", "default_config"]
+
+
+@triton.jit
+def _combine(a1, b1, a2, b2):
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
+def _softplus(x):
+    # torch.nn.functional.softplus (threshold 20); exp(x) below -15 where log(1 + e^x) rounds to 0
+    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+
+
+@triton.jit
+def _scan_program(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
+    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
+    dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """One (D-block, batch, segment) program: walk the segment tile by tile."""
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    t = tl.arange(0, BLOCK_T)
+    dmask = d < dim
+    nmask = n < nstate
+    dn_mask = dmask[:, None] & nmask[None, :]
+    A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    # state entering this segment: the chained carry (pass 2) or zero
+    sn_off = ((pid_b * nseg + pid_s) * dim + d[:, None]) * nstate + n[None, :]
+    if HAS_CARRY:
+        h = tl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    row = pid_b * dim * length + d[:, None] * length  # (BLOCK_D, 1) offsets into (B, D, L)
+    nrow = pid_b * nstate * length + n[:, None] * length  # (BLOCK_N, 1) offsets into (B, N, L)
+    start = pid_s * seg_len
+    for t0 in range(start, tl.minimum(start + seg_len, length), BLOCK_T):
+        tt = t0 + t
+        tmask = tt < length
+        m_dt = dmask[:, None] & tmask[None, :]
+        m_nt = nmask[:, None] & tmask[None, :]
+        u = tl.load(u_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m_dt, dt, 0.0)  # padding steps: decay 1, no input
+        b_t = tl.load(B_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        c_t = tl.load(C_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32)
+        decay = tl.exp(dt[:, None, :] * A[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_T)
+        bu = (dt * u)[:, None, :] * b_t[None, :, :]
+        cum_decay, h_local = tl.associative_scan((decay, bu), 2, _combine)
+        hs = h_local + cum_decay * h[:, :, None]
+        h = tl.sum(tl.where(t[None, None, :] == BLOCK_T - 1, hs, 0.0), axis=2)
+        dt_total += tl.sum(dt, axis=1)
+        if WRITE_Y:
+            y = tl.sum(hs * c_t[None, :, :], axis=1) + Dv[:, None] * u
+            if HAS_Z:
+                z = tl.load(z_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32)
+                y = y * (z / (1.0 + tl.exp(-z)))
+            tl.store(y_ptr + row + tt[None, :], y.to(y_ptr.dtype.element_ty), mask=m_dt)
+    tl.store(state_ptr + sn_off, h, mask=dn_mask)
+    if not WRITE_Y:  # pass 1 of a segmented scan: the chain kernel needs each segment's delta sum
+        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
+
+
+@triton.jit
+def scan_tile_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
+    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
+    dim, length, nstate, seg_len, nseg,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
+                  dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
+                  tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T)
+
+
+@triton.jit
+def scan_plugin_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
+    dim, length, nstate,
+    y_ptr, state_ptr,
+    SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Single-pass scan with the TensorRT AOT plugin's argument order: inputs, ints, outputs."""
+    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, state_ptr,
+                  state_ptr, dim, length, nstate, length, 1, tl.program_id(0), tl.program_id(1), 0,
+                  SOFTPLUS, False, True, False, BLOCK_D, BLOCK_N, BLOCK_T)
+
+
+@triton.jit
+def chain_segments_kernel(
+    end_ptr, dtsum_ptr, A_ptr, carry_ptr, dim, nstate, nseg,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """carry[s] = exp(A * dtsum[s-1]) * carry[s-1] + end[s-1]; carry[0] = 0."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    mask = (d < dim)[:, None] & (n < nstate)[None, :]
+    A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=mask, other=0.0).to(tl.float32)
+    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    for s in range(nseg):
+        off = ((pid_b * nseg + s) * dim + d[:, None]) * nstate + n[None, :]
+        tl.store(carry_ptr + off, h, mask=mask)
+        dts = tl.load(dtsum_ptr + (pid_b * nseg + s) * dim + d, mask=d < dim, other=0.0)
+        h = tl.exp(A * dts[:, None]) * h + tl.load(end_ptr + off, mask=mask, other=0.0)
+
+
+class ScanConfig:
+    """Tile sizes and segment count of one launch."""
+
+    def __init__(self, block_d: int = 8, block_t: int = 32, segments: int = 1, num_warps: int = 4) -> None:
+        self.block_d, self.block_t, self.segments, self.num_warps = block_d, block_t, segments, num_warps
+
+    def __repr__(self) -> str:
+        return f"ScanConfig(block_d={self.block_d}, block_t={self.block_t}, segments={self.segments}, warps={self.num_warps})"
+
+
+def default_config(batch: int, dim: int, length: int, device: torch.device | None = None) -> ScanConfig:
+    """Enough (D-block x batch x segment) programs to give every SM a few (see BENCHMARKS.md)."""
+    cfg = ScanConfig()
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.cuda.is_available() else 132
+    programs = batch * triton.cdiv(dim, cfg.block_d)
+    tiles = triton.cdiv(length, cfg.block_t)
+    cfg.segments = max(1, min(tiles // 4, triton.cdiv(4 * sms, programs)))
+    return cfg
+
+
+def selective_scan_triton(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor,
+    z: torch.Tensor | None,
+    delta_bias: torch.Tensor,
+    delta_softplus: bool,
+    config: ScanConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the scan with the Triton kernels; same contract as ``selective_scan_ref``."""
+    batch, dim, length = u.shape
+    nstate = A.shape[1]
+    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
+    A, D, delta_bias = (t.contiguous().float() for t in (A, D, delta_bias))
+    z = z.contiguous() if z is not None else None
+    cfg = config or default_config(batch, dim, length, u.device)
+    block_n = triton.next_power_of_2(nstate)
+    tiles = triton.cdiv(max(length, 1), cfg.block_t)
+    nseg = max(1, min(cfg.segments, tiles))
+    seg_len = triton.cdiv(tiles, nseg) * cfg.block_t
+    nseg = triton.cdiv(max(length, 1), seg_len)
+    y = torch.empty_like(u)
+    state = torch.empty(batch, nseg, dim, nstate, device=u.device, dtype=torch.float32)
+    dtsum = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
+    grid = (triton.cdiv(dim, cfg.block_d), batch, nseg)
+    common = dict(dim=dim, length=length, nstate=nstate, seg_len=seg_len, nseg=nseg, SOFTPLUS=bool(delta_softplus),
+                  HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t, num_warps=cfg.num_warps)
+    zz = z if z is not None else u
+    if nseg == 1:
+        scan_tile_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
+                               WRITE_Y=True, HAS_CARRY=False, **common)
+        return y, state[:, 0]
+    scan_tile_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
+                           WRITE_Y=False, HAS_CARRY=False, **common)
+    carry = torch.empty_like(state)
+    chain_segments_kernel[grid[:2]](state, dtsum, A, carry, dim, nstate, nseg, BLOCK_D=cfg.block_d, BLOCK_N=block_n)
+    final = torch.empty_like(state)
+    scan_tile_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum,
+                           WRITE_Y=True, HAS_CARRY=True, **common)
+    return y, final[:, -1]

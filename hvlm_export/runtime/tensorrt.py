@@ -1,0 +1,120 @@
+"""TensorRT engine session: the same ``run(dict) -> dict`` contract as the ONNX path.
+
+Uses the TensorRT 10/11 runtime API (set_input_shape, set_tensor_address,
+execute_async_v3 on a CUDA stream); device buffers are torch CUDA tensors. The engine's
+``<engine>.json`` metadata (written by ``build_engine``) says which plugins to register first
+and which TensorRT built it; a mismatch is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hvlm_export.errors import ArtifactError, RuntimeInputError
+from hvlm_export.runtime.base import Session, TensorInfo
+
+__all__ = ["EngineSession", "numpy_dtype"]
+
+
+def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
+    if dtype == trt.bfloat16:
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(trt.nptype(dtype))
+
+
+def _major_minor(version: str) -> tuple[str, ...]:
+    return tuple(version.split(".")[:2])
+
+
+class EngineSession(Session):
+    """A deserialized TensorRT engine with one execution context (profile 0).
+
+    Args:
+        path: the engine file; ``<path>.json`` beside it is its metadata.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        from hvlm_export.exporters.tensorrt import engine_metadata_path, import_tensorrt
+
+        trt = import_tensorrt()
+        import torch
+
+        self._trt, self._torch = trt, torch
+        self.path = Path(path)
+        meta_path = engine_metadata_path(self.path)
+        if not meta_path.is_file():
+            raise ArtifactError(f"engine metadata {meta_path.name!r} is missing", "rebuild with `hvlm-export build`.")
+        try:
+            self.metadata = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"engine metadata {meta_path.name!r} is not valid JSON: {err}") from err
+        built_with = self.metadata.get("tensorrt_version", "?")
+        if _major_minor(built_with) != _major_minor(trt.__version__):
+            raise ArtifactError(
+                f"{self.path.name} was built with TensorRT {built_with}, this process has {trt.__version__}",
+                "engines are not portable across TensorRT versions; rebuild it with `hvlm-export build`.",
+            )
+        if self.metadata.get("plugins"):
+            from hvlm_export.exporters.plugins import register_plugins
+
+            register_plugins(trt)
+        if not torch.cuda.is_available():
+            raise ArtifactError("running a TensorRT engine needs a CUDA GPU, and torch sees none")
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._engine = trt.Runtime(logger).deserialize_cuda_engine(self.path.read_bytes())
+        if self._engine is None:
+            raise ArtifactError(f"TensorRT cannot deserialize {self.path.name}", "the file is corrupt or truncated; rebuild it.")
+        self._context = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        self.inputs = tuple(self._info(n) for n in names if is_input[n])
+        self.outputs = tuple(self._info(n) for n in names if not is_input[n])
+        self.profile = {t.name: self._engine.get_tensor_profile_shape(t.name, 0) for t in self.inputs}
+
+    def _info(self, name: str) -> TensorInfo:
+        shape = tuple(int(d) if d >= 0 else None for d in self._engine.get_tensor_shape(name))
+        return TensorInfo(name, numpy_dtype(self._trt, self._engine.get_tensor_dtype(name)), shape)
+
+    def _check(self, feed: Mapping[str, np.ndarray]) -> None:
+        super()._check(feed)
+        for name, (lo, _, hi) in self.profile.items():
+            shape = feed[name].shape
+            if any(s < a or s > b for s, a, b in zip(shape, lo, hi, strict=True)):
+                raise RuntimeInputError(
+                    f"input {name!r} has shape {shape}, outside the engine's profile: min {tuple(lo)}, max {tuple(hi)}",
+                    "rebuild the engine with --min-shapes/--max-shapes covering it.",
+                )
+
+    def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        torch = self._torch
+        stream = torch.cuda.Stream()
+        keep = []
+        with torch.cuda.stream(stream):
+            for info in self.inputs:
+                array = np.ascontiguousarray(feed[info.name])
+                tensor = torch.from_numpy(array.view(np.int16) if array.dtype.name == "bfloat16" else array).cuda()
+                keep.append(tensor)
+                self._context.set_input_shape(info.name, tuple(array.shape))
+                self._context.set_tensor_address(info.name, tensor.data_ptr())
+            outputs = {}
+            for info in self.outputs:
+                shape = tuple(self._context.get_tensor_shape(info.name))
+                itemsize = info.dtype.itemsize
+                buffer = torch.empty(int(np.prod(shape)) * itemsize, dtype=torch.uint8, device="cuda")
+                outputs[info.name] = (buffer, shape)
+                self._context.set_tensor_address(info.name, buffer.data_ptr())
+            if not self._context.execute_async_v3(stream.cuda_stream):
+                raise ArtifactError(f"TensorRT failed to execute {self.path.name}")
+        stream.synchronize()
+        return {
+            name: buffer.cpu().numpy().view(info.dtype).reshape(shape)
+            for info, (name, (buffer, shape)) in zip(self.outputs, outputs.items(), strict=True)
+        }

@@ -1,0 +1,85 @@
+"""The SelectiveScan plugin's shape/dtype/attribute logic, called directly (no TensorRT)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hvlm_export.exporters.plugins import selective_scan_logic as logic
+
+GOOD = [(2, 8, 100), (2, 8, 100), (8, 4), (2, 4, 100), (2, 4, 100), (8,), (8,)]
+DYNAMIC = [("?", 8, "?"), ("?", 8, "?"), (8, 4), ("?", 4, "?"), ("?", 4, "?"), (8,), (8,)]
+
+
+def test_identity_matches_the_onnx_node():
+    from hvlm_export.exporters import scan_body
+
+    assert (logic.PLUGIN_NAME, logic.PLUGIN_NAMESPACE, logic.PLUGIN_VERSION) == ("SelectiveScan", "hvlm", "1")
+    assert logic.INPUTS == scan_body.INPUTS and logic.OUTPUTS == scan_body.OUTPUTS
+
+
+def test_output_shapes():
+    assert logic.output_shapes(GOOD) == ((2, 8, 100), (2, 8, 4))
+    assert logic.output_shapes(DYNAMIC) == (("?", 8, "?"), ("?", 8, 4))
+
+
+@pytest.mark.parametrize(
+    "index, shape, match",
+    [(1, (2, 8, 99), "delta"), (2, (7, 4), "A"), (3, (2, 5, 100), "input B"), (5, (9,), "input D"),
+     (0, (2, 8), "rank 3"), (6, (8, 1), "rank 1")],
+)
+def test_bad_shapes(index, shape, match):
+    shapes = list(GOOD)
+    shapes[index] = shape
+    with pytest.raises(logic.PluginInputError, match=match):
+        logic.check_input_shapes(shapes)
+
+
+def test_wrong_input_count():
+    with pytest.raises(logic.PluginInputError, match="7 inputs"):
+        logic.check_input_shapes(GOOD[:6])
+
+
+@pytest.mark.parametrize("data", ["float32", "float16", "bfloat16"])
+def test_dtypes(data):
+    f32 = "float32"
+    ins = [data, data, f32, data, data, f32, f32]
+    assert logic.output_dtypes(ins) == (data, f32)
+    assert logic.supports_dtypes(ins + [data, f32])
+    assert not logic.supports_dtypes(ins + [f32 if data != f32 else "float16", f32])
+
+
+@pytest.mark.parametrize("bad", [
+    ["float16", "float32", "float32", "float16", "float16", "float32", "float32"],   # delta differs from u
+    ["float16", "float16", "float16", "float16", "float16", "float32", "float32"],   # A must be fp32
+    ["int32", "int32", "float32", "int32", "int32", "float32", "float32"],           # not a float type
+])
+def test_bad_dtypes(bad):
+    assert not logic.supports_dtypes(bad)
+    with pytest.raises(logic.PluginInputError):
+        logic.output_dtypes(bad)
+
+
+def test_supports_position_walks_like_tensorrt():
+    """TensorRT asks position by position; only consistent prefixes are accepted."""
+    chosen = []
+    plan = ["float16", "float16", "float32", "float16", "float16", "float32", "float32", "float16", "float32"]
+    for dtype in plan:
+        candidates = [d for d in ("float32", "float16", "bfloat16") if logic.supports_position(chosen + [d])]
+        assert dtype in candidates
+        chosen.append(dtype)
+    assert not logic.supports_position(["float16", "bfloat16"])
+    assert not logic.supports_position(chosen + ["float32"])  # past the last position
+
+
+@pytest.mark.parametrize("fields, value", [({}, False), ({"delta_softplus": 1}, True),
+                                           ({"delta_softplus": np.array([0], np.int32)}, False)])
+def test_attrs(fields, value):
+    attrs = logic.ScanAttrs.from_fields(fields)
+    assert attrs.delta_softplus is value and attrs.to_fields() == {"delta_softplus": int(value)}
+
+
+@pytest.mark.parametrize("raw", [2, "yes", np.array([], np.int32)])
+def test_bad_attrs(raw):
+    with pytest.raises(logic.PluginInputError):
+        logic.ScanAttrs.from_fields({"delta_softplus": raw})
