@@ -23,7 +23,11 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["selective_scan_triton", "ScanConfig", "default_config"]
+__all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "PLUGIN_BLOCK_D"]
+
+#: tile sizes of the single-pass kernel that the TensorRT AOT plugin embeds
+PLUGIN_BLOCK_D, PLUGIN_BLOCK_T, PLUGIN_WARPS = 8, 32, 4
+_TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 
 @triton.jit
@@ -203,3 +207,20 @@ def selective_scan_triton(
     scan_tile_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum,
                            WRITE_Y=True, HAS_CARRY=True, **common)
     return y, final[:, -1]
+
+
+def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[str, str, int, int]:
+    """Compile ``scan_plugin_kernel`` to PTX for the TensorRT AOT plugin.
+
+    Returns (kernel name, PTX, shared memory bytes, warps). ``dtype`` is the dtype of u,
+    delta, B, C and y ('float32', 'float16' or 'bfloat16'); ``block_n`` a power of two >= N.
+    """
+    ptr = _TRITON_PTR[dtype]
+    signature = {"u_ptr": ptr, "delta_ptr": ptr, "A_ptr": "*fp32", "B_ptr": ptr, "C_ptr": ptr, "D_ptr": "*fp32",
+                 "bias_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32", "y_ptr": ptr,
+                 "state_ptr": "*fp32"}
+    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_D": PLUGIN_BLOCK_D, "BLOCK_N": block_n,
+                  "BLOCK_T": PLUGIN_BLOCK_T}
+    source = triton.compiler.ASTSource(fn=scan_plugin_kernel, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, options={"num_warps": PLUGIN_WARPS})
+    return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.shared, compiled.metadata.num_warps

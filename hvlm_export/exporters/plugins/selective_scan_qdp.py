@@ -12,12 +12,10 @@ import tensorrt.plugin as trtp
 
 from hvlm_export.exporters.plugins import selective_scan_logic as logic
 
-__all__ = ["register", "PLUGIN_ID", "aot_compile"]
+__all__ = ["register", "PLUGIN_ID"]
 
 PLUGIN_ID = f"{logic.PLUGIN_NAMESPACE}::{logic.PLUGIN_NAME}"
 _TRT_DTYPES = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat16"}
-_TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
-AOT_BLOCK_D, AOT_BLOCK_T, AOT_WARPS = 8, 32, 4
 
 
 def _desc(
@@ -54,35 +52,20 @@ def _impl(
     run_scan(ins, outs, bool(delta_softplus), stream)
 
 
-def aot_compile(u_dtype: str, n_state_block: int, delta_softplus: bool):
-    """Compile the Triton plugin kernel to PTX; returns (name, ptx, shared_mem, num_warps)."""
-    import triton
-
-    from hvlm_export.ops.selective_scan_triton import scan_plugin_kernel
-
-    ptr = _TRITON_PTR[u_dtype]
-    signature = {"u_ptr": ptr, "delta_ptr": ptr, "A_ptr": "*fp32", "B_ptr": ptr, "C_ptr": ptr, "D_ptr": "*fp32",
-                 "bias_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32", "y_ptr": ptr,
-                 "state_ptr": "*fp32"}
-    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_D": AOT_BLOCK_D, "BLOCK_N": n_state_block,
-                  "BLOCK_T": AOT_BLOCK_T}
-    compiled = triton.compile(triton.compiler.ASTSource(fn=scan_plugin_kernel, signature=signature,
-                                                        constexprs=constexprs), options={"num_warps": AOT_WARPS})
-    return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.shared, compiled.metadata.num_warps
-
-
 def _aot_impl(
     u: trtp.TensorDesc, delta: trtp.TensorDesc, A: trtp.TensorDesc, B: trtp.TensorDesc, C: trtp.TensorDesc,
     D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, delta_softplus: int, outputs: Tuple[trtp.TensorDesc],
     tactic: int,
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
+    from hvlm_export.ops.selective_scan_triton import PLUGIN_BLOCK_D, compile_plugin_ptx
+
     dtype = _TRT_DTYPES[u.dtype]
     if not A.shape_expr[1].is_constant:
         raise logic.PluginInputError("the AOT SelectiveScan kernel needs a build-time constant state size N")
     n_block = _next_pow2(A.shape_expr[1].constant_value)
-    name, ptx, shared, warps = aot_compile(dtype, n_block, bool(delta_softplus))
+    name, ptx, shared, warps = compile_plugin_ptx(dtype, n_block, bool(delta_softplus))
     params = trtp.KernelLaunchParams()
-    params.grid_x = trtp.cdiv(u.shape_expr[1], AOT_BLOCK_D)
+    params.grid_x = trtp.cdiv(u.shape_expr[1], PLUGIN_BLOCK_D)
     params.grid_y = u.shape_expr[0]
     params.block_x = warps * 32
     params.shared_mem = shared

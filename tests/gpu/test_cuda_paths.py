@@ -1,0 +1,136 @@
+"""CUDA paths on a GPU: the Triton scan against the float64 recurrence, modules against CPU.
+
+Run on a GPU machine: ``pytest -m gpu tests/gpu``. Skipped (with the reason) without CUDA.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.references import scan_reference_f64
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
+]
+
+# fp32 kernel vs float64 recurrence: ||y - ref|| / ||ref|| lands near 1e-7 (fp32 rounding
+# accumulated over L steps); 1e-5 leaves headroom while a wrong carry gives > 1e-2.
+FP32_REL = 1e-5
+# fp16/bf16 inputs are rounded before the fp32 recurrence; compare against the recurrence on
+# the rounded inputs, output rounding dominates (fp16 eps 1e-3, bf16 8e-3).
+LOW_REL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
+
+SHAPES = [  # (B, D, N, L): L from 1 to 65536, D and N not powers of two included
+    (1, 24, 16, 1), (2, 24, 16, 7), (2, 33, 5, 64), (1, 40, 16, 1000), (1, 37, 13, 8192), (1, 16, 16, 65536),
+    (3, 130, 7, 517),
+]
+
+
+def _inputs(b, d, n, length, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    data = dict(u=r(b, d, length), delta=r(b, d, length) - 1.0, A=-torch.rand(d, n, generator=g) * 4 - 0.05,
+                B=r(b, n, length), C=r(b, n, length), D=r(d), z=r(b, d, length), delta_bias=r(d) * 0.5)
+    cuda = {k: v.cuda() for k, v in data.items()}
+    for k in ("u", "delta", "B", "C", "z"):
+        cuda[k] = cuda[k].to(dtype)
+    return cuda
+
+
+def _rel(got, want):
+    return ((got.double().cpu() - want).norm() / want.norm()).item()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B%dD%dN%dL%d" % s)
+def test_triton_scan_fp32(shape):
+    from hvlm_export.ops.selective_scan_triton import selective_scan_triton
+
+    inp = _inputs(*shape, seed=sum(shape))
+    want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
+    y, state = selective_scan_triton(**inp, delta_softplus=True)
+    assert torch.isfinite(y).all()
+    assert _rel(y, want) < FP32_REL, f"rel err {_rel(y, want):.3g}"
+    assert _rel(state, want_state) < FP32_REL, f"state rel err {_rel(state, want_state):.3g}"
+
+
+@pytest.mark.parametrize("segments", [1, 2, 5, 64])
+@pytest.mark.parametrize("block_d, block_t", [(4, 16), (8, 32), (16, 64)])
+def test_triton_configs_agree(segments, block_d, block_t):
+    from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
+
+    inp = _inputs(2, 45, 16, 3001, seed=segments + block_d)
+    want, _ = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
+    y, _ = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(block_d, block_t, segments))
+    assert _rel(y, want) < FP32_REL
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_scan_low_precision(dtype):
+    inp = _inputs(2, 64, 16, 2048, seed=3, dtype=dtype)
+    want, _ = scan_reference_f64(**{k: v.cpu().float() for k, v in inp.items()}, delta_softplus=True)
+    y = torch.ops.hvlm.selective_scan(inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"],
+                                      inp["delta_bias"], True)[0]
+    assert y.dtype == dtype
+    assert _rel(y, want) < LOW_REL[dtype], f"rel err {_rel(y, want):.3g}"
+
+
+def test_op_dispatches_to_triton_and_backprops():
+    from hvlm_export.ops import selective_scan, selective_scan_ref
+
+    inp = _inputs(1, 16, 8, 300, seed=9)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inp.items()}
+    selective_scan(**leaves, delta_softplus=True).square().sum().backward()
+    got = {k: v.grad.clone() for k, v in leaves.items()}
+    for v in leaves.values():
+        v.grad = None
+    selective_scan_ref(**leaves, delta_softplus=True)[0].square().sum().backward()
+    for k, v in leaves.items():
+        assert torch.allclose(got[k], v.grad, rtol=1e-3, atol=1e-3), k
+
+
+def test_plugin_kernel_single_pass_and_aot_compiles():
+    """The kernel the TensorRT AOT plugin embeds: run it, and compile it to PTX as TRT would."""
+    import triton
+
+    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx, scan_plugin_kernel
+
+    inp = _inputs(2, 48, 16, 777, seed=4)
+    want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items() if k != "z"}, delta_softplus=True)
+    y = torch.full_like(inp["u"], float("nan"))
+    state = torch.full((2, 48, 16), float("nan"), device="cuda")
+    scan_plugin_kernel[(triton.cdiv(48, 8), 2)](inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"],
+                                                  inp["delta_bias"], 48, 777, 16, y, state,
+                                                  SOFTPLUS=True, BLOCK_D=8, BLOCK_N=16, BLOCK_T=32)
+    assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
+    for dtype in ("float32", "float16", "bfloat16"):
+        name, ptx, shared, warps = compile_plugin_ptx(dtype, 16, True)
+        assert ".entry" in ptx and name in ptx and warps == 4
+
+
+REGISTRY_CUDA_TOL = {torch.float32: 2e-4, torch.float16: 3e-2}  # TF32-free fp32 matmuls; fp16 rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("name", ["strided", "local_global", "cross_memory", "hierarchical_block", "performer",
+                                  "mamba", "linear_block"])
+def test_modules_on_cuda_match_cpu(name, dtype):
+    from hvlm_export.registry import REGISTRY
+
+    spec = REGISTRY[name]
+    torch.manual_seed(0)
+    cpu = spec.build({"dim": 128, **({"num_heads": 4} if "num_heads" in spec.defaults else {})}).eval()
+    gpu = spec.build({"dim": 128, **({"num_heads": 4} if "num_heads" in spec.defaults else {})}).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu = gpu.cuda().to(dtype)
+    for sub in gpu.modules():
+        if hasattr(sub, "A_log"):
+            sub.A_log.data = sub.A_log.data.float()
+    for length in (1, 37, 300):
+        inputs = spec.example_inputs(cpu, 2, length, seed=length)
+        with torch.no_grad():
+            want = cpu(*inputs)
+            got = gpu(*(t.cuda().to(dtype) for t in inputs)).float().cpu()
+        err = ((got - want).norm() / want.norm()).item()
+        assert err < REGISTRY_CUDA_TOL[dtype], f"{name} L={length}: rel err {err:.3g}"
