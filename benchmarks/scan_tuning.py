@@ -48,19 +48,22 @@ def main() -> None:
     del x
     rows = []
     inp = inputs(8192)
-    for block_d in (4, 8, 16):
-        for block_t in (32, 64):
-            for segments in (1, 4, 16):
-                cfg = ScanConfig(block_d, block_t, segments)
-                try:
-                    ms = bench(lambda c=cfg: selective_scan_triton(**inp, delta_softplus=True, config=c))
-                except Exception as err:  # a config the compiler rejects (register pressure) is reported
-                    rows.append({"config": repr(cfg), "L": 8192, "ms": None, "error": str(err)[:100]})
-                    continue
-                rows.append({"config": repr(cfg), "L": 8192, "ms": ms})
+    sweep = [ScanConfig(bd, bt, seg, w, "tile") for bd, bt, seg, w in
+             [(4, 32, 1, 4), (2, 32, 1, 2), (4, 16, 1, 2), (2, 16, 1, 1), (4, 32, 4, 2), (2, 16, 8, 1)]]
+    sweep += [ScanConfig(bd, 32, seg, w, "seq") for bd, seg, w in
+              [(16, 8, 1), (32, 8, 2), (32, 16, 2), (64, 16, 4), (32, 32, 2), (16, 32, 1), (64, 32, 4),
+               (128, 32, 4), (32, 64, 2), (16, 64, 1), (64, 64, 4), (8, 32, 1)]]
+    for cfg in sweep:
+        try:
+            ms = bench(lambda c=cfg: selective_scan_triton(**inp, delta_softplus=True, config=c))
+        except Exception as err:  # a config the compiler rejects (register pressure) is reported
+            rows.append({"config": repr(cfg), "L": 8192, "ms": None, "error": str(err)[:100]})
+            continue
+        rows.append({"config": repr(cfg), "L": 8192, "ms": ms})
+        print(f"{cfg}: {ms:.4f} ms", flush=True)
     best = min((r for r in rows if r["ms"] is not None), key=lambda r: r["ms"])
     lengths = []
-    for length in (1024, 4096, 8192, 32768, 65536):
+    for length in (1024, 8192, 65536):
         inp = inputs(length)
         cfg = default_config(1, 1536, length)
         ms = bench(lambda: selective_scan_triton(**inp, delta_softplus=True, config=cfg))

@@ -72,7 +72,7 @@ class StridedAttention(MultiHeadProjections):
             return t.reshape(b, h * s, n, dh)
 
         out = self._attend(group(q), group(k), group(v), self._mask(length, n, x.device))
-        out = out.view(b, h, s, n, dh).transpose(2, 3).reshape(b, h, n * s, dh)[:, :, :length]
+        out = out.reshape(b, h, s, n, dh).transpose(2, 3).reshape(b, h, n * s, dh)[:, :, :length]
         return self.out_proj(merge_heads(out))
 
     def _mask(self, length: int, n: int, device: torch.device) -> torch.Tensor:
@@ -156,7 +156,7 @@ class LocalGlobalAttention(MultiHeadProjections):
             values.reshape(b, h * nb, span, dh),
             self._mask(length, nb, x.device),
         )
-        out = out.view(b, h, nb * w, dh)[:, :, :length]
+        out = out.reshape(b, h, nb * w, dh)[:, :, :length]
         return self.out_proj(merge_heads(out))
 
     def _mask(self, length: int, nb: int, device: torch.device) -> torch.Tensor:

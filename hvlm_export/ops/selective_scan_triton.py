@@ -99,6 +99,66 @@ def _scan_program(
 
 
 @triton.jit
+def _scan_seq_program(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
+    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
+    dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program, one step at a time: state (BLOCK_D, BLOCK_N) stays in registers; the
+    per-step loads of neighbouring t share cache lines."""
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    dmask = d < dim
+    nmask = n < nstate
+    dn_mask = dmask[:, None] & nmask[None, :]
+    A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    sn_off = ((pid_b * nseg + pid_s) * dim + d[:, None]) * nstate + n[None, :]
+    if HAS_CARRY:
+        h = tl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    row = pid_b * dim * length + d * length
+    nrow = pid_b * nstate * length + n * length
+    start = pid_s * seg_len
+    for t in range(start, tl.minimum(start + seg_len, length)):
+        u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + row + t, mask=dmask, other=0.0).to(tl.float32) + bias
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        b_t = tl.load(B_ptr + nrow + t, mask=nmask, other=0.0).to(tl.float32)
+        h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * b_t[None, :]
+        dt_total += dt
+        if WRITE_Y:
+            c_t = tl.load(C_ptr + nrow + t, mask=nmask, other=0.0).to(tl.float32)
+            y = tl.sum(h * c_t[None, :], axis=1) + Dv * u
+            if HAS_Z:
+                z = tl.load(z_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
+                y = y * (z / (1.0 + tl.exp(-z)))
+            tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=dmask)
+    tl.store(state_ptr + sn_off, h, mask=dn_mask)
+    if not WRITE_Y:
+        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
+
+
+@triton.jit
+def scan_seq_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
+    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
+    dim, length, nstate, seg_len, nseg,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    _scan_seq_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
+                      dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
+                      tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N)
+
+
+@triton.jit
 def scan_tile_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
@@ -145,13 +205,18 @@ def chain_segments_kernel(
 
 
 class ScanConfig:
-    """Tile sizes and segment count of one launch."""
+    """Kernel variant ('tile': associative scan over BLOCK_T-step tiles; 'seq': one step at a
+    time), tile sizes and segment count of one launch."""
 
-    def __init__(self, block_d: int = 8, block_t: int = 32, segments: int = 1, num_warps: int = 4) -> None:
-        self.block_d, self.block_t, self.segments, self.num_warps = block_d, block_t, segments, num_warps
+    def __init__(self, block_d: int = 8, block_t: int = 32, segments: int = 1, num_warps: int = 4,
+                 kind: str = "tile") -> None:
+        if kind not in ("tile", "seq"):
+            raise ValueError(f"unknown scan kernel kind {kind!r}; valid: 'tile', 'seq'")
+        self.block_d, self.block_t, self.segments, self.num_warps, self.kind = block_d, block_t, segments, num_warps, kind
 
     def __repr__(self) -> str:
-        return f"ScanConfig(block_d={self.block_d}, block_t={self.block_t}, segments={self.segments}, warps={self.num_warps})"
+        return (f"ScanConfig({self.kind}, block_d={self.block_d}, block_t={self.block_t}, segments={self.segments}, "
+                f"warps={self.num_warps})")
 
 
 def default_config(batch: int, dim: int, length: int, device: torch.device | None = None) -> ScanConfig:
@@ -195,16 +260,17 @@ def selective_scan_triton(
     common = dict(dim=dim, length=length, nstate=nstate, seg_len=seg_len, nseg=nseg, SOFTPLUS=bool(delta_softplus),
                   HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t, num_warps=cfg.num_warps)
     zz = z if z is not None else u
+    kernel = scan_tile_kernel if cfg.kind == "tile" else scan_seq_kernel
     if nseg == 1:
-        scan_tile_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
+        kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
                                WRITE_Y=True, HAS_CARRY=False, **common)
         return y, state[:, 0]
-    scan_tile_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
+    kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
                            WRITE_Y=False, HAS_CARRY=False, **common)
     carry = torch.empty_like(state)
     chain_segments_kernel[grid[:2]](state, dtsum, A, carry, dim, nstate, nseg, BLOCK_D=cfg.block_d, BLOCK_N=block_n)
     final = torch.empty_like(state)
-    scan_tile_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum,
+    kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum,
                            WRITE_Y=True, HAS_CARRY=True, **common)
     return y, final[:, -1]
 
