@@ -48,11 +48,11 @@ def main() -> None:
     del x
     rows = []
     inp = inputs(8192)
-    sweep = [ScanConfig(bd, bt, seg, w, "tile") for bd, bt, seg, w in
-             [(4, 32, 1, 4), (2, 32, 1, 2), (4, 16, 1, 2), (2, 16, 1, 1), (4, 32, 4, 2), (2, 16, 8, 1)]]
-    sweep += [ScanConfig(bd, 32, seg, w, "seq") for bd, seg, w in
-              [(16, 8, 1), (32, 8, 2), (32, 16, 2), (64, 16, 4), (32, 32, 2), (16, 32, 1), (64, 32, 4),
-               (128, 32, 4), (32, 64, 2), (16, 64, 1), (64, 64, 4), (8, 32, 1)]]
+    sweep = [ScanConfig(bd, bt, seg, w, "tile", st) for bd, bt, seg, w, st in
+             [(4, 32, 1, 4, 1), (4, 32, 1, 4, 3), (2, 32, 8, 2, 3), (4, 32, 8, 4, 2)]]
+    sweep += [ScanConfig(bd, 32, seg, w, "seq", st) for bd, seg, w, st in
+              [(64, 32, 4, 1), (128, 32, 4, 1), (64, 32, 4, 3), (128, 32, 4, 3), (32, 32, 2, 4), (64, 64, 4, 3),
+               (256, 32, 8, 3), (128, 16, 4, 3)]]
     for cfg in sweep:
         try:
             ms = bench(lambda c=cfg: selective_scan_triton(**inp, delta_softplus=True, config=c))

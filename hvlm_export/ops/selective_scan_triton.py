@@ -4,11 +4,12 @@ Glossary: B batch, D channels, L length, N state size, S segments of L.
 
 Algorithm (exact up to float32 rounding; state in float32 registers):
 
-* L is cut into S segments of whole ``BLOCK_T``-step tiles. One program per
-  (D-block, batch, segment) walks its segment tile by tile. Inside a tile the recurrence
-  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t runs as ``tl.associative_scan`` over the
-  BLOCK_T steps (pairs (a, b) combine as (a1 a2, a2 b1 + b2)); the tile's carry-in state is
-  folded in with the scan's cumulative decay.
+* L is cut into S segments. One program per (D-block, batch, segment) walks its segment:
+  kind 'seq' (the default, fastest measured) one step at a time with the (BLOCK_D, N)
+  state in registers; kind 'tile' BLOCK_T steps at a time, the recurrence
+  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t running as ``tl.associative_scan`` over the tile
+  (pairs (a, b) combine as (a1 a2, a2 b1 + b2)) and the carry-in folded in with the scan's
+  cumulative decay.
 * With S > 1: pass 1 computes each segment's end state from zero and its delta sum; a small
   kernel chains the segments (S steps); pass 2 reruns every segment from its true carry-in
   and writes y. With S = 1 one pass does everything.
@@ -47,7 +48,7 @@ def _scan_program(
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
 ):
     """One (D-block, batch, segment) program: walk the segment tile by tile."""
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -69,7 +70,7 @@ def _scan_program(
     row = pid_b * dim * length + d[:, None] * length  # (BLOCK_D, 1) offsets into (B, D, L)
     nrow = pid_b * nstate * length + n[:, None] * length  # (BLOCK_N, 1) offsets into (B, N, L)
     start = pid_s * seg_len
-    for t0 in range(start, tl.minimum(start + seg_len, length), BLOCK_T):
+    for t0 in tl.range(start, tl.minimum(start + seg_len, length), BLOCK_T, num_stages=STAGES):
         tt = t0 + t
         tmask = tt < length
         m_dt = dmask[:, None] & tmask[None, :]
@@ -104,7 +105,7 @@ def _scan_seq_program(
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
 ):
     """One program, one step at a time: state (BLOCK_D, BLOCK_N) stays in registers; the
     per-step loads of neighbouring t share cache lines."""
@@ -125,7 +126,7 @@ def _scan_seq_program(
     row = pid_b * dim * length + d * length
     nrow = pid_b * nstate * length + n * length
     start = pid_s * seg_len
-    for t in range(start, tl.minimum(start + seg_len, length)):
+    for t in tl.range(start, tl.minimum(start + seg_len, length), 1, num_stages=STAGES):
         u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
         dt = tl.load(delta_ptr + row + t, mask=dmask, other=0.0).to(tl.float32) + bias
         if SOFTPLUS:
@@ -151,11 +152,11 @@ def scan_seq_kernel(
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
 ):
     _scan_seq_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
                       dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
-                      tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N)
+                      tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, STAGES)
 
 
 @triton.jit
@@ -164,11 +165,11 @@ def scan_tile_kernel(
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
 ):
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
                   dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
-                  tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T)
+                  tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T, STAGES)
 
 
 @triton.jit
@@ -181,7 +182,7 @@ def scan_plugin_kernel(
     """Single-pass scan with the TensorRT AOT plugin's argument order: inputs, ints, outputs."""
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, state_ptr,
                   state_ptr, dim, length, nstate, length, 1, tl.program_id(0), tl.program_id(1), 0,
-                  SOFTPLUS, False, True, False, BLOCK_D, BLOCK_N, BLOCK_T)
+                  SOFTPLUS, False, True, False, BLOCK_D, BLOCK_N, BLOCK_T, 1)
 
 
 @triton.jit
@@ -208,25 +209,27 @@ class ScanConfig:
     """Kernel variant ('tile': associative scan over BLOCK_T-step tiles; 'seq': one step at a
     time), tile sizes and segment count of one launch."""
 
-    def __init__(self, block_d: int = 8, block_t: int = 32, segments: int = 1, num_warps: int = 4,
-                 kind: str = "tile") -> None:
+    def __init__(self, block_d: int = 64, block_t: int = 32, segments: int = 1, num_warps: int = 4,
+                 kind: str = "seq", stages: int = 1) -> None:
         if kind not in ("tile", "seq"):
             raise ValueError(f"unknown scan kernel kind {kind!r}; valid: 'tile', 'seq'")
-        self.block_d, self.block_t, self.segments, self.num_warps, self.kind = block_d, block_t, segments, num_warps, kind
+        self.block_d, self.block_t, self.segments, self.num_warps = block_d, block_t, segments, num_warps
+        self.kind, self.stages = kind, stages
 
     def __repr__(self) -> str:
         return (f"ScanConfig({self.kind}, block_d={self.block_d}, block_t={self.block_t}, segments={self.segments}, "
-                f"warps={self.num_warps})")
+                f"warps={self.num_warps}, stages={self.stages})")
+
+
+#: steps per segment of the default config: the sweep in benchmarks/scan_tuning.py found
+#: 256-step segments best on an H200 at L=8192 (BENCHMARKS.md)
+SEGMENT_STEPS = 256
 
 
 def default_config(batch: int, dim: int, length: int, device: torch.device | None = None) -> ScanConfig:
-    """Enough (D-block x batch x segment) programs to give every SM a few (see BENCHMARKS.md)."""
-    cfg = ScanConfig()
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if torch.cuda.is_available() else 132
-    programs = batch * triton.cdiv(dim, cfg.block_d)
-    tiles = triton.cdiv(length, cfg.block_t)
-    cfg.segments = max(1, min(tiles // 4, triton.cdiv(4 * sms, programs)))
-    return cfg
+    """The step-wise kernel over 256-step segments (measured best; see BENCHMARKS.md)."""
+    del batch, dim, device
+    return ScanConfig(block_d=64, segments=max(1, triton.cdiv(length, SEGMENT_STEPS)), num_warps=4, kind="seq")
 
 
 def selective_scan_triton(
@@ -258,7 +261,8 @@ def selective_scan_triton(
     dtsum = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
     grid = (triton.cdiv(dim, cfg.block_d), batch, nseg)
     common = dict(dim=dim, length=length, nstate=nstate, seg_len=seg_len, nseg=nseg, SOFTPLUS=bool(delta_softplus),
-                  HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t, num_warps=cfg.num_warps)
+                  HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t, STAGES=cfg.stages,
+                  num_warps=cfg.num_warps)
     zz = z if z is not None else u
     kernel = scan_tile_kernel if cfg.kind == "tile" else scan_seq_kernel
     if nseg == 1:

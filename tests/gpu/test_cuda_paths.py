@@ -57,12 +57,13 @@ def test_triton_scan_fp32(shape):
 
 @pytest.mark.parametrize("segments", [1, 2, 5, 64])
 @pytest.mark.parametrize("block_d, block_t", [(4, 16), (8, 32), (16, 64)])
-def test_triton_configs_agree(segments, block_d, block_t):
+@pytest.mark.parametrize("kind", ["tile", "seq"])
+def test_triton_configs_agree(segments, block_d, block_t, kind):
     from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
     inp = _inputs(2, 45, 16, 3001, seed=segments + block_d)
     want, _ = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
-    y, _ = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(block_d, block_t, segments))
+    y, _ = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(block_d, block_t, segments, kind=kind, stages=2))
     assert _rel(y, want) < FP32_REL
 
 
