@@ -35,6 +35,9 @@ class StridedAttention(MultiHeadProjections):
     tokens; attention runs densely inside each group, so time and memory are O(L^2 / stride).
     ``stride=1`` is exact full attention.
 
+    Non-causal masks hide only padded keys (broadcast over queries), so SDPA's fused kernels
+    run inside the groups.
+
     Args:
         dim: model width E (default 768).
         num_heads: heads H (default 12).
@@ -76,15 +79,22 @@ class StridedAttention(MultiHeadProjections):
         return self.out_proj(merge_heads(out))
 
     def _mask(self, length: int, n: int, device: torch.device) -> torch.Tensor:
-        """(H*s, n, n) boolean mask; group r's slot t holds position t*s + r."""
+        """Boolean mask; group r's slot t holds position t*s + r.
+
+        Non-causal: (H*s, 1, n), hiding padded keys only, broadcast over queries, so SDPA can
+        use its fused kernels and memory stays O(L). Slot 0 always counts as a key: it is
+        padding only in groups that are all padding (r >= L), whose rows are discarded, and
+        it keeps them finite. Causal: (H*s, n, n) with t_k <= t_q (the diagonal is always a
+        real key for a real query).
+        """
         s = self.stride
         slot = torch.arange(n, device=device)
         pos = slot[None, :] * s + torch.arange(s, device=device)[:, None]  # (s, n)
-        allowed = (pos < length)[:, None, :]  # key is a real token
-        diagonal = slot[:, None] == slot[None, :]  # keeps padded query rows finite
-        allowed = allowed | diagonal
-        if self.causal:
-            allowed = allowed & (slot[None, :] <= slot[:, None])
+        keys = (pos < length) | (slot == 0)[None, :]
+        if not self.causal:
+            return keys[:, None, :].repeat(self.num_heads, 1, 1)
+        allowed = keys[:, None, :] & (slot[None, :] <= slot[:, None])
+        allowed = allowed | (slot[:, None] == slot[None, :])  # padded query rows stay finite
         return allowed.repeat(self.num_heads, 1, 1)
 
     def extra_repr(self) -> str:
