@@ -292,6 +292,7 @@ def _plots(rows: list[dict], out: Path, stem: str) -> list[Path]:
     paths = []
     for key, label in (("ms", "latency (ms)"), ("peak_mib", "peak memory (MiB)")):
         fig, ax = plt.subplots(figsize=(8, 5))
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for name in dict.fromkeys(r["name"] for r in rows):
             pts = [(r["length"], r[key]) for r in rows if r["name"] == name and r[key] is not None and r[key] > 0]
             if pts:
