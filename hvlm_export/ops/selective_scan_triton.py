@@ -43,6 +43,29 @@ def _softplus(x):
 
 
 @triton.jit
+def _program_state(
+    A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s,
+    HAS_CARRY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """What every program starts from: its channels, A, D, bias and the state entering its
+    segment (the chained carry in pass 2, else zero)."""
+    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, BLOCK_N)
+    dmask = d < dim
+    nmask = n < nstate
+    dn_mask = dmask[:, None] & nmask[None, :]
+    A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
+    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
+    sn_off = ((pid_b * nseg + pid_s) * dim + d[:, None]) * nstate + n[None, :]
+    if HAS_CARRY:
+        h = tl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    return d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h
+
+
+@triton.jit
 def _scan_program(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
@@ -51,21 +74,9 @@ def _scan_program(
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
 ):
     """One (D-block, batch, segment) program: walk the segment tile by tile."""
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
+    d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h = _program_state(
+        A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s, HAS_CARRY, BLOCK_D, BLOCK_N)
     t = tl.arange(0, BLOCK_T)
-    dmask = d < dim
-    nmask = n < nstate
-    dn_mask = dmask[:, None] & nmask[None, :]
-    A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    # state entering this segment: the chained carry (pass 2) or zero
-    sn_off = ((pid_b * nseg + pid_s) * dim + d[:, None]) * nstate + n[None, :]
-    if HAS_CARRY:
-        h = tl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
-    else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
     row = pid_b * dim * length + d[:, None] * length  # (BLOCK_D, 1) offsets into (B, D, L)
     nrow = pid_b * nstate * length + n[:, None] * length  # (BLOCK_N, 1) offsets into (B, N, L)
@@ -109,19 +120,8 @@ def _scan_seq_program(
 ):
     """One program, one step at a time: state (BLOCK_D, BLOCK_N) stays in registers; the
     per-step loads of neighbouring t share cache lines."""
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    dmask = d < dim
-    nmask = n < nstate
-    dn_mask = dmask[:, None] & nmask[None, :]
-    A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    sn_off = ((pid_b * nseg + pid_s) * dim + d[:, None]) * nstate + n[None, :]
-    if HAS_CARRY:
-        h = tl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
-    else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h = _program_state(
+        A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s, HAS_CARRY, BLOCK_D, BLOCK_N)
     dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
     row = pid_b * dim * length + d * length
     nrow = pid_b * nstate * length + n * length
