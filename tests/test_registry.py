@@ -34,3 +34,17 @@ def test_spec_is_complete(name):
 def test_defaults_are_the_documented_ones():
     model = registry.get("strided").build()
     assert (model.dim, model.num_heads, model.stride) == (768, 12, 4)
+
+
+def test_coverage_guard():
+    """Export, validate, lint and module tests iterate the registry: a new mechanism cannot
+    be registered without being exported, validated and linted by the suite."""
+    from tests.exporters import test_onnx_export
+    from tests.modules import test_common
+    from tests.validators import test_parity, test_trt_lint
+
+    for module in (test_onnx_export, test_parity, test_common):
+        assert set(registry.names()) <= set(module.NAMES), module.__name__
+    lint_names = test_trt_lint.test_every_export_lints_clean.pytestmark
+    names = next(m.args[1] for m in lint_names if m.args[0] == "name")
+    assert set(registry.names()) <= set(names)

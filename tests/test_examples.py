@@ -1,0 +1,16 @@
+"""The shipped example runs end to end on the CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_attention_examples_run():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "attention_examples.py")], capture_output=True,
+                            text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PASSED | mamba" in result.stdout and "stack of 3 blocks: (2, 1024, 256)" in result.stdout
