@@ -18,19 +18,21 @@ __all__ = ["load", "Session", "TensorInfo", "OnnxSession"]
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
-def load(path: str | os.PathLike, *, providers: list[str] | None = None) -> Session:
+def load(path: str | os.PathLike, *, providers: list[str] | None = None, scan_kernel: bool = False) -> Session:
     """Open an .onnx file (ONNX Runtime) or a TensorRT engine file with the same interface.
 
     Args:
         path: the artefact.
         providers: ONNX Runtime execution providers in priority order (default: CUDA when
             available, then CPU).
+        scan_kernel: ONNX only: run SelectiveScan nodes with the onnxruntime-extensions
+            kernel (runtime/ort_kernels.py) instead of their function body.
     """
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{str(path)!r} does not exist or is not a file")
     if path.suffix == ".onnx":
-        return OnnxSession(path, providers=providers)
+        return OnnxSession(path, providers=providers, scan_kernel=scan_kernel)
     if path.suffix in ENGINE_SUFFIXES:
         from hvlm_export.runtime.tensorrt import EngineSession
 

@@ -44,9 +44,11 @@ class OnnxSession(Session):
     Args:
         path: the .onnx file (its external data, if any, beside it).
         providers: execution providers in priority order (default CUDA if present, CPU).
+        scan_kernel: run ``hvlm::SelectiveScan`` with the onnxruntime-extensions kernel of
+            :mod:`hvlm_export.runtime.ort_kernels` instead of its function body (float32).
     """
 
-    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, scan_kernel: bool = False) -> None:
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -59,6 +61,10 @@ class OnnxSession(Session):
             )
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if scan_kernel:
+            from hvlm_export.runtime.ort_kernels import register_selective_scan_kernel
+
+            options.register_custom_ops_library(register_selective_scan_kernel())
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as err:  # ORT raises InvalidGraph, Fail, NoSuchFile, ...: all mean "unusable"

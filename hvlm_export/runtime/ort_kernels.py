@@ -1,0 +1,63 @@
+"""An ONNX Runtime kernel for ``hvlm::SelectiveScan`` (onnxruntime-extensions PyOp), optional.
+
+ONNX Runtime prefers a registered kernel over a node's function body, so with this kernel the
+session runs the scan in numpy instead of the standard-ops body. It exists to cross-check the
+body against an independent implementation (and as a template for a native kernel); it runs
+on the CPU in float32 and is not faster than the body. Needs ``pip install
+onnxruntime-extensions`` (the ``ort-extensions`` extra); imports neither torch nor tensorrt.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from hvlm_export.errors import ArtifactError
+
+__all__ = ["selective_scan_numpy", "register_selective_scan_kernel", "kernel_calls"]
+
+#: how often ONNX Runtime has invoked the kernel in this process (the body leaves it at 0)
+kernel_calls = [0]
+
+
+def selective_scan_numpy(u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
+    """The node's contract in numpy, one step at a time (float32): returns (y, last_state)."""
+    dt = delta.astype(np.float32) + delta_bias.astype(np.float32)[:, None]
+    if delta_softplus:
+        dt = np.where(dt > 20.0, dt, np.log1p(np.exp(np.minimum(dt, 20.0))))
+    u32, A32, B32, C32 = (x.astype(np.float32) for x in (u, A, B, C))
+    batch, dim, length = u.shape
+    h = np.zeros((batch, dim, A.shape[1]), np.float32)
+    y = np.empty((batch, dim, length), np.float32)
+    for t in range(length):
+        h = np.exp(dt[:, :, t, None] * A32) * h + (dt[:, :, t] * u32[:, :, t])[..., None] * B32[:, None, :, t]
+        y[:, :, t] = np.einsum("bdn,bn->bd", h, C32[:, :, t])
+    y += u32 * D.astype(np.float32)[:, None]
+    return y.astype(u.dtype), h
+
+
+@functools.cache
+def register_selective_scan_kernel() -> str:
+    """Register the PyOp once; return the custom-ops library path for SessionOptions."""
+    try:
+        from onnxruntime_extensions import PyCustomOpDef, get_library_path, onnx_op
+    except ImportError as err:
+        raise ArtifactError(
+            "the SelectiveScan ONNX Runtime kernel needs onnxruntime-extensions",
+            "pip install 'hvlm-export[ort-extensions]', or run without it (the function body is used).",
+        ) from err
+    f32 = PyCustomOpDef.dt_float
+
+    @onnx_op(
+        op_type="hvlm::SelectiveScan",
+        inputs=[f32] * 7,
+        outputs=[f32, f32],
+        attrs={"delta_softplus": PyCustomOpDef.dt_int64, "plugin_namespace": PyCustomOpDef.dt_string,
+               "plugin_version": PyCustomOpDef.dt_string},
+    )
+    def _selective_scan(u, delta, A, B, C, D, delta_bias, **attrs):
+        kernel_calls[0] += 1
+        return selective_scan_numpy(u, delta, A, B, C, D, delta_bias, bool(attrs.get("delta_softplus", 0)))
+
+    return get_library_path()

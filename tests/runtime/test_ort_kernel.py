@@ -1,0 +1,34 @@
+"""The optional ONNX Runtime kernel for SelectiveScan gives the same numbers as the body."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hvlm_export import runtime
+from hvlm_export.runtime.ort_kernels import selective_scan_numpy
+from tests.references import scan_reference_f64
+
+
+def test_numpy_kernel_matches_recurrence():
+    g = torch.Generator().manual_seed(0)
+    u, delta, B, C = (torch.randn(2, *s, generator=g) for s in ((6, 40), (6, 40), (3, 40), (3, 40)))
+    A, D, bias = -torch.rand(6, 3, generator=g) * 3, torch.randn(6, generator=g), torch.randn(6, generator=g)
+    want, want_state = scan_reference_f64(u, delta, A, B, C, D, None, bias, True)
+    y, state = selective_scan_numpy(*(t.numpy() for t in (u, delta, A, B, C, D, bias)), True)
+    assert np.allclose(y, want.numpy(), rtol=1e-5, atol=1e-5) and np.allclose(state, want_state.numpy(), atol=1e-5)
+
+
+def test_kernel_and_body_agree(exported):
+    pytest.importorskip("onnxruntime_extensions", reason="optional extra hvlm-export[ort-extensions] not installed")
+    path = exported("mamba")
+    feed = {"x": np.random.default_rng(0).standard_normal((2, 77, 64)).astype(np.float32)}
+    from hvlm_export.runtime import ort_kernels
+
+    body = runtime.load(path).run(feed)["y"]
+    before = ort_kernels.kernel_calls[0]
+    kernel = runtime.load(path, scan_kernel=True).run(feed)["y"]
+    assert ort_kernels.kernel_calls[0] == before + 1, "ONNX Runtime must run the kernel, not the body"
+    err = np.abs(body - kernel).max()
+    assert err < 1e-5, f"max abs difference body vs kernel: {err:.3g}"
