@@ -158,7 +158,7 @@ def _cases(device: str, dtype: torch.dtype, names: Iterable[str]) -> dict[str, C
                 rand(1, n, L), torch.ones(d, device=device), rand(1, d, L), torch.zeros(d, device=device))
 
     if "scan_op" in names:
-        cases["scan_op"] = lambda L, a=None: (lambda a=scan_inputs(L): selective_scan(*a, delta_softplus=True))
+        cases["scan_op"] = lambda L: (lambda a=scan_inputs(L): selective_scan(*a, delta_softplus=True))
     if "scan_naive" in names:
         cases["scan_naive"] = lambda L: (lambda a=scan_inputs(L): selective_scan_ref(*a, delta_softplus=True))
     return cases

@@ -110,16 +110,9 @@ def _shapes(args: argparse.Namespace) -> list[dict] | None:
 
 
 def _run_validate(path: Path, args: argparse.Namespace) -> int:
-    from hvlm_export.registry import Tolerance
     from hvlm_export.validators.parity import validate
 
-    tolerances = None
-    if args.atol is not None or args.rtol is not None:
-        from hvlm_export.validators.reference import load_reference
-
-        base = load_reference(path).spec.tolerances[_precision_of(path)]
-        tolerances = Tolerance(args.atol if args.atol is not None else base.atol,
-                               args.rtol if args.rtol is not None else base.rtol)
+    tolerances = (args.atol, args.rtol) if args.atol is not None or args.rtol is not None else None
     report = validate(path, shapes=_shapes(args), tolerances=tolerances, backends=args.backends, seed=args.seed)
     console = _console()
     console.print(report.table())
@@ -128,12 +121,6 @@ def _run_validate(path: Path, args: argparse.Namespace) -> int:
         console.print(f"report written to {args.report}")
     console.print(report.summary())
     return 0 if report else 1
-
-
-def _precision_of(path: Path) -> str:
-    from hvlm_export.validators.reference import read_artifact_metadata
-
-    return read_artifact_metadata(path)["precision"]
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

@@ -37,7 +37,7 @@ from hvlm_export.exporters import scan_body
 from hvlm_export.exporters.translations import translation_table
 from hvlm_export.registry import DTYPES, PRECISIONS, REGISTRY, ModelSpec, get, spec_for_config
 
-__all__ = ["export_onnx", "resolve_model", "ResolvedModel", "DEFAULT_OPSET", "OPSETS", "META_PREFIX"]
+__all__ = ["export_onnx", "resolve_model", "spec_for_module", "read_metadata", "ResolvedModel", "DEFAULT_OPSET", "OPSETS", "META_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def resolve_model(
 ) -> ResolvedModel:
     """Turn a registry name, config (path / dict / StackConfig) or module into a ResolvedModel."""
     if isinstance(model, nn.Module):
-        spec = _spec_for_module(model)
+        spec = spec_for_module(model)
         return ResolvedModel(model, spec, {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"})
     if isinstance(model, str) and model in REGISTRY:
         spec = get(model)
@@ -88,7 +88,7 @@ def resolve_model(
     raise ExportError(f"cannot export a {type(model).__name__}", "pass an nn.Module, a registry name or a config path.")
 
 
-def _spec_for_module(module: nn.Module) -> ModelSpec:
+def spec_for_module(module: nn.Module) -> ModelSpec:
     """The registry spec whose factory built this module's class (or a generic x-only spec)."""
     from hvlm_export.config import AttentionStack
 

@@ -131,10 +131,12 @@ def engine_metadata_path(engine_path: str | os.PathLike) -> Path:
     return path.with_suffix(path.suffix + ".json")
 
 
-def _onnx_inputs(onnx_path: Path) -> tuple[dict[str, list], dict[str, str]]:
+def _inspect_onnx(onnx_path: Path) -> tuple[dict[str, list], dict[str, str], bool]:
+    """Graph inputs with their dims, hvlm_export metadata, and whether a SelectiveScan node is used."""
     import onnx
 
-    from hvlm_export.exporters.onnx import read_metadata
+    from hvlm_export.exporters import scan_body
+    from hvlm_export.exporters.onnx import META_PREFIX
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
@@ -142,16 +144,9 @@ def _onnx_inputs(onnx_path: Path) -> tuple[dict[str, list], dict[str, str]]:
         v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim]
         for v in model.graph.input if v.name not in inits
     }
-    return inputs, read_metadata(onnx_path)
-
-
-def _uses_scan_plugin(onnx_path: Path) -> bool:
-    import onnx
-
-    from hvlm_export.exporters import scan_body
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return any(n.domain == scan_body.DOMAIN and n.op_type == scan_body.OP_TYPE for n in model.graph.node)
+    meta = {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+    uses_scan = any(n.domain == scan_body.DOMAIN and n.op_type == scan_body.OP_TYPE for n in model.graph.node)
+    return inputs, meta, uses_scan
 
 
 def _network_flags(trt: ModuleType, graph_precision: str, requested: str | None) -> tuple[int, list[str]]:
@@ -226,12 +221,12 @@ def build_engine(
     if not engine_path.parent.is_dir():
         raise BuildError(f"output directory {str(engine_path.parent)!r} does not exist")
     trt = import_tensorrt()
-    inputs, meta = _onnx_inputs(onnx_path)
+    inputs, meta, uses_scan = _inspect_onnx(onnx_path)
     profiles = list(profiles) if profiles else default_profiles(inputs)
     for p in profiles:
         p.check(inputs)
     registered = []
-    if plugins and _uses_scan_plugin(onnx_path):
+    if plugins and uses_scan:
         from hvlm_export.exporters.plugins import register_plugins
 
         registered = register_plugins(trt)

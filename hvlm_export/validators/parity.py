@@ -59,8 +59,11 @@ def _resolve_tolerances(spec: ModelSpec, precision: str, override: Tolerances | 
     default = override.get("")
     for name in spec.outputs:
         value = override.get(name, default)
-        if value is not None:
-            table[name] = value if isinstance(value, Tolerance) else Tolerance(*value)
+        if isinstance(value, Tolerance):
+            table[name] = value
+        elif value is not None:  # (atol, rtol); a None keeps the registry's value
+            atol, rtol = value
+            table[name] = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
     unknown = set(override) - {"", *spec.outputs}
     if unknown:
         raise ValidationError(f"tolerances name unknown outputs {sorted(unknown)}", f"outputs are {list(spec.outputs)}.")
@@ -150,8 +153,9 @@ def validate(
             eager module itself (then ``artifact`` is the file).
         artifact: the .onnx / engine file when ``model_or_path`` is a module.
         shapes: dicts {"batch": B, "seq": L[, "mem": M]}; default :func:`default_shapes`.
-        tolerances: Tolerance (all outputs), {output: Tolerance}, or (atol, rtol) tuples;
-            default the registry's for the artefact's precision.
+        tolerances: Tolerance (all outputs), {output: Tolerance}, or (atol, rtol) tuples
+            where None keeps the registry's value; default the registry's for the
+            artefact's precision.
         backends: subset of ("onnxruntime", "tensorrt"); default both (unavailable ones are
             listed in ``report.skipped`` with the reason).
         seed: input seed (each shape gets seed + its index).

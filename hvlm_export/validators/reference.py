@@ -70,7 +70,7 @@ def load_reference(path: str | os.PathLike, module: nn.Module | None = None) -> 
     elif source["kind"] == "config":
         spec = spec_for_config(source["config"])
     else:
-        from hvlm_export.exporters.onnx import _spec_for_module
+        from hvlm_export.exporters.onnx import spec_for_module
 
         spec = None
     if module is None:
@@ -84,5 +84,5 @@ def load_reference(path: str | os.PathLike, module: nn.Module | None = None) -> 
             module = spec.factory(**kwargs)
             module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
     if spec is None:
-        spec = _spec_for_module(module)
+        spec = spec_for_module(module)
     return Reference(module.float().eval(), spec, kwargs, meta)
