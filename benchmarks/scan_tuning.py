@@ -48,11 +48,12 @@ def main() -> None:
     del x
     rows = []
     inp = inputs(8192)
-    sweep = [ScanConfig(bd, bt, seg, w, "tile", st) for bd, bt, seg, w, st in
-             [(4, 32, 1, 4, 1), (4, 32, 1, 4, 3), (2, 32, 8, 2, 3), (4, 32, 8, 4, 2)]]
+    sweep = [ScanConfig(bd, bt, seg, w, "tile", st) for bd, bt, seg, w, st in [(4, 32, 1, 4, 1), (4, 32, 8, 4, 2)]]
     sweep += [ScanConfig(bd, 32, seg, w, "seq", st) for bd, seg, w, st in
-              [(64, 32, 4, 1), (128, 32, 4, 1), (64, 32, 4, 3), (128, 32, 4, 3), (32, 32, 2, 4), (64, 64, 4, 3),
-               (256, 32, 8, 3), (128, 16, 4, 3)]]
+              [(64, 32, 4, 1), (128, 32, 4, 1), (128, 32, 4, 3)]]
+    sweep += [ScanConfig(bd, bt, seg, w, "hybrid") for bd, bt, seg, w in
+              [(32, 16, 32, 4), (64, 16, 32, 4), (64, 32, 32, 4), (128, 16, 32, 4), (32, 32, 16, 2), (64, 16, 64, 4),
+               (16, 16, 64, 2), (128, 32, 16, 8)]]
     for cfg in sweep:
         try:
             ms = bench(lambda c=cfg: selective_scan_triton(**inp, delta_softplus=True, config=c))

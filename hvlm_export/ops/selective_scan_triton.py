@@ -147,6 +147,72 @@ def _scan_seq_program(
 
 
 @triton.jit
+def _scan_hybrid_program(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
+    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
+    dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+):
+    """Coalesced (BLOCK_D, BLOCK_T) tile loads/stores; inside a tile the recurrence runs one
+    step at a time on columns picked out of the register tiles (static loop over BLOCK_T)."""
+    d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h = _program_state(
+        A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s, HAS_CARRY, BLOCK_D, BLOCK_N)
+    t = tl.arange(0, BLOCK_T)
+    dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    row = pid_b * dim * length + d[:, None] * length
+    nrow = pid_b * nstate * length + n[:, None] * length
+    start = pid_s * seg_len
+    for t0 in range(start, tl.minimum(start + seg_len, length), BLOCK_T):
+        tt = t0 + t
+        tmask = tt < length
+        m_dt = dmask[:, None] & tmask[None, :]
+        m_nt = nmask[:, None] & tmask[None, :]
+        u = tl.load(u_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32)
+        dt = tl.load(delta_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
+        if SOFTPLUS:
+            dt = _softplus(dt)
+        dt = tl.where(m_dt, dt, 0.0)
+        du = dt * u
+        b_t = tl.trans(tl.load(B_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32))  # (T, N)
+        c_t = tl.trans(tl.load(C_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32))
+        y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        for i in tl.static_range(BLOCK_T):
+            pick = (t == i)
+            dt_i = tl.sum(tl.where(pick[None, :], dt, 0.0), axis=1)
+            du_i = tl.sum(tl.where(pick[None, :], du, 0.0), axis=1)
+            b_i = tl.sum(tl.where(pick[:, None], b_t, 0.0), axis=0)
+            h = tl.exp(dt_i[:, None] * A) * h + du_i[:, None] * b_i[None, :]
+            if WRITE_Y:
+                c_i = tl.sum(tl.where(pick[:, None], c_t, 0.0), axis=0)
+                y_i = tl.sum(h * c_i[None, :], axis=1)
+                y = tl.where(pick[None, :], y_i[:, None], y)
+        dt_total += tl.sum(dt, axis=1)
+        if WRITE_Y:
+            y = y + Dv[:, None] * u
+            if HAS_Z:
+                z = tl.load(z_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32)
+                y = y * (z / (1.0 + tl.exp(-z)))
+            tl.store(y_ptr + row + tt[None, :], y.to(y_ptr.dtype.element_ty), mask=m_dt)
+    tl.store(state_ptr + sn_off, h, mask=dn_mask)
+    if not WRITE_Y:
+        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
+
+
+@triton.jit
+def scan_hybrid_kernel(
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
+    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
+    dim, length, nstate, seg_len, nseg,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
+):
+    _scan_hybrid_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
+                         dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
+                         tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T)
+
+
+@triton.jit
 def scan_seq_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
@@ -205,14 +271,17 @@ def chain_segments_kernel(
         h = tl.exp(A * dts[:, None]) * h + tl.load(end_ptr + off, mask=mask, other=0.0)
 
 
+_KERNELS = {"tile": scan_tile_kernel, "seq": scan_seq_kernel, "hybrid": scan_hybrid_kernel}
+
+
 class ScanConfig:
     """Kernel variant ('tile': associative scan over BLOCK_T-step tiles; 'seq': one step at a
     time), tile sizes and segment count of one launch."""
 
     def __init__(self, block_d: int = 64, block_t: int = 32, segments: int = 1, num_warps: int = 4,
                  kind: str = "seq", stages: int = 1) -> None:
-        if kind not in ("tile", "seq"):
-            raise ValueError(f"unknown scan kernel kind {kind!r}; valid: 'tile', 'seq'")
+        if kind not in _KERNELS:
+            raise ValueError(f"unknown scan kernel kind {kind!r}; valid: {', '.join(_KERNELS)}")
         self.block_d, self.block_t, self.segments, self.num_warps = block_d, block_t, segments, num_warps
         self.kind, self.stages = kind, stages
 
@@ -264,7 +333,7 @@ def selective_scan_triton(
                   HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t, STAGES=cfg.stages,
                   num_warps=cfg.num_warps)
     zz = z if z is not None else u
-    kernel = scan_tile_kernel if cfg.kind == "tile" else scan_seq_kernel
+    kernel = _KERNELS[cfg.kind]
     if nseg == 1:
         kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
                                WRITE_Y=True, HAS_CARRY=False, **common)

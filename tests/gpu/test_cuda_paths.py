@@ -57,7 +57,7 @@ def test_triton_scan_fp32(shape):
 
 @pytest.mark.parametrize("segments", [1, 2, 5, 64])
 @pytest.mark.parametrize("block_d, block_t", [(4, 16), (8, 32), (16, 64)])
-@pytest.mark.parametrize("kind", ["tile", "seq"])
+@pytest.mark.parametrize("kind", ["tile", "seq", "hybrid"])
 def test_triton_configs_agree(segments, block_d, block_t, kind):
     from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
