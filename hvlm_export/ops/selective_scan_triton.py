@@ -4,9 +4,10 @@ Glossary: B batch, D channels, L length, N state size, S segments of L.
 
 Algorithm (exact up to float32 rounding; state in float32 registers):
 
-* L is cut into S segments. One program per (D-block, batch, segment) walks its segment:
-  kind 'seq' (the default, fastest measured) one step at a time with the (BLOCK_D, N)
-  state in registers; kind 'tile' BLOCK_T steps at a time, the recurrence
+* L is cut into S segments. One program per (D-block, batch, segment) walks its segment,
+  the (BLOCK_D, N) state in float32 registers: kind 'hybrid' (the default, fastest measured)
+  loads coalesced (BLOCK_D, BLOCK_T) tiles and runs the steps over the tile's columns; kind
+  'seq' loads one step at a time; kind 'tile' BLOCK_T steps at a time, the recurrence
   h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t running as ``tl.associative_scan`` over the tile
   (pairs (a, b) combine as (a1 a2, a2 b1 + b2)) and the carry-in folded in with the scan's
   cumulative decay.
@@ -275,11 +276,11 @@ _KERNELS = {"tile": scan_tile_kernel, "seq": scan_seq_kernel, "hybrid": scan_hyb
 
 
 class ScanConfig:
-    """Kernel variant ('tile': associative scan over BLOCK_T-step tiles; 'seq': one step at a
-    time), tile sizes and segment count of one launch."""
+    """Kernel variant ('hybrid': coalesced tiles, step-wise inside; 'seq': one step at a time;
+    'tile': associative scan over BLOCK_T-step tiles), tile sizes and segment count."""
 
-    def __init__(self, block_d: int = 64, block_t: int = 32, segments: int = 1, num_warps: int = 4,
-                 kind: str = "seq", stages: int = 1) -> None:
+    def __init__(self, block_d: int = 64, block_t: int = 16, segments: int = 1, num_warps: int = 4,
+                 kind: str = "hybrid", stages: int = 1) -> None:
         if kind not in _KERNELS:
             raise ValueError(f"unknown scan kernel kind {kind!r}; valid: {', '.join(_KERNELS)}")
         self.block_d, self.block_t, self.segments, self.num_warps = block_d, block_t, segments, num_warps
@@ -290,15 +291,17 @@ class ScanConfig:
                 f"warps={self.num_warps}, stages={self.stages})")
 
 
-#: steps per segment of the default config: the sweep in benchmarks/scan_tuning.py found
-#: 256-step segments best on an H200 at L=8192 (BENCHMARKS.md)
-SEGMENT_STEPS = 256
+#: steps per segment of the default config: the sweep in benchmarks/scan_tuning.py found the
+#: hybrid kernel with 64 channels, 16-step tiles and 128-step segments best on an H200 at
+#: L=8192 (docs/BENCHMARKS.md)
+SEGMENT_STEPS = 128
 
 
 def default_config(batch: int, dim: int, length: int, device: torch.device | None = None) -> ScanConfig:
-    """The step-wise kernel over 256-step segments (measured best; see BENCHMARKS.md)."""
+    """The hybrid kernel over 128-step segments (measured best; see docs/BENCHMARKS.md)."""
     del batch, dim, device
-    return ScanConfig(block_d=64, segments=max(1, triton.cdiv(length, SEGMENT_STEPS)), num_warps=4, kind="seq")
+    segments = max(1, triton.cdiv(length, SEGMENT_STEPS))
+    return ScanConfig(block_d=64, block_t=16, segments=segments, num_warps=4, kind="hybrid")
 
 
 def selective_scan_triton(
