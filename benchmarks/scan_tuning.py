@@ -8,6 +8,7 @@ sequential eager loop. Usage: python benchmarks/scan_tuning.py [--out DIR]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -42,10 +43,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=".")
     args = parser.parse_args()
-    x = torch.empty(1 << 28, device="cuda")
-    copy_ms = bench(lambda: x.clone())
-    bandwidth = 2 * x.numel() * 4 / (copy_ms / 1e3)  # read + write
-    del x
+    buffer = torch.empty(1 << 28, device="cuda")
+    copy_ms = bench(buffer.clone)
+    bandwidth = 2 * buffer.numel() * 4 / (copy_ms / 1e3)  # read + write
+    buffer = None
     rows = []
     inp = inputs(8192)
     sweep = [ScanConfig(bd, bt, seg, w, "tile", st) for bd, bt, seg, w, st in [(4, 32, 1, 4, 1), (4, 32, 8, 4, 2)]]
@@ -56,7 +57,7 @@ def main() -> None:
                (16, 16, 64, 2), (128, 32, 16, 8)]]
     for cfg in sweep:
         try:
-            ms = bench(lambda c=cfg: selective_scan_triton(**inp, delta_softplus=True, config=c))
+            ms = bench(functools.partial(selective_scan_triton, **inp, delta_softplus=True, config=cfg))
         except Exception as err:  # a config the compiler rejects (register pressure) is reported
             rows.append({"config": repr(cfg), "L": 8192, "ms": None, "error": str(err)[:100]})
             continue
@@ -67,12 +68,12 @@ def main() -> None:
     for length in (1024, 8192, 65536):
         inp = inputs(length)
         cfg = default_config(1, 1536, length)
-        ms = bench(lambda: selective_scan_triton(**inp, delta_softplus=True, config=cfg))
+        ms = bench(functools.partial(selective_scan_triton, **inp, delta_softplus=True, config=cfg))
         lengths.append({"L": length, "config": repr(cfg), "ms": ms, "hbm_floor_ms": hbm_floor_ms(length, bandwidth=bandwidth)})
     naive = {}
     for length in (1024, 8192):
         inp = inputs(length)
-        naive[length] = bench(lambda: selective_scan_ref(**inp, delta_softplus=True)) if length <= 1024 else None
+        naive[length] = bench(functools.partial(selective_scan_ref, **inp, delta_softplus=True)) if length <= 1024 else None
     torch.cuda.synchronize()
     inp = inputs(8192)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -14,6 +14,7 @@ Results go to ``<out>/<suite>-<device>-<dtype>.json`` and ``.md``, plus PNG plot
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import platform
@@ -141,7 +142,7 @@ def _cases(device: str, dtype: torch.dtype, names: Iterable[str]) -> dict[str, C
         model = factory(**kwargs).to(device=device, dtype=dtype).eval()
         if hasattr(model, "A_log"):
             model.A_log.data = model.A_log.data.float()
-        return lambda L: (lambda x=rand(1, L, 768): model(x))
+        return lambda L: functools.partial(model, rand(1, L, 768))
 
     cases: dict[str, Callable[[int], Callable[[], object]]] = {}
     for name in names:
@@ -149,7 +150,11 @@ def _cases(device: str, dtype: torch.dtype, names: Iterable[str]) -> dict[str, C
             key = "performer" if name == "performer_causal" else name
             cases[name] = module_case(REGISTRY[key].factory, BENCH_KWARGS[name])
     if "dense_sdpa" in names:
-        cases["dense_sdpa"] = lambda L: (lambda q=rand(1, 12, L, 64): F.scaled_dot_product_attention(q, q, q))
+        def sdpa(L):
+            q = rand(1, 12, L, 64)
+            return functools.partial(F.scaled_dot_product_attention, q, q, q)
+
+        cases["dense_sdpa"] = sdpa
     if "dense_attention" in names:
         cases["dense_attention"] = module_case(CrossMemoryAttention, {"dim": 768, "num_heads": 12})
 
@@ -158,9 +163,9 @@ def _cases(device: str, dtype: torch.dtype, names: Iterable[str]) -> dict[str, C
                 rand(1, n, L), torch.ones(d, device=device), rand(1, d, L), torch.zeros(d, device=device))
 
     if "scan_op" in names:
-        cases["scan_op"] = lambda L: (lambda a=scan_inputs(L): selective_scan(*a, delta_softplus=True))
+        cases["scan_op"] = lambda L: functools.partial(selective_scan, *scan_inputs(L), delta_softplus=True)
     if "scan_naive" in names:
-        cases["scan_naive"] = lambda L: (lambda a=scan_inputs(L): selective_scan_ref(*a, delta_softplus=True))
+        cases["scan_naive"] = lambda L: functools.partial(selective_scan_ref, *scan_inputs(L), delta_softplus=True)
     return cases
 
 
@@ -232,8 +237,8 @@ def run_onnx(names: list[str] | None = None, dim: int = 256, length: int = 2048,
             feed = {n: t.numpy() for n, t in zip(spec.inputs, spec.example_inputs(module, 1, length, mem_len=256), strict=True)}
             args = [torch.from_numpy(feed[n]) for n in spec.inputs]
             with torch.no_grad():
-                eager = _time(lambda: module(*args), "cpu", repeats)
-            ort_ms = _time(lambda: session.run(feed), "cpu", repeats)
+                eager = _time(functools.partial(module, *args), "cpu", repeats)
+            ort_ms = _time(functools.partial(session.run, feed), "cpu", repeats)
         rows.append({"name": name, "export_s": export_s, "nodes": nodes, "function_nodes": body,
                      "eager_ms": eager, "ort_ms": ort_ms, "ort_over_eager": ort_ms / eager})
     return rows
