@@ -35,7 +35,8 @@ def _major_minor(version: str) -> tuple[str, ...]:
 
 
 class EngineSession(Session):
-    """A deserialized TensorRT engine with one execution context (profile 0).
+    """A deserialized TensorRT engine with one execution context; each run switches to the
+    first optimization profile whose range holds the input shapes.
 
     Args:
         path: the engine file; ``<path>.json`` beside it is its metadata.
@@ -77,26 +78,43 @@ class EngineSession(Session):
         is_input = {n: self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.inputs = tuple(self._info(n) for n in names if is_input[n])
         self.outputs = tuple(self._info(n) for n in names if not is_input[n])
-        self.profile = {t.name: self._engine.get_tensor_profile_shape(t.name, 0) for t in self.inputs}
+        self.profiles = [
+            {t.name: self._engine.get_tensor_profile_shape(t.name, i) for t in self.inputs}
+            for i in range(self._engine.num_optimization_profiles)
+        ]
+        self._active_profile = 0
 
     def _info(self, name: str) -> TensorInfo:
         shape = tuple(int(d) if d >= 0 else None for d in self._engine.get_tensor_shape(name))
         return TensorInfo(name, numpy_dtype(self._trt, self._engine.get_tensor_dtype(name)), shape)
 
+    def _profile_for(self, feed: Mapping[str, np.ndarray]) -> int:
+        """Index of the first profile whose min/max range holds every input's shape."""
+        for index, profile in enumerate(self.profiles):
+            if all(all(a <= s <= b for s, a, b in zip(feed[n].shape, lo, hi, strict=True))
+                   for n, (lo, _, hi) in profile.items()):
+                return index
+        ranges = "; ".join(
+            ", ".join(f"{n}: min {tuple(lo)} max {tuple(hi)}" for n, (lo, _, hi) in p.items()) for p in self.profiles
+        )
+        shapes = {n: a.shape for n, a in feed.items()}
+        raise RuntimeInputError(
+            f"input shapes {shapes} are outside the engine's profile(s): {ranges}",
+            "rebuild the engine with --min-shapes/--max-shapes covering them.",
+        )
+
     def _check(self, feed: Mapping[str, np.ndarray]) -> None:
         super()._check(feed)
-        for name, (lo, _, hi) in self.profile.items():
-            shape = feed[name].shape
-            if any(s < a or s > b for s, a, b in zip(shape, lo, hi, strict=True)):
-                raise RuntimeInputError(
-                    f"input {name!r} has shape {shape}, outside the engine's profile: min {tuple(lo)}, max {tuple(hi)}",
-                    "rebuild the engine with --min-shapes/--max-shapes covering it.",
-                )
+        self._profile_for(feed)
 
     def _run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         torch = self._torch
         stream = torch.cuda.Stream()
         keep = []
+        profile = self._profile_for(feed)
+        if profile != self._active_profile:
+            self._context.set_optimization_profile_async(profile, stream.cuda_stream)
+            self._active_profile = profile
         with torch.cuda.stream(stream):
             for info in self.inputs:
                 array = np.ascontiguousarray(feed[info.name])

@@ -61,6 +61,16 @@ def test_engine_runtime_and_profile_errors(exported, tmp_path):
     assert validate(engine)
 
 
+def test_several_profiles(exported, tmp_path):
+    path = exported("strided")
+    small = Profile({"x": ((1, 1, 64), (1, 16, 64), (1, 32, 64))})
+    large = Profile({"x": ((1, 33, 64), (2, 200, 64), (2, 400, 64))})
+    session = runtime.load(build_engine(path, tmp_path / "p.engine", profiles=[small, large]))
+    assert len(session.profiles) == 2
+    for length in (20, 300, 20):  # switches profile both ways
+        assert session.run({"x": np.ones((1, length, 64), np.float32)})["y"].shape == (1, length, 64)
+
+
 def test_scan_plugin_is_used(exported, tmp_path):
     engine = build_engine(exported("mamba"), tmp_path / "m.engine",
                           profiles=[Profile({"x": ((1, 1, 64), (1, 64, 64), (2, 256, 64))})])
