@@ -28,9 +28,19 @@ def _desc(
     return u.like(), state
 
 
+def _constant(expr) -> int | None:
+    """A shape expression's build-time value, or None (dynamic, or a 'fake' expression that
+    TensorRT hands out outside shape calculations). ``constant_value`` is a property in some
+    tensorrt.plugin releases and a method in others."""
+    if getattr(expr, "is_fake", False) or not expr.is_constant:
+        return None
+    value = expr.constant_value
+    return int(value() if callable(value) else value)
+
+
 def _dims(desc: trtp.TensorDesc) -> list:
     """Build-time extents: ints where TensorRT knows them, "?" where they are dynamic."""
-    return [e.constant_value if e.is_constant else "?" for e in desc.shape_expr]
+    return ["?" if _constant(e) is None else _constant(e) for e in desc.shape_expr]
 
 
 def _autotune(u, delta, A, B, C, D, delta_bias, delta_softplus: int, outputs) -> List[trtp.AutoTuneCombination]:
@@ -60,9 +70,10 @@ def _aot_impl(
     from hvlm_export.ops.selective_scan_triton import PLUGIN_BLOCK_D, compile_plugin_ptx
 
     dtype = _TRT_DTYPES[u.dtype]
-    if not A.shape_expr[1].is_constant:
+    n_state = _constant(A.shape_expr[1])
+    if n_state is None:
         raise logic.PluginInputError("the AOT SelectiveScan kernel needs a build-time constant state size N")
-    n_block = _next_pow2(A.shape_expr[1].constant_value)
+    n_block = _next_pow2(n_state)
     name, ptx, shared, warps = compile_plugin_ptx(dtype, n_block, bool(delta_softplus))
     params = trtp.KernelLaunchParams()
     params.grid_x = trtp.cdiv(u.shape_expr[1], PLUGIN_BLOCK_D)
