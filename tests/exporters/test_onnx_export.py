@@ -98,3 +98,17 @@ def test_low_precision_types(exported, precision):
 def test_static_export_fixes_shapes(exported):
     model = onnx.load(exported("strided", dynamic=False, batch=2, seq_len=24))
     assert _dims(model.graph.input[0]) == [2, 24, 64]
+
+
+def test_external_data(tmp_path):
+    """Weights in <name>.onnx.data beside the graph; the file still checks, loads and validates."""
+    from hvlm_export.exporters.onnx import export_onnx
+    from hvlm_export.validators.parity import validate
+
+    path = export_onnx("mamba", tmp_path / "m.onnx", model_kwargs={"dim": 32, "state_size": 4}, external_data=True)
+    assert (tmp_path / "m.onnx.data").is_file()
+    inits = onnx.load(path, load_external_data=False).graph.initializer
+    external = [i.name for i in inits if i.data_location == onnx.TensorProto.EXTERNAL]
+    assert len(external) >= 3, external  # small tensors may stay inline
+    assert validate(path, shapes=[{"batch": 2, "seq": 40}])
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hvlm-export-")], "temp dir left behind"
