@@ -44,6 +44,7 @@ DOMAIN = "hvlm"
 OP_TYPE = "SelectiveScan"
 PLUGIN_VERSION = "1"
 CARRY_LEVELS = 20
+TRANSPOSE_2D = "Transpose"
 INPUTS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
 OUTPUTS = ("y", "last_state")
 
@@ -94,26 +95,32 @@ class _Body:
         return name
 
 
+def _to_2d_transposed(g: _Body, x: str, rows: str) -> str:
+    """(r, c) view of ``x`` with ``rows`` rows, transposed to (c, r): a plain 2-D transpose,
+    which ONNX Runtime runs with its blocked kernel (4-D permutations are far slower)."""
+    flat = g.op("Reshape", x, g.op("Concat", g.op("Unsqueeze", rows, g.const([0])), g.const([-1]), axis=0))
+    return g.op(TRANSPOSE_2D, flat, **({"perm": [1, 0]} if TRANSPOSE_2D == "Transpose" else {"equation": "ij->ji"}))
+
+
 def _steps(g: _Body, x: str, pad: str, nc: str, b: str, chunk: str) -> str:
-    """(b, k, L) -> (T, b, nc, k): pad L to nc * T, cut it into chunks, step axis first.
+    """(b, k, L) -> (nc, T, b, k): pad L to nc * T, then chunk-major with channels innermost.
 
     Channels (k) go innermost so that every broadcast in the body runs over long contiguous
-    spans (ONNX Runtime's CPU broadcasting is slow for short innermost spans). Layout changes
-    use Einsum, not Transpose: ONNX Runtime's transpose optimizer would push a Transpose into
-    every unrolled step.
+    spans (ONNX Runtime's CPU broadcasting is slow for short innermost spans), and one step
+    of every chunk, (nc, b, k), is a gather of contiguous b * k blocks.
     """
-    zeros5 = g.const([0, 0, 0, 0, 0])
-    pads = g.op("Concat", zeros5, g.op("Unsqueeze", pad, g.const([0])), axis=0)
+    pads = g.op("Concat", g.const([0, 0, 0, 0, 0]), g.op("Unsqueeze", pad, g.const([0])), axis=0)
     k = g.op("Gather", g.op("Shape", x), g.const(1), axis=0)
-    shape = g.op("Concat", *(g.op("Unsqueeze", s, g.const([0])) for s in (b, k, nc, chunk)), axis=0)
-    return g.op("Einsum", g.op("Reshape", g.op("Pad", x, pads), shape), equation="bkct->tbck")
+    t_major = _to_2d_transposed(g, g.op("Pad", x, pads), g.op("Mul", b, k))  # (nc * T, b * k)
+    shape = g.op("Concat", *(g.op("Unsqueeze", s, g.const([0])) for s in (nc, chunk, b, k)), axis=0)
+    return g.op("Reshape", t_major, shape)
 
 
 def _shift_in(g: _Body, x: str, amount: str, nc: str, fill: float) -> str:
-    """Shift (b, nc, n, d) right by ``amount`` along axis 1, filling with ``fill``."""
-    pads = g.op("Concat", g.const([0]), amount, g.const([0, 0, 0, 0, 0, 0]), axis=0)
+    """Shift (nc, b, n, d) right by ``amount`` along axis 0, filling with ``fill``."""
+    pads = g.op("Concat", amount, g.const([0, 0, 0, 0, 0, 0, 0]), axis=0)
     padded = g.op("Pad", x, pads, g.const(fill, TensorProto.FLOAT))
-    return g.op("Slice", padded, g.const([0]), nc, g.const([1]))
+    return g.op("Slice", padded, g.const([0]), nc, g.const([0]))
 
 
 def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVELS) -> onnx.FunctionProto:
@@ -133,10 +140,10 @@ def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVEL
     unsq0 = g.const([0])
     nc_1d = g.op("Unsqueeze", nc, unsq0)
 
-    dt_s = _steps(g, dt, pad, nc, b, t_const)  # (T, b, nc, d)
+    dt_s = _steps(g, dt, pad, nc, b, t_const)  # (nc, T, b, d)
     du_s = _steps(g, g.op("Mul", dt, u), pad, nc, b, t_const)
     last_axis = g.const([-1])
-    b_s = g.op("Unsqueeze", _steps(g, Bf, pad, nc, b, t_const), last_axis)  # (T, b, nc, n, 1)
+    b_s = g.op("Unsqueeze", _steps(g, Bf, pad, nc, b, t_const), last_axis)  # (nc, T, b, n, 1)
     c_s = g.op("Unsqueeze", _steps(g, Cf, pad, nc, b, t_const), last_axis)
     a = g.op("Unsqueeze", g.op("Einsum", "A", equation="dn->nd"), g.const([0, 1]))  # (1, 1, n, d)
     unsq_n = g.const([2])
@@ -144,9 +151,9 @@ def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVEL
     def step(t: int, h: str | None) -> tuple[str, str]:
         """h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t for every chunk; returns (h_t, decay)."""
         idx = g.const(t)
-        bu = g.op("Mul", g.op("Unsqueeze", g.op("Gather", du_s, idx, axis=0), unsq_n),
-                  g.op("Gather", b_s, idx, axis=0))  # (b, nc, n, d)
-        decay = g.op("Exp", g.op("Mul", g.op("Unsqueeze", g.op("Gather", dt_s, idx, axis=0), unsq_n), a))
+        bu = g.op("Mul", g.op("Unsqueeze", g.op("Gather", du_s, idx, axis=1), unsq_n),
+                  g.op("Gather", b_s, idx, axis=1))  # (nc, b, n, d)
+        decay = g.op("Exp", g.op("Mul", g.op("Unsqueeze", g.op("Gather", dt_s, idx, axis=1), unsq_n), a))
         return (bu if h is None else g.op("Add", g.op("Mul", decay, h), bu)), decay
 
     # 1. the state at every chunk end, each chunk starting from zero (T is a constant: unrolled)
@@ -156,8 +163,8 @@ def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVEL
         decays.append(decay)
 
     # 2. carries: state at each chunk end, H_c = P_c * H_{c-1} + h_c (Hillis-Steele over nc)
-    cum = g.op("ReduceSum", dt_s, g.const([0]), keepdims=0)  # (b, nc, d): delta summed over a chunk
-    prod, carry = g.op("Exp", g.op("Mul", g.op("Unsqueeze", cum, unsq_n), a)), h  # (b, nc, n, d)
+    cum = g.op("ReduceSum", dt_s, g.const([1]), keepdims=0)  # (nc, b, d): delta summed over a chunk
+    prod, carry = g.op("Exp", g.op("Mul", g.op("Unsqueeze", cum, unsq_n), a)), h  # (nc, b, n, d)
     for level in range(levels):
         amount = g.op("Min", g.const([1 << level]), nc_1d)
         carry = g.op("Add", g.op("Mul", prod, _shift_in(g, carry, amount, nc_1d, 0.0)), carry)
@@ -168,17 +175,18 @@ def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVEL
     h, ys = _shift_in(g, carry, g.const([1]), nc_1d, 0.0), []
     for t in range(chunk):
         idx = g.const(t)
-        bu = g.op("Mul", g.op("Unsqueeze", g.op("Gather", du_s, idx, axis=0), unsq_n),
-                  g.op("Gather", b_s, idx, axis=0))
+        bu = g.op("Mul", g.op("Unsqueeze", g.op("Gather", du_s, idx, axis=1), unsq_n),
+                  g.op("Gather", b_s, idx, axis=1))
         h = g.op("Add", g.op("Mul", decays[t], h), bu)
-        y_t = g.op("ReduceSum", g.op("Mul", h, g.op("Gather", c_s, idx, axis=0)), unsq_n, keepdims=0)
-        ys.append(g.op("Unsqueeze", y_t, unsq0))
-    y = g.op("Einsum", g.op("Concat", *ys, axis=0), equation="tbcd->bdct")
+        y_t = g.op("ReduceSum", g.op("Mul", h, g.op("Gather", c_s, idx, axis=1)), unsq_n, keepdims=0)
+        ys.append(g.op("Unsqueeze", y_t, g.const([1])))
+    y_t_major = g.op("Concat", *ys, axis=1)  # (nc, T, b, d)
+    y = _to_2d_transposed(g, y_t_major, g.op("Mul", nc, t_const))  # (b * d, nc * T)
     flat = g.op("Concat", *(g.op("Unsqueeze", s, unsq0) for s in (b, d)), g.const([-1]), axis=0)
     y = g.op("Slice", g.op("Reshape", y, flat), g.const([0]), g.op("Unsqueeze", length, unsq0), g.const([2]))
     y = g.op("Add", y, g.op("Mul", u, g.op("Unsqueeze", "D", g.const([1]))))
     g.nodes.append(helper.make_node("CastLike", [y, "u"], ["y"]))
-    last = g.op("Einsum", g.op("Gather", carry, g.op("Sub", nc, g.const(1)), axis=1), equation="bnd->bdn")
+    last = g.op("Einsum", g.op("Gather", carry, g.op("Sub", nc, g.const(1)), axis=0), equation="bnd->bdn")
     g.nodes.append(helper.make_node("Identity", [last], ["last_state"]))
 
     fn = helper.make_function(
