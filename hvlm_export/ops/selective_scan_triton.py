@@ -201,42 +201,28 @@ def _scan_hybrid_program(
 
 
 @triton.jit
-def scan_hybrid_kernel(
+def scan_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg,
-    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
+    KIND: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr,
+    HAS_CARRY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
-    _scan_hybrid_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
-                         dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
-                         tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T)
-
-
-@triton.jit
-def scan_seq_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
-    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
-    dim, length, nstate, seg_len, nseg,
-    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
-):
-    _scan_seq_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
-                      dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
-                      tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, STAGES)
-
-
-@triton.jit
-def scan_tile_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
-    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
-    dim, length, nstate, seg_len, nseg,
-    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
-):
-    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
-                  dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
-                  tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T, STAGES)
+    """One launch of the (D-block, batch, segment) grid; KIND picks the program at compile time."""
+    pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    if KIND == "tile":
+        _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
+                      dtsum_ptr, dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
+                      SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T, STAGES)
+    elif KIND == "seq":
+        _scan_seq_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
+                          dtsum_ptr, dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
+                          SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, STAGES)
+    else:
+        _scan_hybrid_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr,
+                             carry_ptr, dtsum_ptr, dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
+                             SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T)
 
 
 @triton.jit
@@ -272,7 +258,7 @@ def chain_segments_kernel(
         h = tl.exp(A * dts[:, None]) * h + tl.load(end_ptr + off, mask=mask, other=0.0)
 
 
-_KERNELS = {"tile": scan_tile_kernel, "seq": scan_seq_kernel, "hybrid": scan_hybrid_kernel}
+_KERNELS = ("tile", "seq", "hybrid")
 
 
 class ScanConfig:
@@ -332,21 +318,21 @@ def selective_scan_triton(
     state = torch.empty(batch, nseg, dim, nstate, device=u.device, dtype=torch.float32)
     dtsum = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
     grid = (triton.cdiv(dim, cfg.block_d), batch, nseg)
-    common = dict(dim=dim, length=length, nstate=nstate, seg_len=seg_len, nseg=nseg, SOFTPLUS=bool(delta_softplus),
+    common = dict(dim=dim, length=length, nstate=nstate, seg_len=seg_len, nseg=nseg, KIND=cfg.kind,
+                  SOFTPLUS=bool(delta_softplus),
                   HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t, STAGES=cfg.stages,
                   num_warps=cfg.num_warps)
     zz = z if z is not None else u
-    kernel = _KERNELS[cfg.kind]
     if nseg == 1:
-        kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
+        scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
                                WRITE_Y=True, HAS_CARRY=False, **common)
         return y, state[:, 0]
-    kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
+    scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
                            WRITE_Y=False, HAS_CARRY=False, **common)
     carry = torch.empty_like(state)
     chain_segments_kernel[grid[:2]](state, dtsum, A, carry, dim, nstate, nseg, BLOCK_D=cfg.block_d, BLOCK_N=block_n)
     final = torch.empty_like(state)
-    kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum,
+    scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum,
                            WRITE_Y=True, HAS_CARRY=True, **common)
     return y, final[:, -1]
 
