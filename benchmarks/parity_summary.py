@@ -11,6 +11,8 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import torch
+
 from hvlm_export.exporters.onnx import export_onnx
 from hvlm_export.registry import REGISTRY
 from hvlm_export.validators.parity import validate
@@ -29,6 +31,7 @@ def main() -> None:
         for model, kwargs in targets:
             for precision in ("fp32", "fp16"):
                 name = Path(model).stem
+                torch.manual_seed(0)  # the same random weights every run
                 path = export_onnx(model, Path(tmp) / f"{name}-{precision}.onnx", model_kwargs=kwargs, precision=precision)
                 report = validate(path)
                 worst = report.worst("onnxruntime")
