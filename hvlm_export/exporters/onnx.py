@@ -37,7 +37,7 @@ from hvlm_export.exporters import scan_body
 from hvlm_export.exporters.translations import translation_table
 from hvlm_export.registry import DTYPES, PRECISIONS, REGISTRY, ModelSpec, get, spec_for_config
 
-__all__ = ["export_onnx", "resolve_model", "spec_for_module", "read_metadata", "ResolvedModel", "DEFAULT_OPSET", "OPSETS", "META_PREFIX"]
+__all__ = ["export_onnx", "resolve_model", "spec_for_module", "read_metadata", "metadata_of", "ResolvedModel", "DEFAULT_OPSET", "OPSETS", "META_PREFIX"]
 
 log = logging.getLogger(__name__)
 
@@ -372,4 +372,9 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
         raise ArtifactError(f"{str(path)!r} does not exist") from err
     except Exception as err:  # protobuf DecodeError and friends
         raise ArtifactError(f"{str(path)!r} is not a readable ONNX file: {err}", "re-export it.") from err
+    return metadata_of(model)
+
+
+def metadata_of(model: onnx.ModelProto) -> dict[str, str]:
+    """The ``hvlm_export.*`` metadata of a loaded model, prefix stripped."""
     return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}

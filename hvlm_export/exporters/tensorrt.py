@@ -136,7 +136,7 @@ def _inspect_onnx(onnx_path: Path) -> tuple[dict[str, list], dict[str, str], boo
     import onnx
 
     from hvlm_export.exporters import scan_body
-    from hvlm_export.exporters.onnx import META_PREFIX
+    from hvlm_export.exporters.onnx import metadata_of
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
@@ -144,7 +144,7 @@ def _inspect_onnx(onnx_path: Path) -> tuple[dict[str, list], dict[str, str], boo
         v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim]
         for v in model.graph.input if v.name not in inits
     }
-    meta = {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+    meta = metadata_of(model)
     uses_scan = any(n.domain == scan_body.DOMAIN and n.op_type == scan_body.OP_TYPE for n in model.graph.node)
     return inputs, meta, uses_scan
 

@@ -67,6 +67,25 @@ def _program_state(
 
 
 @triton.jit
+def _store_y(y, u, Dv, z_ptr, y_ptr, offsets, mask, HAS_Z: tl.constexpr):
+    """y + D u, gated by silu(z) when given, cast to y's dtype and stored (any tile shape)."""
+    y = y + Dv * u
+    if HAS_Z:
+        z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+        y = y * (z / (1.0 + tl.exp(-z)))
+    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _finish_segment(h, dt_total, state_ptr, sn_off, dn_mask, dtsum_ptr, dim, nseg, pid_b, pid_s, d, dmask,
+                    WRITE_Y: tl.constexpr):
+    """Store the segment's end state; pass 1 of a segmented scan also stores its delta sum."""
+    tl.store(state_ptr + sn_off, h, mask=dn_mask)
+    if not WRITE_Y:
+        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
+
+
+@triton.jit
 def _scan_program(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
@@ -101,14 +120,8 @@ def _scan_program(
         h = tl.sum(tl.where(t[None, None, :] == BLOCK_T - 1, hs, 0.0), axis=2)
         dt_total += tl.sum(dt, axis=1)
         if WRITE_Y:
-            y = tl.sum(hs * c_t[None, :, :], axis=1) + Dv[:, None] * u
-            if HAS_Z:
-                z = tl.load(z_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32)
-                y = y * (z / (1.0 + tl.exp(-z)))
-            tl.store(y_ptr + row + tt[None, :], y.to(y_ptr.dtype.element_ty), mask=m_dt)
-    tl.store(state_ptr + sn_off, h, mask=dn_mask)
-    if not WRITE_Y:  # pass 1 of a segmented scan: the chain kernel needs each segment's delta sum
-        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
+            _store_y(tl.sum(hs * c_t[None, :, :], axis=1), u, Dv[:, None], z_ptr, y_ptr, row + tt[None, :], m_dt, HAS_Z)
+    _finish_segment(h, dt_total, state_ptr, sn_off, dn_mask, dtsum_ptr, dim, nseg, pid_b, pid_s, d, dmask, WRITE_Y)
 
 
 @triton.jit
@@ -137,14 +150,8 @@ def _scan_seq_program(
         dt_total += dt
         if WRITE_Y:
             c_t = tl.load(C_ptr + nrow + t, mask=nmask, other=0.0).to(tl.float32)
-            y = tl.sum(h * c_t[None, :], axis=1) + Dv * u
-            if HAS_Z:
-                z = tl.load(z_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-                y = y * (z / (1.0 + tl.exp(-z)))
-            tl.store(y_ptr + row + t, y.to(y_ptr.dtype.element_ty), mask=dmask)
-    tl.store(state_ptr + sn_off, h, mask=dn_mask)
-    if not WRITE_Y:
-        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
+            _store_y(tl.sum(h * c_t[None, :], axis=1), u, Dv, z_ptr, y_ptr, row + t, dmask, HAS_Z)
+    _finish_segment(h, dt_total, state_ptr, sn_off, dn_mask, dtsum_ptr, dim, nseg, pid_b, pid_s, d, dmask, WRITE_Y)
 
 
 @triton.jit
@@ -190,14 +197,8 @@ def _scan_hybrid_program(
                 y = tl.where(pick[None, :], y_i[:, None], y)
         dt_total += tl.sum(dt, axis=1)
         if WRITE_Y:
-            y = y + Dv[:, None] * u
-            if HAS_Z:
-                z = tl.load(z_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32)
-                y = y * (z / (1.0 + tl.exp(-z)))
-            tl.store(y_ptr + row + tt[None, :], y.to(y_ptr.dtype.element_ty), mask=m_dt)
-    tl.store(state_ptr + sn_off, h, mask=dn_mask)
-    if not WRITE_Y:
-        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
+            _store_y(y, u, Dv[:, None], z_ptr, y_ptr, row + tt[None, :], m_dt, HAS_Z)
+    _finish_segment(h, dt_total, state_ptr, sn_off, dn_mask, dtsum_ptr, dim, nseg, pid_b, pid_s, d, dmask, WRITE_Y)
 
 
 @triton.jit

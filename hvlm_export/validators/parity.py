@@ -130,7 +130,7 @@ def _open_backends(artifact: Path, backends: Sequence[str], providers, report: R
                     report.skipped[backend] = f"engine build failed: {err.message}"
         else:
             try:
-                sessions[backend] = runtime.load(artifact, providers=providers) if not is_engine else runtime.load(artifact)
+                sessions[backend] = runtime.load(artifact, providers=providers)
             except ArtifactError as err:  # e.g. ONNX Runtime CPU has no bfloat16 MatMul kernel
                 report.skipped[backend] = f"cannot load: {err.message}"
     return sessions
