@@ -69,3 +69,30 @@ def scan_reference_f64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if z is not None:
         y = y * F.silu(z.double())
     return y, state
+
+
+def favor_features(layer, x: torch.Tensor) -> torch.Tensor:
+    """The FAVOR+ feature map of ``layer`` by its definition (module docstring of
+    hvlm_export.modules.performer), unstabilised: (B, H, L, Dh) -> (B, H, L, m). Keep inputs
+    small (float64, moderate logits) so that exp does not overflow."""
+    if layer.kernel == "elu":
+        return F.elu(x) + 1.0
+    xs = x * layer.head_dim**-0.25
+    proj = xs @ layer.projection_matrix.to(x.dtype).T
+    if layer.kernel == "relu":
+        return F.relu(proj) + 1e-3
+    logits = proj - (xs * xs).sum(-1, keepdim=True) / 2
+    return torch.maximum(torch.exp(logits), 1e-4 * torch.exp(logits.amax(-1, keepdim=True)))
+
+
+def dense_kernelised(layer, x: torch.Tensor) -> torch.Tensor:
+    """phi(Q) phi(K)^T as an explicit L x L matrix (lower triangle if causal), normalised
+    row-wise, with ``layer``'s projections: the definition of Performer attention."""
+    h = layer.num_heads
+    q, k, v = _heads(layer.q_proj(x), h), _heads(layer.k_proj(x), h), _heads(layer.v_proj(x), h)
+    a = favor_features(layer, q) @ favor_features(layer, k).transpose(-2, -1)
+    if layer.causal:
+        a = a.tril()
+    out = (a / a.sum(-1, keepdim=True)) @ v
+    b, _, n, dh = out.shape
+    return layer.out_proj(out.transpose(1, 2).reshape(b, n, h * dh))

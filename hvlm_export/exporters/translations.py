@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable
 
 import torch
+from onnx import helper as onnx_helper
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
@@ -20,6 +21,8 @@ __all__ = ["translation_table"]
 
 _hvlm = Opset(scan_body.DOMAIN, 1)
 _FLOAT = 1  # onnx.TensorProto.FLOAT
+_BOOL = 9  # onnx.TensorProto.BOOL
+_ONE = onnx_helper.make_tensor("one", _FLOAT, [1], [1.0])
 
 
 def _selective_scan(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus: bool = False):
@@ -43,15 +46,22 @@ def _selective_scan(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplu
 
 def _sdpa_fp32_softmax(query, key, value, attn_mask=None, dropout_p: float = 0.0, is_causal: bool = False,
                        scale: float | None = None, enable_gqa: bool = False):
-    """Scaled dot-product attention whose softmax runs in float32 (eval only: no dropout)."""
-    if is_causal or enable_gqa:
-        raise NotImplementedError("the fp32-softmax SDPA translation supports neither is_causal nor enable_gqa")
+    """Scaled dot-product attention whose softmax runs in float32 (eval only: no dropout).
+
+    ``is_causal`` masks key j > query i with a lower-triangular (Lq, Lk) mask built from the
+    scores' shape (as torch's own translation does)."""
+    if enable_gqa:
+        raise NotImplementedError("the fp32-softmax SDPA translation does not support enable_gqa")
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     scores = op.Mul(op.Cast(op.MatMul(query, op.Transpose(key, perm=[0, 1, 3, 2])), to=_FLOAT),
                     op.Constant(value_float=scale))
     if attn_mask is not None:
         scores = op.Where(attn_mask, scores, op.Constant(value_float=float("-inf")))
+    if is_causal:
+        square = op.Slice(op.Shape(scores), op.Constant(value_ints=[-2]), op.Constant(value_ints=[2**62]))
+        lower = op.Cast(op.Trilu(op.ConstantOfShape(square, value=_ONE), upper=0), to=_BOOL)
+        scores = op.Where(lower, scores, op.Constant(value_float=float("-inf")))
     probs = op.CastLike(op.Softmax(scores, axis=-1), query)
     return op.MatMul(probs, value)
 

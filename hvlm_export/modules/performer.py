@@ -1,21 +1,36 @@
 """Performer attention with FAVOR+ random features (Choromanski et al. 2021, arXiv 2009.14794).
 
-Glossary: B batch, H heads, L length, Dh head width, m random features (``nb_features``).
+Glossary: B batch, H heads, L length, Dh head width, m random features (``nb_features``),
+c tokens per chunk, nc = ceil(L / c) chunks.
 
 Softmax attention D^-1 A V with A = exp(Q K^T / sqrt(Dh)) is approximated by
-phi(Q) (phi(K)^T V) normalised by phi(Q) (phi(K)^T 1), in O(L m Dh) time (section 2.2):
+phi(Q) (phi(K)^T V) normalised by phi(Q) (phi(K)^T 1), in O(L m Dh) time (section 2.2).
+The feature maps, up to a positive factor per query (which cancels in the normalisation):
 
-* ``kernel='softmax'``: positive random features (Lemma 1)
-  phi(x) = exp(W x' - |x'|^2 / 2) / sqrt(m), x' = x * Dh^-1/4, with W (m, Dh) made of
-  orthogonal blocks whose rows are rescaled by chi(Dh)-distributed norms (section 2.4).
-  Max-subtraction stabilisers are exact (they cancel in the normalisation): per query row for
-  queries, per (sequence, head) over all keys for keys, never across the batch.
+* ``kernel='softmax'``: positive random features (Lemma 1), with s = W x' - |x'|^2 / 2,
+  x' = x Dh^-1/4, W (m, Dh) of orthogonal blocks with chi(Dh) row norms (section 2.4):
+  phi(x) = max(exp(s), eps max_i exp(s_i))   (eps = 1e-4 keeps every normaliser positive).
 * ``kernel='relu'``: generalized attention, phi(x) = relu(W x') + 1e-3.
 * ``kernel='elu'``: phi(x) = elu(x) + 1 (Katharopoulos et al. 2020), no projection.
 
-Causal mode uses the prefix-sum form (appendix B.1) computed chunk-wise: dense within a chunk
-of ``chunk_size`` tokens, prefix sums of phi(K)^T V across chunks; no L x L matrix.
-Features and sums are computed in float32 whatever the input dtype.
+Numerics. Every key feature vector is stored as psi_j exp(l_j): psi_j = phi(k_j) / max_i
+phi(k_j)_i lies in (0, 1] and l_j = log max_i phi(k_j)_i is a float32 log-weight. Sums
+over keys are taken in a frame M >= l_j, weighting key j by exp(l_j - M) <= 1, so nothing
+overflows in float16 and the frame cancels exactly between numerator and denominator:
+
+* non-causal: M is the max of l over the sequence (per sequence and head, never across the
+  batch);
+* causal (the prefix-sum form, appendix B.1, computed chunk-wise): query t uses the running
+  max R_t = max_{j <= t} l_j, the chunk sums are kept in the running max at each chunk end,
+  and the exclusive prefix over chunks is one (nc x nc) matrix product with weights
+  exp(M_c' - M_c) <= 1. Nothing computed for query t depends on a token after t, so the
+  output at t is exactly causal (no future leak through a stabiliser or an epsilon).
+
+Inputs in float16/bfloat16 run the projection onto W and every product as half-precision
+matmuls (fp32 accumulation inside), with the logits, their maxima, exp and the frame
+arithmetic in float32; partial sums are bounded by construction (features <= 1 / sqrt(m),
+weights <= 1, sums over at most c keys or averaged), so half precision cannot overflow on
+them. Other inputs compute in their own dtype (at least float32).
 Reference implementation read: lucidrains/performer-pytorch.
 """
 
@@ -38,8 +53,12 @@ __all__ = ["PerformerAttention", "orthogonal_random_features"]
 
 Kernel = Literal["softmax", "relu", "elu"]
 _KERNELS = ("softmax", "relu", "elu")
-_SOFTMAX_EPS = 1e-4  # added to positive features so the normaliser never reaches 0
+_SOFTMAX_EPS = 1e-4  # floor of a softmax feature relative to its row max: no normaliser reaches 0
 _RELU_EPS = 1e-3
+#: the log-weight of padding and of "no key yet": exp(_NEG - anything real) == 0, and
+#: _NEG - _NEG == 0 (finite, unlike -inf - -inf)
+_NEG = -1e30
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def orthogonal_random_features(
@@ -64,7 +83,7 @@ class PerformerAttention(MultiHeadProjections):
         nb_features: random features m; default int(Dh * ln(Dh)) (at least 1).
         kernel: 'softmax' (FAVOR+), 'relu' or 'elu' (default 'softmax').
         causal: prefix-sum causal attention (default False).
-        chunk_size: tokens per chunk in causal mode (default 64).
+        chunk_size: c, tokens per chunk of the chunked sums (default 128).
     """
 
     def __init__(
@@ -75,7 +94,7 @@ class PerformerAttention(MultiHeadProjections):
         kernel: Kernel = "softmax",
         causal: bool = False,
         *,
-        chunk_size: int = 64,
+        chunk_size: int = 128,
         device=None,
         dtype=None,
     ) -> None:
@@ -102,57 +121,140 @@ class PerformerAttention(MultiHeadProjections):
             w = orthogonal_random_features(self.nb_features, self.head_dim, generator)
             self.projection_matrix.copy_(w.to(self.projection_matrix))
 
-    def _features(self, x: torch.Tensor, is_query: bool) -> torch.Tensor:
-        """phi(x): (B, H, L, Dh) float32 -> (B, H, L, m) (or Dh for 'elu')."""
-        if self.kernel == "elu":
-            return F.elu(x) + 1.0
-        x = x * self.head_dim**-0.25
-        proj = x @ self.projection_matrix.to(x.dtype).T
-        if self.kernel == "relu":
-            return F.relu(proj) + _RELU_EPS
-        proj = proj - (x * x).sum(-1, keepdim=True) / 2
-        dims = (-1,) if is_query else (-2, -1)
-        stabiliser = proj.amax(dim=dims, keepdim=True).detach()
-        return (torch.exp(proj - stabiliser) + _SOFTMAX_EPS) * self.nb_features**-0.5
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, E) -> (B, L, E)."""
         check_sequence(x, self.dim)
-        # features and sums in at least float32, whatever the input dtype
-        q, k, v = (t.to(torch.promote_types(t.dtype, torch.float32)) for t in self._qkv(x))
-        qf, kf = self._features(q, True), self._features(k, False)
-        out = self._causal(qf, kf, v) if self.causal else self._global(qf, kf, v)
-        return self.out_proj(merge_heads(out.to(x.dtype)))
+        length = x.shape[1]
+        cd = _compute_dtype(x.dtype)
+        if self.causal:  # whole chunks; padded rows come after every real query
+            x = F.pad(x, (0, 0, 0, (self.chunk_size - length % self.chunk_size) % self.chunk_size))
+        q, k, v = self._qkv(x)  # (B, H, L', Dh)
+        qf, _ = self._features(q.to(cd))
+        kf, logw = self._features(k.to(cd))
+        if self.causal:
+            padding = torch.arange(x.shape[1], device=x.device) >= length
+            out = causal_favor(qf, kf, logw.masked_fill(padding, _NEG), v.to(cd), self.chunk_size)
+        else:
+            out = self._global(qf, kf, logw, v.to(cd))
+        return self.out_proj(merge_heads(out[:, :, :length].to(x.dtype)))
 
-    @staticmethod
-    def _global(qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        kv = kf.transpose(-2, -1) @ v  # (B, H, m, Dh)
-        denom = qf @ kf.sum(dim=-2).unsqueeze(-1)  # (B, H, L, 1)
-        return (qf @ kv) / denom
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, L, Dh) -> (psi, l): psi (B, H, L, m') in x's dtype, scaled by m'^-1/2, each
+        row's max 1; l (B, H, L) in at least float32, with phi(x) ~ psi exp(l).
 
-    def _causal(self, qf: torch.Tensor, kf: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        b, h, length, m = qf.shape
-        c = self.chunk_size
-        pad = (c - length % c) % c
-        nc = (length + pad) // c
-        # Padding at the end: padded keys (zeros) come after every real query, so never count;
-        # padded queries are ones so their discarded rows stay finite (no 0/0 in backward).
-        qc = F.pad(qf, (0, 0, 0, pad), value=1.0).view(b, h, nc, c, m)
-        kc = F.pad(kf, (0, 0, 0, pad)).view(b, h, nc, c, m)
-        vc = F.pad(v, (0, 0, 0, pad)).view(b, h, nc, c, v.shape[-1])
-        tril = torch.ones(c, c, dtype=torch.bool, device=qf.device).tril()
-        scores = (qc @ kc.transpose(-2, -1)).masked_fill(~tril, 0.0)  # (B, H, nc, c, c)
-        num = scores @ vc
-        den = scores.sum(-1, keepdim=True)
-        # State before each chunk: exclusive prefix sums over chunks.
-        kv = F.pad(torch.cumsum(kc.transpose(-2, -1) @ vc, dim=2), (0, 0, 0, 0, 1, 0))[:, :, :-1]
-        ks = F.pad(torch.cumsum(kc.sum(dim=3), dim=2), (0, 0, 1, 0))[:, :, :-1]
-        num = num + qc @ kv
-        den = den + qc @ ks.unsqueeze(-1)
-        return (num / den).reshape(b, h, nc * c, -1)[:, :, :length]
+        Written for few passes over the (B, H, L, m) tensors (eager CPU is bound by them):
+        the |x'|^2 / 2 term is constant per row, so it cancels in psi and only enters l."""
+        m = self.head_dim if self.kernel == "elu" else self.nb_features
+        if self.kernel == "elu":
+            feats = F.elu(_wide(x)) + 1.0
+        else:
+            w = self.projection_matrix.to(x.dtype) * self.head_dim**-0.25
+            proj = _wide(x @ w.T)  # half-precision matmul for half x
+            if self.kernel == "softmax":
+                top = proj.amax(-1, keepdim=True)
+                # exp(max(s - top, log eps)) / sqrt(m): the floor is applied in place, before exp
+                psi = torch.exp((proj - top).clamp_(min=math.log(_SOFTMAX_EPS)).sub_(0.5 * math.log(m)))
+                half_sq = torch.linalg.vector_norm(_wide(x), dim=-1).square() * (self.head_dim**-0.5 / 2)
+                return psi.to(x.dtype), top.squeeze(-1) - half_sq
+            feats = F.relu(proj) + _RELU_EPS
+        top = feats.amax(-1, keepdim=True)
+        return (feats / (top * m**0.5)).to(x.dtype), torch.log(top.squeeze(-1))
+
+    def _global(self, qf: torch.Tensor, kf: torch.Tensor, logw: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Non-causal: phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1) in the sequence's frame.
+
+        Half-precision inputs sum over keys per chunk of c keys (each partial sum bounded by
+        c |v| / sqrt(m)) and average the chunks in float32; wider inputs sum at once."""
+        weight = torch.exp(logw - logw.amax(-1, keepdim=True))[..., None]  # (B, H, L, 1) <= 1
+        vw = torch.cat([v, torch.ones_like(v[..., :1])], -1) * weight.to(v.dtype)  # [v, 1] weighted
+        if kf.dtype in _HALF:
+            kc, vc = _chunks(kf, self.chunk_size), _chunks(vw, self.chunk_size)
+            sums = _wide(kc.transpose(-2, -1) @ vc).mean(2).to(qf.dtype)  # (B, H, m, Dh + 1), units 1 / nc
+        else:
+            sums = kf.transpose(-2, -1) @ vw
+        out = _wide(qf @ sums)  # numerators and, in the last column, denominators
+        return out[..., :-1] / out[..., -1:]
 
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, nb_features={self.nb_features}, "
-            f"kernel={self.kernel!r}, causal={self.causal}"
+            f"kernel={self.kernel!r}, causal={self.causal}, chunk_size={self.chunk_size}"
         )
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Half inputs compute in half (fp32 statistics); others in at least float32."""
+    return dtype if dtype in _HALF else torch.promote_types(dtype, torch.float32)
+
+
+def _wide(t: torch.Tensor) -> torch.Tensor:
+    """t in at least float32 (statistics, logits and exp never run in half precision)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _chunks(t: torch.Tensor, c: int, fill: float = 0.0) -> torch.Tensor:
+    """(B, H, L, ...) -> (B, H, nc, c, ...), padding the end of L with ``fill``."""
+    b, h, length = t.shape[:3]
+    nc = (length + c - 1) // c
+    pads = [0, 0] * (t.dim() - 3) + [0, nc * c - length]
+    return F.pad(t, pads, value=fill).view(b, h, nc, c, *t.shape[3:])
+
+
+def _running_max(x: torch.Tensor, levels: int) -> torch.Tensor:
+    """Inclusive running max along the last axis by doubling (Hillis-Steele): ``levels``
+    static steps cover 2**levels positions; standard ops only (ONNX has no CumMax)."""
+    n = x.shape[-1]
+    shift = 1
+    for _ in range(levels):
+        shifted = F.pad(x, (shift, 0), value=_NEG)[..., :n]
+        x = torch.maximum(x, shifted)
+        shift *= 2
+    return x
+
+
+def causal_favor(
+    qf: torch.Tensor,
+    kf: torch.Tensor,
+    logw: torch.Tensor,
+    v: torch.Tensor,
+    chunk: int,
+) -> torch.Tensor:
+    """Exactly causal chunked FAVOR sums (module docstring, "Numerics"):
+    out_t = sum_{j<=t} (phi(q_t).phi(k_j)) v_j / sum_{j<=t} phi(q_t).phi(k_j).
+
+    Args:
+        qf: (B, H, L, m) query features psi (any positive per-query scale); L a multiple of c.
+        kf: (B, H, L, m) key features psi; key j's feature vector is kf_j exp(logw_j).
+        logw: (B, H, L) key log-weights in at least float32 (padding: _NEG).
+        v: (B, H, L, Dh) values, same dtype as qf/kf.
+        chunk: c.
+
+    Returns:
+        (B, H, L, Dh) in at least float32.
+    """
+    b, h, length, m = qf.shape
+    c, cd = chunk, qf.dtype
+    nc = length // c
+    qc, kc, lc = qf.view(b, h, nc, c, m), kf.view(b, h, nc, c, m), logw.view(b, h, nc, c)
+    d1 = v.shape[-1] + 1
+    vc = torch.cat([v, torch.ones_like(v[..., :1])], -1).view(b, h, nc, c, d1)  # [v, 1]: numerator, denominator
+    running = _running_max(lc, max(1, math.ceil(math.log2(c))))  # (B, H, nc, c): max of l in the chunk up to t
+    tri = torch.ones(nc, nc, dtype=torch.bool, device=qf.device).tril()
+    m_end = torch.where(tri, running[..., None, -1], _NEG).amax(-1)  # running max at each chunk end (B, H, nc)
+    m_prev = F.pad(m_end, (1, 0), value=_NEG)[..., :nc]  # frame of everything before chunk c
+    r = torch.maximum(running, m_prev[..., None])  # R_t, (B, H, nc, c)
+
+    # chunk sums in their own frame M_end[c]: U_c = sum_j psi_j exp(l_j - M_end) [v_j, 1]
+    u = kc.transpose(-2, -1) @ (vc * torch.exp(lc - m_end[..., None])[..., None].to(cd))  # <= c |v| / sqrt(m)
+    # exclusive prefix over chunks, in frame M_prev[c]: sum_{c' < c} exp(M_end[c'] - M_prev[c]) U_c'
+    strict = torch.ones(nc, nc, dtype=torch.bool, device=qf.device).tril(-1)
+    t = torch.exp(torch.where(strict, m_end[..., None, :] - m_prev[..., :, None], _NEG)) / nc
+    prefix = (t.to(cd) @ u.flatten(-2)).view(u.shape)  # averaged over nc: bounded like U
+    inter = _wide(qc @ prefix) * (torch.exp(m_prev[..., None] - r) * nc)[..., None]
+
+    # inside the chunk: keys j <= t weighted exp(l_j - R_t) / c (masked before exp: no inf)
+    causal = torch.ones(c, c, dtype=torch.bool, device=qf.device).tril()
+    weights = torch.exp(torch.where(causal, lc[..., None, :] - r[..., :, None] - math.log(c), _NEG))
+    intra = _wide((_wide(qc @ kc.transpose(-2, -1)) * weights).to(cd) @ vc) * c
+    total = (inter + intra).view(b, h, length, d1)  # explicit sizes: export cannot infer -1 here
+    return total[..., :-1] / total[..., -1:]

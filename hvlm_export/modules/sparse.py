@@ -3,8 +3,10 @@
 Shapes follow the glossary in ``hvlm_export.modules._attention``. Strided and local/global
 attention never build an L x L mask: they pad the sequence, regroup it into groups or blocks
 with reshapes and slices only (no ``unfold`` / ``as_strided``), and run
-``scaled_dot_product_attention`` inside each group with a small mask that hides padding.
-Every size is derived from the input's symbolic shape, so an exported graph works for any L.
+``scaled_dot_product_attention`` inside each group: strided with no mask at all (so the flash
+kernels apply), local/global with one small block mask shared by batch and heads (or, on CUDA,
+FlexAttention with a block-sparse mask). Every size is derived from the input's symbolic
+shape, so an exported graph works for any L.
 
 References: Child et al. 2019, "Generating Long Sequences with Sparse Transformers" (strided
 pattern, section 4.2); Beltagy et al. 2020, "Longformer" (sliding window + global tokens,
@@ -12,6 +14,8 @@ section 3.1).
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -22,21 +26,30 @@ from hvlm_export.modules._attention import (
     check_positive_int,
     check_sequence,
     merge_heads,
-    split_heads,
 )
 
 __all__ = ["StridedAttention", "LocalGlobalAttention", "CrossMemoryAttention"]
+
+LocalImpl = Literal["auto", "blocked", "flex"]
+_LOCAL_IMPLS = ("auto", "blocked", "flex")
+#: smallest query block of the blocked local/global path: tiny windows still give blocks big
+#: enough for the fused SDPA kernels (cost per query: G + w + 2r keys)
+_MIN_BLOCK = 32
 
 
 class StridedAttention(MultiHeadProjections):
     """Dilated attention: query i attends to key j iff (i - j) % stride == 0 (and j <= i if causal).
 
-    The positions with the same residue modulo ``stride`` form one group of ceil(L / stride)
-    tokens; attention runs densely inside each group, so time and memory are O(L^2 / stride).
-    ``stride=1`` is exact full attention.
+    The positions with the same residue r modulo ``stride`` form one group (r, r + s, ...);
+    attention is plain dense attention inside each group, so time is O(L^2 / stride) and
+    ``stride=1`` is exact full attention. The tokens are regrouped once, before the
+    projections, into (s, B, n, E) with n = ceil(L / s); the groups then run as the batch of
+    one mask-free ``scaled_dot_product_attention`` call, so the fused (flash) kernels apply:
 
-    Non-causal masks hide only padded keys (broadcast over queries), so SDPA's fused kernels
-    run inside the groups.
+    * causal: padding sits at the end of a group, after every real key of that group, so
+      ``is_causal=True`` over the groups is exact with no mask;
+    * non-causal: groups r < rem (rem = L - (n - 1) s) hold n tokens and the others n - 1;
+      the two sets are two SDPA calls (the second without its padded last slot).
 
     Args:
         dim: model width E (default 768).
@@ -64,38 +77,37 @@ class StridedAttention(MultiHeadProjections):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, E) -> (B, L, E)."""
         check_sequence(x, self.dim)
-        b, length, _ = x.shape
-        s, h, dh = self.stride, self.num_heads, self.head_dim
-        q, k, v = self._qkv(x)  # (B, H, L, Dh)
-        pad = (s - length % s) % s
-        n = (length + pad) // s  # tokens per group
-
-        def group(t: torch.Tensor) -> torch.Tensor:  # (B, H, L, Dh) -> (B, H*s, n, Dh)
-            t = F.pad(t, (0, 0, 0, pad)).view(b, h, n, s, dh).transpose(2, 3)
-            return t.reshape(b, h * s, n, dh)
-
-        out = self._attend(group(q), group(k), group(v), self._mask(length, n, x.device))
-        out = out.reshape(b, h, s, n, dh).transpose(2, 3).reshape(b, h, n * s, dh)[:, :, :length]
-        return self.out_proj(merge_heads(out))
-
-    def _mask(self, length: int, n: int, device: torch.device) -> torch.Tensor:
-        """Boolean mask; group r's slot t holds position t*s + r.
-
-        Non-causal: (H*s, 1, n), hiding padded keys only, broadcast over queries, so SDPA can
-        use its fused kernels and memory stays O(L). Slot 0 always counts as a key: it is
-        padding only in groups that are all padding (r >= L), whose rows are discarded, and
-        it keeps them finite. Causal: (H*s, n, n) with t_k <= t_q (the diagonal is always a
-        real key for a real query).
-        """
+        b, length, e = x.shape
         s = self.stride
-        slot = torch.arange(n, device=device)
-        pos = slot[None, :] * s + torch.arange(s, device=device)[:, None]  # (s, n)
-        keys = (pos < length) | (slot == 0)[None, :]
-        if not self.causal:
-            return keys[:, None, :].repeat(self.num_heads, 1, 1)
-        allowed = keys[:, None, :] & (slot[None, :] <= slot[:, None])
-        allowed = allowed | (slot[:, None] == slot[None, :])  # padded query rows stay finite
-        return allowed.repeat(self.num_heads, 1, 1)
+        n = (length + s - 1) // s  # tokens per full group
+        # (B, L, E) -> (s, B, n, E): group r holds positions r, r + s, ... (padding last)
+        groups = F.pad(x, (0, 0, 0, n * s - length)).view(b, n, s, e).permute(2, 0, 1, 3)
+        q, k, v = (self._group_heads(proj(groups)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        out = self._attend_causal(q, k, v) if self.causal else self._attend_ragged(q, k, v, (length - (n - 1) * s) * b)
+        out = out.transpose(1, 2).reshape(s, b, n, e).permute(1, 2, 0, 3).reshape(b, n * s, e)
+        return self.out_proj(out[:, :length])
+
+    def _attend_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full: int) -> torch.Tensor:
+        """Non-causal attention over (s * B, H, n, Dh) groups whose first ``full`` rows hold n
+        real tokens and the others n - 1 (their last slot is padding), without a mask.
+
+        Two SDPA calls: the full rows, and the short rows without their last slot. Both sets
+        are taken one row (batch) larger than needed and the short one keeps at least one slot,
+        so no tensor is ever empty (ONNX Reshape and some kernels reject empty tensors); the
+        extra results are discarded.
+        """
+        n = q.shape[2]
+        b = q.shape[0] // self.stride
+        short_len = torch.sym_max(n - 1, 1)
+        first = full - b  # the short set starts one group early, so it is never empty
+        short = self._attend(q[first:, :, :short_len], k[first:, :, :short_len], v[first:, :, :short_len], None)
+        short = F.pad(short[b:], (0, 0, 0, n - short_len))
+        return torch.cat([self._attend(q[:full], k[:full], v[:full], None), short])
+
+    def _group_heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(s, B, n, E) -> (s * B, H, n, Dh), a view."""
+        s, b, n, _ = t.shape
+        return t.view(s * b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, stride={self.stride}, causal={self.causal}"
@@ -107,16 +119,26 @@ class LocalGlobalAttention(MultiHeadProjections):
     ``global_tokens`` (G, E) are prepended to the sequence as keys/values (through the same
     k/v projections). Sequence token i attends to tokens j with |i - j| <= local_window // 2
     (and j <= i if causal) and to all G global tokens. Only the L sequence positions are
-    returned. The sequence is cut into blocks of w = max(local_window // 2, 1) tokens; each
-    block attends to itself and its two neighbours, so cost is O(L * (3w + G)).
+    returned. Two implementations of the same function, chosen by ``impl``:
+
+    * ``'blocked'`` (standard ops; what the ONNX export uses): the queries are cut into blocks
+      of w = max(radius, 32) tokens; block b attends to the G global keys and to the local keys
+      [b w - r, b w + w + r) (w + 2r keys; w + r if causal), gathered with one concatenation
+      of slices, under one (nb, w, G + w + 2r) mask shared by batch and heads:
+      O(L (G + w + 2r)) time and memory, never an L x L mask.
+    * ``'flex'`` (CUDA): FlexAttention over [global keys, sequence] with a block-sparse mask
+      that visits only the key blocks inside the window (hvlm_export.modules._flex).
+    * ``'auto'`` (default): 'flex' for CUDA inputs (outside training with dropout), else
+      'blocked'. The two are tested against each other and against dense masked attention.
 
     Args:
         dim: model width E (default 768).
         num_heads: heads H (default 12).
-        local_window: window width >= 1 (default 64); radius local_window // 2.
+        local_window: window width >= 1 (default 64); radius r = local_window // 2.
         num_global_tokens: G >= 0 (default 4).
         dropout: attention-probability dropout, training only (default 0.0).
         causal: restrict local keys to j <= i (default False); global tokens stay visible.
+        impl: 'auto', 'blocked' or 'flex' (default 'auto').
     """
 
     def __init__(
@@ -128,6 +150,7 @@ class LocalGlobalAttention(MultiHeadProjections):
         dropout: float = 0.0,
         causal: bool = False,
         *,
+        impl: LocalImpl = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -135,56 +158,72 @@ class LocalGlobalAttention(MultiHeadProjections):
         self.local_window = check_positive_int("local_window", local_window)
         self.num_global_tokens = check_positive_int("num_global_tokens", num_global_tokens, minimum=0)
         self.causal = bool(causal)
+        if impl not in _LOCAL_IMPLS:
+            raise ValueError(f"Unknown impl {impl!r}.\nNote: valid choices are {', '.join(_LOCAL_IMPLS)}.")
+        self.impl = impl
         self.radius = local_window // 2
-        self.block = max(self.radius, 1)
+        self.block = max(self.radius, _MIN_BLOCK)
         self.global_tokens = nn.Parameter(torch.randn(num_global_tokens, dim, device=device, dtype=dtype) * 0.02)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, E) -> (B, L, E)."""
         check_sequence(x, self.dim)
-        b, length, _ = x.shape
-        w, h, dh, g = self.block, self.num_heads, self.head_dim, self.num_global_tokens
-        q, k, v = self._qkv(x)  # (B, H, L, Dh)
-        pad = (w - length % w) % w
-        nb = (length + pad) // w  # blocks
+        if self._use_flex(x):
+            from hvlm_export.modules._flex import local_global_flex
 
-        def windows(t: torch.Tensor) -> torch.Tensor:  # (B, H, L, Dh) -> (B, H, nb, 3w, Dh)
-            t = F.pad(t, (0, 0, w, w + pad)).view(b, h, nb + 2, w, dh)
-            return torch.cat([t[:, :, :-2], t[:, :, 1:-1], t[:, :, 2:]], dim=3)
+            out = local_global_flex(self, x)
+        else:
+            out = self._blocked(x)
+        return self.out_proj(out)
 
-        keys, values = windows(k), windows(v)
-        if g:
-            gk = split_heads(self.k_proj(self.global_tokens)[None], h)  # (1, H, G, Dh)
-            gv = split_heads(self.v_proj(self.global_tokens)[None], h)
-            keys = torch.cat([gk[:, :, None].expand(b, h, nb, g, dh), keys], dim=3)
-            values = torch.cat([gv[:, :, None].expand(b, h, nb, g, dh), values], dim=3)
-        qb = F.pad(q, (0, 0, 0, pad)).reshape(b, h * nb, w, dh)
-        span = g + 3 * w
-        out = self._attend(
-            qb,
-            keys.reshape(b, h * nb, span, dh),
-            values.reshape(b, h * nb, span, dh),
-            self._mask(length, nb, x.device),
-        )
-        out = out.reshape(b, h, nb * w, dh)[:, :, :length]
-        return self.out_proj(merge_heads(out))
+    def _use_flex(self, x: torch.Tensor) -> bool:
+        if self.impl == "auto":
+            return x.is_cuda and not (self.training and self.dropout > 0)
+        return self.impl == "flex"
+
+    def _blocked(self, x: torch.Tensor) -> torch.Tensor:
+        """The standard-ops path: (B, L, E) -> attention output (B, L, E) before out_proj."""
+        b, length, e = x.shape
+        w, r, h, dh = self.block, self.radius, self.num_heads, self.head_dim
+        nb = (length + w - 1) // w
+        q = F.pad(self.q_proj(x), (0, 0, 0, nb * w - length)).view(b * nb, w, h, dh).transpose(1, 2)
+        keys, values = (self._windows(proj(x), proj(self.global_tokens), nb) for proj in (self.k_proj, self.v_proj))
+        mask = self._mask(length, nb, x.device)[None].expand(b, -1, -1, -1).reshape(b * nb, 1, w, -1)
+        out = self._attend(q, keys, values, mask)  # (B nb, H, w, Dh)
+        return out.transpose(1, 2).reshape(b, nb * w, e)[:, :length]
+
+    def _windows(self, t: torch.Tensor, glob: torch.Tensor, nb: int) -> torch.Tensor:
+        """(B, L, E) keys or values -> (B nb, H, span, Dh): block b's global keys, then the
+        local keys [b w - r, b w + w + r) (+ r dropped when causal), one concatenation."""
+        b, length, e = t.shape
+        w, r = self.block, self.radius
+        t = F.pad(t, (0, 0, r, nb * w - length + r))  # position p sits at p + r
+        parts = [glob[None, None].expand(b, nb, -1, -1)] if self.num_global_tokens else []
+        if r:
+            parts.append(t[:, : nb * w].view(b, nb, w, e)[:, :, :r])  # [b w - r, b w)
+        parts.append(t[:, r : r + nb * w].view(b, nb, w, e))  # the block itself
+        if r and not self.causal:
+            parts.append(t[:, 2 * r : 2 * r + nb * w].view(b, nb, w, e)[:, :, w - r :])  # [b w + w, b w + w + r)
+        keys = torch.cat(parts, dim=2)
+        return keys.view(b * nb, keys.shape[2], self.num_heads, self.head_dim).transpose(1, 2)
 
     def _mask(self, length: int, nb: int, device: torch.device) -> torch.Tensor:
-        """(H*nb, w, G + 3w) boolean mask over [global keys, previous, own, next block]."""
-        w = self.block
+        """(nb, w, span) boolean mask over [global keys, local keys] of each block."""
+        w, r = self.block, self.radius
+        local = w + r if self.causal else w + 2 * r
         qpos = torch.arange(nb * w, device=device).view(nb, w, 1)
-        kpos = (torch.arange(nb, device=device)[:, None] * w - w + torch.arange(3 * w, device=device)).view(nb, 1, 3 * w)
-        allowed = ((qpos - kpos).abs() <= self.radius) & (kpos >= 0) & (kpos < length)
+        kpos = (torch.arange(nb, device=device) * w - r)[:, None, None] + torch.arange(local, device=device)
+        allowed = ((qpos - kpos).abs() <= r) & (kpos >= 0) & (kpos < length)
         if self.causal:
             allowed = allowed & (kpos <= qpos)
         allowed = allowed | (kpos == qpos)  # keeps padded query rows finite
         glob = torch.ones(nb, w, self.num_global_tokens, dtype=torch.bool, device=device)
-        return torch.cat([glob, allowed], dim=-1).repeat(self.num_heads, 1, 1)
+        return torch.cat([glob, allowed], dim=-1)
 
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, local_window={self.local_window}, "
-            f"num_global_tokens={self.num_global_tokens}, causal={self.causal}"
+            f"num_global_tokens={self.num_global_tokens}, causal={self.causal}, impl={self.impl!r}"
         )
 
 

@@ -6,24 +6,11 @@ import pytest
 import torch
 
 from hvlm_export.modules import PerformerAttention
-from tests.references import dense_attention
+from tests.references import dense_attention, dense_kernelised
 
 
 def _x(batch, length, dim, seed=0):
     return torch.randn(batch, length, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-def _dense_kernelised(layer: PerformerAttention, x: torch.Tensor) -> torch.Tensor:
-    """phi(Q) phi(K)^T as an explicit L x L matrix, normalised row-wise (the definition)."""
-    h = layer.num_heads
-    b, n, e = x.shape
-    q, k, v = (p(x).view(b, n, h, e // h).transpose(1, 2) for p in (layer.q_proj, layer.k_proj, layer.v_proj))
-    qf, kf = layer._features(q, True), layer._features(k, False)
-    a = qf @ kf.transpose(-2, -1)
-    if layer.causal:
-        a = a.tril()
-    out = (a / a.sum(-1, keepdim=True)) @ v
-    return layer.out_proj(out.transpose(1, 2).reshape(b, n, e))
 
 
 @pytest.mark.parametrize("kernel", ["softmax", "relu", "elu"])
@@ -32,7 +19,7 @@ def _dense_kernelised(layer: PerformerAttention, x: torch.Tensor) -> torch.Tenso
 def test_linear_form_matches_dense_kernel(kernel, causal, length):
     layer = PerformerAttention(dim=32, num_heads=4, kernel=kernel, causal=causal, chunk_size=8).double()
     x = _x(2, length, 32)
-    err = (layer(x) - _dense_kernelised(layer, x)).abs().max().item()
+    err = (layer(x) - dense_kernelised(layer, x)).abs().max().item()
     assert err < 1e-10, f"max abs err {err:.3g}"
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -15,7 +17,7 @@ ATOL = 1e-10
 STRIDES = [1, 3, 4]
 WINDOWS = [1, 2, 7, 16]
 # below, at and above each stride / window, non-multiples, and L = 1
-LENGTHS = [1, 2, 3, 4, 5, 8, 15, 16, 17, 35]
+LENGTHS = [1, 2, 3, 4, 5, 8, 15, 16, 17, 35, 70, 101]
 
 
 def _x(batch: int, length: int, dim: int, seed: int = 0) -> torch.Tensor:
@@ -106,9 +108,51 @@ def test_dropout_only_in_training():
     assert not torch.allclose(a, layer(x)), "dropout must act in training"
 
 
-def test_local_global_cost_is_linear():
-    """The key span per query is fixed by the window: no L x L anything."""
-    layer = LocalGlobalAttention(dim=32, num_heads=4, local_window=8, num_global_tokens=2)
-    mask = layer._mask(1000, -(-1000 // layer.block), torch.device("cpu"))
-    assert mask.shape[-1] == 2 + 3 * layer.block
-    assert mask.numel() <= 4 * 1000 * (2 + 3 * 4) * 2
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_local_global_cost_is_linear(causal):
+    """The key span per query block is fixed by the window: no L x L anything."""
+    layer = LocalGlobalAttention(dim=32, num_heads=4, local_window=8, num_global_tokens=2, causal=causal)
+    w, r = layer.block, layer.radius
+    for length in (100, 1000):
+        mask = layer._mask(length, -(-length // w), torch.device("cpu"))
+        span = 2 + w + (r if causal else 2 * r)
+        assert mask.shape == (-(-length // w), w, span), mask.shape
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("window, num_global", [(1, 0), (7, 3), (128, 4), (300, 2)])
+@pytest.mark.parametrize("length", [1, 127, 128, 129, 700])
+def test_flex_block_table_covers_exactly_the_window(window, num_global, length, causal):
+    """The FlexAttention path visits a key block iff some query of the query block may attend
+    to some key in it (checked against the dense token mask, block by block)."""
+    from hvlm_export.modules._flex import BLOCK, window_block_mask
+
+    dense = local_global_mask(length, window, num_global, causal)  # (L, G + L)
+    nq, nkv = -(-length // BLOCK), -(-(length + num_global) // BLOCK)
+    padded = torch.zeros(nq * BLOCK, nkv * BLOCK, dtype=torch.bool)
+    padded[:length, : length + num_global] = dense
+    want = padded.view(nq, BLOCK, nkv, BLOCK).any(3).any(1)
+    got = window_block_mask(length, num_global, window // 2, causal, torch.device("cpu")).to_dense()[0, 0].bool()
+    assert torch.equal(got[:, :nkv], want), f"block table\n{got.int()}\nwanted\n{want.int()}"
+    assert got.sum(1).max() <= -(-(BLOCK + 2 * (window // 2)) // BLOCK) + 2
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("length", [1, 5, 129, 300])
+def test_flex_path_matches_dense_uncompiled(length, causal, monkeypatch):
+    """The FlexAttention path's arithmetic (eager flex_attention, which applies the mask_mod
+    everywhere; the block table is checked above) against dense masked attention."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from hvlm_export.modules import _flex
+
+    monkeypatch.setattr(_flex, "_compiled_flex", lambda: flex_attention)
+    layer = LocalGlobalAttention(dim=32, num_heads=4, local_window=20, num_global_tokens=3, causal=causal,
+                                 impl="flex").double().eval()
+    x = _x(2, length, 32)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.compile.*")  # eager flex_attention says it is slow
+        got = layer(x)
+    want = dense_attention(layer, x, local_global_mask(length, 20, 3, causal), prefix=layer.global_tokens)
+    err = (got - want).abs().max().item()
+    assert err < ATOL, f"max abs err {err:.3g}"
