@@ -18,6 +18,7 @@ Prints a short table last; the JSON holds every number.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -46,8 +47,10 @@ CASES = {
     "local_global": lambda: LocalGlobalAttention(DIM, HEADS, local_window=128, num_global_tokens=4),
     "local_global_blocked": lambda: LocalGlobalAttention(DIM, HEADS, local_window=128, num_global_tokens=4,
                                                          impl="blocked"),
+    "local_global_flex": lambda: LocalGlobalAttention(DIM, HEADS, local_window=128, num_global_tokens=4,
+                                                      impl="flex"),
     "performer": lambda: PerformerAttention(DIM, HEADS),
-    "performer_c256": lambda: PerformerAttention(DIM, HEADS, chunk_size=256),
+    "performer_torch": lambda: PerformerAttention(DIM, HEADS, impl="torch"),
     "performer_causal": lambda: PerformerAttention(DIM, HEADS, causal=True),
     "performer_causal_c64": lambda: PerformerAttention(DIM, HEADS, causal=True, chunk_size=64),
     "performer_causal_c256": lambda: PerformerAttention(DIM, HEADS, causal=True, chunk_size=256),
@@ -123,6 +126,15 @@ def checks() -> list[dict]:
             rows.append({"check": f"performer causal={causal} L={length} fp16",
                          "rel": rel(gpu.half()(x.half().cuda()), want)})
             gpu.float()
+    layer = PerformerAttention(DIM, HEADS).cuda().half().eval()
+    for length in (1, 100, 4097):
+        x = torch.randn(2, length, DIM, device="cuda", dtype=torch.float16)
+        layer.impl = "torch"
+        want = layer(x).float()
+        layer.impl = "triton"
+        got = layer(x).float()
+        rows.append({"check": f"performer triton vs torch fp16 L={length}",
+                     "rel": ((got - want).norm() / want.norm()).item()})
     return rows
 
 
@@ -134,13 +146,15 @@ def timing(names: list[str], lengths: list[int], repeats: int, modes: list[str])
         fns = {"eager": eager}
         if "compiled" in modes:
             fns["compiled"] = torch.compile(eager)
+        if "cudagraphs" in modes:  # torch.compile with CUDA graphs: no per-kernel launch cost
+            fns["cudagraphs"] = torch.compile(eager, mode="reduce-overhead")
         for length in lengths:
             x = torch.randn(1, length, DIM, device="cuda", dtype=torch.float16)
             for mode, fn in fns.items():
                 row = {"name": name, "mode": mode, "length": length}
                 try:
                     with torch.no_grad():
-                        row["ms"] = _time(lambda fn=fn: fn(x), repeats)
+                        row["ms"] = _time(functools.partial(fn, x), repeats)
                 except Exception as err:  # noqa: BLE001  (a failing case is reported, not fatal)
                     row["error"] = f"{type(err).__name__}: {str(err)[:300]}"
                     traceback.print_exc()
@@ -156,25 +170,41 @@ def timing(names: list[str], lengths: list[int], repeats: int, modes: list[str])
 
 
 @torch.no_grad()
-def profile(names: list[str], length: int) -> dict[str, list]:
+def profile(names: list[str], lengths: list[int], modes: list[str]) -> list[dict]:
+    """Top CUDA kernels per case, mode and length, and the GPU-busy share of the wall time
+    (a low share means the case is bound by launching kernels from Python, not by the GPU)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
 
-    out = {}
+    out = []
     for name in names:
-        module = _cast(CASES[name](), torch.float16)
-        x = torch.randn(1, length, DIM, device="cuda", dtype=torch.float16)
-        for _ in range(3):
-            module(x)
-        torch.cuda.synchronize()
-        with prof(activities=[ProfilerActivity.CUDA]) as p:
-            module(x)
-            torch.cuda.synchronize()
-        events = sorted(p.key_averages(), key=lambda e: -e.device_time_total)
-        total = sum(e.self_device_time_total for e in events)
-        out[name] = [{"kernel": e.key[:90], "us": e.self_device_time_total, "calls": e.count}
-                     for e in events[:8] if e.self_device_time_total > 0]
-        out[name].append({"kernel": "TOTAL", "us": total, "calls": 0})
+        torch.manual_seed(0)
+        eager = _cast(CASES[name](), torch.float16)
+        fns = {"eager": eager, **({"compiled": torch.compile(eager)} if "compiled" in modes else {})}
+        for length in lengths:
+            x = torch.randn(1, length, DIM, device="cuda", dtype=torch.float16)
+            for mode, fn in fns.items():
+                try:
+                    for _ in range(3):
+                        fn(x)
+                    torch.cuda.synchronize()
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    with prof(activities=[ProfilerActivity.CUDA]) as p:
+                        start.record()
+                        fn(x)
+                        end.record()
+                        torch.cuda.synchronize()
+                except Exception as err:  # noqa: BLE001
+                    out.append({"name": name, "mode": mode, "length": length, "error": str(err)[:200]})
+                    continue
+                events = sorted((e for e in p.key_averages() if e.self_device_time_total > 0),
+                                key=lambda e: -e.self_device_time_total)
+                busy = sum(e.self_device_time_total for e in events) / 1e3
+                out.append({"name": name, "mode": mode, "length": length, "wall_ms": start.elapsed_time(end),
+                            "busy_ms": busy, "kernels": [(e.key[:70], round(e.self_device_time_total), e.count)
+                                                         for e in events[:6]]})
+            del x
+        torch.cuda.empty_cache()
     return out
 
 
@@ -184,7 +214,8 @@ def main() -> None:
     p.add_argument("--names", nargs="+", default=list(CASES))
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"])
-    p.add_argument("--profile-length", type=int, default=32768)
+    p.add_argument("--profile-lengths", type=int, nargs="*", default=[8192, 65536])
+    p.add_argument("--profile-names", nargs="*")
     p.add_argument("--skip-checks", action="store_true")
     p.add_argument("--out", default="attention_speed.json")
     args = p.parse_args()
@@ -193,13 +224,17 @@ def main() -> None:
         result["checks"] = checks()
         worst = max(result["checks"], key=lambda r: r["rel"])
         print(f"checks: {len(result['checks'])}, worst {worst}", flush=True)
-    result["timing"] = timing(args.names, args.lengths, args.repeats, args.modes)
+    result["timing"] = timing(args.names, args.lengths, args.repeats, args.modes) if args.lengths else []
     Path(args.out).write_text(json.dumps(result, indent=1))
-    result["profile"] = profile([n for n in args.names if n != "dense"] + ["dense"], args.profile_length)
+    result["profile"] = profile(args.profile_names if args.profile_names is not None else args.names,
+                                args.profile_lengths, args.modes)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    for name, kernels in result["profile"].items():
-        print(f"--- {name} @ {args.profile_length}: " + "; ".join(f"{k['kernel'][:50]} {k['us']:.0f}us x{k['calls']}"
-                                                               for k in kernels[:5]))
+    for r in result["profile"]:
+        if "error" in r:
+            print(f"--- {r['name']} {r['mode']} L={r['length']}: ERROR {r['error'][:100]}")
+            continue
+        print(f"--- {r['name']} {r['mode']} L={r['length']}: wall {r['wall_ms']:.3f} ms, GPU busy {r['busy_ms']:.3f} ms: "
+              + "; ".join(f"{k[:40]} {us}us x{n}" for k, us, n in r["kernels"][:5]))
     print("\nname | mode | " + " | ".join(f"L={n}" for n in args.lengths))
     for name in args.names:
         for mode in args.modes:

@@ -42,6 +42,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from hvlm_export.ops.favor import favor_softmax, triton_available
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
     check_positive_int,
@@ -53,12 +54,16 @@ __all__ = ["PerformerAttention", "orthogonal_random_features"]
 
 Kernel = Literal["softmax", "relu", "elu"]
 _KERNELS = ("softmax", "relu", "elu")
+PerformerImpl = Literal["auto", "torch", "triton"]
+_IMPLS = ("auto", "torch", "triton")
 _SOFTMAX_EPS = 1e-4  # floor of a softmax feature relative to its row max: no normaliser reaches 0
 _RELU_EPS = 1e-3
 #: the log-weight of padding and of "no key yet": exp(_NEG - anything real) == 0, and
 #: _NEG - _NEG == 0 (finite, unlike -inf - -inf)
 _NEG = -1e30
 _HALF = (torch.float16, torch.bfloat16)
+#: keys per partial sum of the non-causal half-precision path (few partials, no fp16 overflow)
+_KEY_SUM_CHUNK = 1024
 
 
 def orthogonal_random_features(
@@ -83,7 +88,12 @@ class PerformerAttention(MultiHeadProjections):
         nb_features: random features m; default int(Dh * ln(Dh)) (at least 1).
         kernel: 'softmax' (FAVOR+), 'relu' or 'elu' (default 'softmax').
         causal: prefix-sum causal attention (default False).
-        chunk_size: c, tokens per chunk of the chunked sums (default 128).
+        chunk_size: c, tokens per chunk of the causal sums (default 128).
+        impl: 'auto' (default), 'torch' or 'triton'. 'triton' runs the fused kernel of
+            ``hvlm::favor_softmax`` (hvlm_export.ops.favor): non-causal 'softmax' kernel,
+            float16/bfloat16 CUDA inputs, no autograd; the features never reach memory.
+            'auto' picks it exactly when those conditions hold and Triton is installed,
+            else the torch path (the one that exports).
     """
 
     def __init__(
@@ -95,6 +105,7 @@ class PerformerAttention(MultiHeadProjections):
         causal: bool = False,
         *,
         chunk_size: int = 128,
+        impl: PerformerImpl = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -107,6 +118,9 @@ class PerformerAttention(MultiHeadProjections):
         self.kernel = kernel
         self.causal = bool(causal)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
+        if impl not in _IMPLS:
+            raise ValueError(f"Unknown impl {impl!r}.\nNote: valid choices are {', '.join(_IMPLS)}.")
+        self.impl = impl
         if kernel == "elu":
             self.register_buffer("projection_matrix", None)
         else:
@@ -124,6 +138,9 @@ class PerformerAttention(MultiHeadProjections):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, E) -> (B, L, E)."""
         check_sequence(x, self.dim)
+        if self._use_triton(x):
+            q, k, v = self._qkv(x)
+            return self.out_proj(favor_softmax(q, k, v, self.projection_matrix, _SOFTMAX_EPS))
         length = x.shape[1]
         cd = _compute_dtype(x.dtype)
         if self.causal:  # whole chunks; padded rows come after every real query
@@ -137,6 +154,22 @@ class PerformerAttention(MultiHeadProjections):
         else:
             out = self._global(qf, kf, logw, v.to(cd))
         return self.out_proj(merge_heads(out[:, :, :length].to(x.dtype)))
+
+    def _use_triton(self, x: torch.Tensor) -> bool:
+        """Whether this call runs the fused kernel (see ``impl``)."""
+        if self.impl == "torch":
+            return False
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.q_proj.weight.requires_grad)
+        reasons = [why for why, bad in (
+            ("kernel is not 'softmax'", self.kernel != "softmax"), ("causal", self.causal),
+            ("input is not on CUDA", not x.is_cuda), ("input is not float16/bfloat16", x.dtype not in _HALF),
+            ("autograd is recording (use torch.no_grad())", needs_grad),
+            ("exporting", torch.compiler.is_exporting()), ("Triton is not installed", not triton_available()),
+        ) if bad]
+        if self.impl == "triton" and reasons:
+            raise ValueError(f"impl='triton' cannot run this call: {'; '.join(reasons)}.\n"
+                             "Note: use impl='auto' to fall back to the torch path in such calls.")
+        return not reasons
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, L, Dh) -> (psi, l): psi (B, H, L, m') in x's dtype, scaled by m'^-1/2, each
@@ -163,12 +196,12 @@ class PerformerAttention(MultiHeadProjections):
     def _global(self, qf: torch.Tensor, kf: torch.Tensor, logw: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Non-causal: phi(Q) (phi(K)^T V) / phi(Q) (phi(K)^T 1) in the sequence's frame.
 
-        Half-precision inputs sum over keys per chunk of c keys (each partial sum bounded by
-        c |v| / sqrt(m)) and average the chunks in float32; wider inputs sum at once."""
+        Half-precision inputs sum over keys per chunk of 1024 keys (each partial sum bounded
+        by 1024 |v| / sqrt(m)) and average the chunks in float32; wider inputs sum at once."""
         weight = torch.exp(logw - logw.amax(-1, keepdim=True))[..., None]  # (B, H, L, 1) <= 1
         vw = torch.cat([v, torch.ones_like(v[..., :1])], -1) * weight.to(v.dtype)  # [v, 1] weighted
         if kf.dtype in _HALF:
-            kc, vc = _chunks(kf, self.chunk_size), _chunks(vw, self.chunk_size)
+            kc, vc = _chunks(kf, _KEY_SUM_CHUNK), _chunks(vw, _KEY_SUM_CHUNK)
             sums = _wide(kc.transpose(-2, -1) @ vc).mean(2).to(qf.dtype)  # (B, H, m, Dh + 1), units 1 / nc
         else:
             sums = kf.transpose(-2, -1) @ vw
@@ -178,7 +211,7 @@ class PerformerAttention(MultiHeadProjections):
     def extra_repr(self) -> str:
         return (
             f"dim={self.dim}, num_heads={self.num_heads}, nb_features={self.nb_features}, "
-            f"kernel={self.kernel!r}, causal={self.causal}, chunk_size={self.chunk_size}"
+            f"kernel={self.kernel!r}, causal={self.causal}, chunk_size={self.chunk_size}, impl={self.impl!r}"
         )
 
 

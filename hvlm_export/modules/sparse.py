@@ -128,8 +128,9 @@ class LocalGlobalAttention(MultiHeadProjections):
       O(L (G + w + 2r)) time and memory, never an L x L mask.
     * ``'flex'`` (CUDA): FlexAttention over [global keys, sequence] with a block-sparse mask
       that visits only the key blocks inside the window (hvlm_export.modules._flex).
-    * ``'auto'`` (default): 'flex' for CUDA inputs (outside training with dropout), else
-      'blocked'. The two are tested against each other and against dense masked attention.
+    * ``'auto'`` (default): 'flex' for CUDA inputs under ``torch.compile`` (where
+      flex_attention compiles into the surrounding graph; not in training with dropout, which
+      FlexAttention lacks), else 'blocked'. Both are tested against dense masked attention.
 
     Args:
         dim: model width E (default 768).
@@ -178,13 +179,13 @@ class LocalGlobalAttention(MultiHeadProjections):
 
     def _use_flex(self, x: torch.Tensor) -> bool:
         if self.impl == "auto":
-            return x.is_cuda and not (self.training and self.dropout > 0)
+            return x.is_cuda and torch.compiler.is_compiling() and not (self.training and self.dropout > 0)
         return self.impl == "flex"
 
     def _blocked(self, x: torch.Tensor) -> torch.Tensor:
         """The standard-ops path: (B, L, E) -> attention output (B, L, E) before out_proj."""
         b, length, e = x.shape
-        w, r, h, dh = self.block, self.radius, self.num_heads, self.head_dim
+        w, h, dh = self.block, self.num_heads, self.head_dim
         nb = (length + w - 1) // w
         q = F.pad(self.q_proj(x), (0, 0, 0, nb * w - length)).view(b * nb, w, h, dh).transpose(1, 2)
         keys, values = (self._windows(proj(x), proj(self.global_tokens), nb) for proj in (self.k_proj, self.v_proj))

@@ -142,11 +142,9 @@ def test_flex_block_table_covers_exactly_the_window(window, num_global, length, 
 def test_flex_path_matches_dense_uncompiled(length, causal, monkeypatch):
     """The FlexAttention path's arithmetic (eager flex_attention, which applies the mask_mod
     everywhere; the block table is checked above) against dense masked attention."""
-    from torch.nn.attention.flex_attention import flex_attention
-
     from hvlm_export.modules import _flex
 
-    monkeypatch.setattr(_flex, "_compiled_flex", lambda: flex_attention)
+    monkeypatch.setattr(_flex, "_compiled_window_attention", lambda: _flex._window_attention)
     layer = LocalGlobalAttention(dim=32, num_heads=4, local_window=20, num_global_tokens=3, causal=causal,
                                  impl="flex").double().eval()
     x = _x(2, length, 32)

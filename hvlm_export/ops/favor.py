@@ -1,0 +1,38 @@
+"""``hvlm::favor_softmax``: fused non-causal FAVOR+ attention as one op (CUDA only).
+
+PerformerAttention calls it for CUDA inference in half precision (``impl='auto'`` or
+``'triton'``); the op wraps the Triton kernels of ``hvlm_export.ops.favor_triton`` so that
+``torch.compile`` treats them as one opaque node (a fake implementation gives the output
+shape). There is no CPU kernel and no autograd: training, export and other devices use the
+module's torch path, which computes the same function.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+
+import torch
+
+__all__ = ["favor_softmax", "triton_available"]
+
+
+@functools.cache
+def triton_available() -> bool:
+    """Whether the Triton kernels can be imported (Triton installed)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@torch.library.custom_op("hvlm::favor_softmax", mutates_args=(), device_types="cuda")
+def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
+                  eps: float) -> torch.Tensor:
+    """q, k, v (B, H, L, D) half precision; projection (m, D). Returns (B, L, H * D)."""
+    from hvlm_export.ops.favor_triton import favor_softmax_triton
+
+    return favor_softmax_triton(q, k, v, projection, eps)
+
+
+@favor_softmax.register_fake
+def _(q, k, v, projection, eps):
+    b, h, length, d = q.shape
+    return q.new_empty(b, length, h * d)
