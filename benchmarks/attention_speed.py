@@ -45,8 +45,6 @@ CASES = {
     "strided": lambda: StridedAttention(DIM, HEADS, stride=4),
     "strided_causal": lambda: StridedAttention(DIM, HEADS, stride=4, causal=True),
     "local_global": lambda: LocalGlobalAttention(DIM, HEADS, local_window=128, num_global_tokens=4),
-    "local_global_blocked": lambda: LocalGlobalAttention(DIM, HEADS, local_window=128, num_global_tokens=4,
-                                                         impl="blocked"),
     "local_global_flex": lambda: LocalGlobalAttention(DIM, HEADS, local_window=128, num_global_tokens=4,
                                                       impl="flex"),
     "performer": lambda: PerformerAttention(DIM, HEADS),

@@ -13,7 +13,7 @@ The mask reads G and r from a small tensor rather than from Python constants, so
 compiled graph serves every window configuration (torch.compile would otherwise recompile
 per configuration and, past its recompile limit, silently run flex_attention's unfused
 reference). Inside ``torch.compile(module)`` this code is traced like any other; an eager
-call with ``impl='flex'`` goes through one process-wide compiled function.
+call goes through one process-wide compiled function.
 """
 
 from __future__ import annotations

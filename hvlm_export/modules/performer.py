@@ -42,7 +42,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from hvlm_export.ops.favor import favor_softmax, triton_available
+from hvlm_export.ops.favor import TRITON_AVAILABLE, favor_softmax
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
     check_positive_int,
@@ -156,20 +156,22 @@ class PerformerAttention(MultiHeadProjections):
         return self.out_proj(merge_heads(out[:, :, :length].to(x.dtype)))
 
     def _use_triton(self, x: torch.Tensor) -> bool:
-        """Whether this call runs the fused kernel (see ``impl``)."""
+        """Whether this call runs the fused kernel (see ``impl``). Written with plain
+        attribute and flag reads only, so torch.compile folds it without a graph break."""
         if self.impl == "torch":
             return False
-        needs_grad = torch.is_grad_enabled() and (x.requires_grad or self.q_proj.weight.requires_grad)
-        reasons = [why for why, bad in (
-            ("kernel is not 'softmax'", self.kernel != "softmax"), ("causal", self.causal),
-            ("input is not on CUDA", not x.is_cuda), ("input is not float16/bfloat16", x.dtype not in _HALF),
-            ("autograd is recording (use torch.no_grad())", needs_grad),
-            ("exporting", torch.compiler.is_exporting()), ("Triton is not installed", not triton_available()),
-        ) if bad]
-        if self.impl == "triton" and reasons:
-            raise ValueError(f"impl='triton' cannot run this call: {'; '.join(reasons)}.\n"
-                             "Note: use impl='auto' to fall back to the torch path in such calls.")
-        return not reasons
+        grad = torch.is_grad_enabled() and (x.requires_grad or self.q_proj.weight.requires_grad)
+        fits = self.kernel == "softmax" and not self.causal and x.is_cuda and x.dtype in _HALF and not grad
+        if fits and TRITON_AVAILABLE and (torch.compiler.is_compiling() or not torch.compiler.is_exporting()):
+            return True
+        if self.impl == "triton":
+            raise ValueError(
+                "impl='triton' runs the non-causal 'softmax' kernel on float16/bfloat16 CUDA inputs without "
+                f"autograd (Triton installed: {TRITON_AVAILABLE}); this call has kernel={self.kernel!r}, "
+                f"causal={self.causal}, {x.dtype} on {x.device}, autograd {'on' if grad else 'off'}.\n"
+                "Note: use impl='auto' to fall back to the torch path in such calls."
+            )
+        return False
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, L, Dh) -> (psi, l): psi (B, H, L, m') in x's dtype, scaled by m'^-1/2, each

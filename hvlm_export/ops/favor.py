@@ -9,18 +9,14 @@ module's torch path, which computes the same function.
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 
 import torch
 
-__all__ = ["favor_softmax", "triton_available"]
+__all__ = ["favor_softmax", "TRITON_AVAILABLE"]
 
-
-@functools.cache
-def triton_available() -> bool:
-    """Whether the Triton kernels can be imported (Triton installed)."""
-    return importlib.util.find_spec("triton") is not None
+#: whether the Triton kernels can be imported (a constant, so torch.compile folds checks of it)
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 
 @torch.library.custom_op("hvlm::favor_softmax", mutates_args=(), device_types="cuda")

@@ -81,3 +81,20 @@ def test_fp16_input_stays_finite():
 def test_bad_kernel():
     with pytest.raises(ValueError, match="valid choices"):
         PerformerAttention(dim=32, num_heads=4, kernel="cosine")
+
+
+def test_impl_choices():
+    with pytest.raises(ValueError, match="valid choices are auto, torch, triton"):
+        PerformerAttention(dim=32, num_heads=4, impl="cuda")
+    x = torch.randn(1, 5, 32)
+    auto, torch_path = PerformerAttention(dim=32, num_heads=4), PerformerAttention(dim=32, num_heads=4, impl="torch")
+    torch_path.load_state_dict(auto.state_dict())
+    assert torch.equal(auto(x), torch_path(x)), "on the CPU 'auto' is the torch path"
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"causal": True}, {"kernel": "relu"}])
+def test_triton_impl_refuses_what_it_cannot_run(kwargs):
+    """impl='triton' never falls back silently: a call it cannot run is a ValueError saying why."""
+    layer = PerformerAttention(dim=32, num_heads=4, impl="triton", **kwargs)
+    with pytest.raises(ValueError, match="impl='triton' runs the non-causal 'softmax' kernel"):
+        layer(torch.randn(1, 5, 32))

@@ -154,3 +154,11 @@ def test_flex_path_matches_dense_uncompiled(length, causal, monkeypatch):
     want = dense_attention(layer, x, local_global_mask(length, 20, 3, causal), prefix=layer.global_tokens)
     err = (got - want).abs().max().item()
     assert err < ATOL, f"max abs err {err:.3g}"
+
+
+def test_flex_impl_has_no_dropout():
+    layer = LocalGlobalAttention(dim=32, num_heads=4, local_window=8, dropout=0.1, impl="flex").train()
+    with pytest.raises(ValueError, match="no attention dropout"):
+        layer(torch.randn(1, 5, 32))
+    with pytest.raises(ValueError, match="valid choices are blocked, flex"):
+        LocalGlobalAttention(dim=32, num_heads=4, impl="auto")

@@ -1,0 +1,68 @@
+"""CUDA-only attention paths against their torch twins: the fused Triton FAVOR+ kernel and
+FlexAttention local/global (compiled), plus torch.compile of every registered mechanism.
+
+Run on a GPU machine: ``pytest -m gpu tests/gpu``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hvlm_export.modules import LocalGlobalAttention, PerformerAttention
+from hvlm_export.registry import REGISTRY
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)"),
+]
+
+# fp16 paths that compute the same function in a different order: the outputs differ by
+# half-precision rounding of features and sums (~5e-4 measured); a wrong tile or mask is O(1).
+HALF_REL = 3e-3
+
+
+def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 1000, 4097])
+@pytest.mark.parametrize("dim, heads, features", [(768, 12, None), (96, 3, 70)])
+def test_fused_favor_matches_torch_path(length, dim, heads, features):
+    torch.manual_seed(length)
+    layer = PerformerAttention(dim, heads, nb_features=features).cuda().half().eval()
+    x = torch.randn(2, length, dim, device="cuda", dtype=torch.float16)
+    layer.impl = "torch"
+    want = layer(x)
+    layer.impl = "triton"
+    got = layer(x)
+    assert torch.isfinite(got).all()
+    assert _rel(got, want) < HALF_REL, f"rel err {_rel(got, want):.3g}"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("length", [1, 127, 129, 2000])
+def test_flex_local_global_matches_blocked(length, causal):
+    torch.manual_seed(length)
+    layer = LocalGlobalAttention(128, 4, local_window=64, num_global_tokens=3, causal=causal).cuda().eval()
+    x = torch.randn(2, length, 128, device="cuda")
+    want = layer(x)
+    layer.impl = "flex"
+    got = layer(x)
+    assert _rel(got, want) < 1e-5, f"rel err {_rel(got, want):.3g}"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_compiled_matches_eager(name):
+    """torch.compile(module) computes what the eager module computes, at two lengths."""
+    spec = REGISTRY[name]
+    torch.manual_seed(0)
+    model = spec.build(spec.small).cuda().eval()
+    compiled = torch.compile(model)
+    for length in (37, 300):
+        inputs = tuple(t.cuda() for t in spec.example_inputs(model, 2, length, seed=length))
+        want, got = model(*inputs), compiled(*inputs)
+        assert _rel(got, want) < 1e-4, f"{name} L={length}: rel err {_rel(got, want):.3g}"
