@@ -91,18 +91,15 @@ class StridedAttention(MultiHeadProjections):
         """Non-causal attention over (s * B, H, n, Dh) groups whose first ``full`` rows hold n
         real tokens and the others n - 1 (their last slot is padding), without a mask.
 
-        Two SDPA calls: the full rows, and the short rows without their last slot. Both sets
-        are taken one row (batch) larger than needed and the short one keeps at least one slot,
-        so no tensor is ever empty (ONNX Reshape and some kernels reject empty tensors); the
-        extra results are discarded.
+        Two SDPA calls: the full rows, and the short rows without their last slot. When L is
+        a multiple of s the short set is an empty batch (SDPA, ONNX Runtime and torch.export
+        all accept that). A sequence axis is never empty: for L < s the short groups, which
+        hold no real token at all, keep their one padded slot and their rows are discarded.
         """
         n = q.shape[2]
-        b = q.shape[0] // self.stride
         short_len = torch.sym_max(n - 1, 1)
-        first = full - b  # the short set starts one group early, so it is never empty
-        short = self._attend(q[first:, :, :short_len], k[first:, :, :short_len], v[first:, :, :short_len], None)
-        short = F.pad(short[b:], (0, 0, 0, n - short_len))
-        return torch.cat([self._attend(q[:full], k[:full], v[:full], None), short])
+        short = self._attend(q[full:, :, :short_len], k[full:, :, :short_len], v[full:, :, :short_len], None)
+        return torch.cat([self._attend(q[:full], k[:full], v[:full], None), F.pad(short, (0, 0, 0, n - short_len))])
 
     def _group_heads(self, t: torch.Tensor) -> torch.Tensor:
         """(s, B, n, E) -> (s * B, H, n, Dh), a view."""
