@@ -91,6 +91,12 @@ class ModelSpec:
     def lengths(self, kwargs: Mapping[str, Any]) -> list[int]:
         return sorted(set(self.critical_lengths(kwargs)))
 
+    def trace_length(self, kwargs: Mapping[str, Any]) -> int:
+        """The shortest sequence a dynamic export traces at: past every critical length, so
+        that chunk, block and group counts derived from L are at least 2 while tracing (a
+        count of 1 would be baked into the graph)."""
+        return max(self.lengths(kwargs)) + 1
+
     def example_inputs(
         self,
         model: nn.Module,

@@ -15,12 +15,13 @@ Pipeline (each step raises :class:`ExportError` with the step it failed at):
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -130,18 +131,74 @@ def _dynamic_shapes(spec: ModelSpec, dynamic: bool) -> dict[str, dict[int, Any]]
     return {name: {ax: torch.export.Dim.DYNAMIC for ax in spec.dynamic_axes[name]} for name in spec.inputs}
 
 
-def _widen_unit_axes(example_inputs: tuple[torch.Tensor, ...], spec: ModelSpec) -> tuple[torch.Tensor, ...]:
-    """torch.export specialises a dynamic axis whose example size is 0 or 1: repeat such axes
-    to size 2 for tracing (the traced graph does not depend on the values)."""
+def _trace_inputs(example_inputs: tuple[torch.Tensor, ...], spec: ModelSpec,
+                  kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+    """The example inputs lengthened for tracing a dynamic graph (the traced graph does not
+    depend on the values):
+
+    * torch.export specialises a dynamic axis whose example size is 0 or 1, so such axes are
+      repeated to size 2;
+    * sizes derived from the sequence length (chunk, block and group counts) can be 1 at a
+      short example length, and tracing then bakes them in (a broadcast of a size-1 axis is
+      indistinguishable from a fixed one): sequence axes are lengthened to the spec's trace
+      length, past every window / chunk / stride of the mechanism.
+    """
+    trace_length = spec.trace_length(kwargs)
     widened = []
     for name, tensor in zip(spec.inputs, example_inputs, strict=True):
-        for axis in spec.dynamic_axes[name]:
-            if tensor.shape[axis] < 2:
-                if tensor.shape[axis] == 0:
-                    raise ExportError(f"example input {name!r} is empty on axis {axis}")
-                tensor = tensor.repeat_interleave(2, dim=axis)
+        for axis, label in spec.dynamic_axes[name].items():
+            if tensor.shape[axis] == 0:
+                raise ExportError(f"example input {name!r} is empty on axis {axis}")
+            want = max(2, trace_length if label in ("seq", "mem_seq") else 2)
+            if tensor.shape[axis] < want:
+                tensor = tensor.repeat_interleave(-(-want // tensor.shape[axis]), dim=axis).narrow(axis, 0, want)
         widened.append(tensor)
     return tuple(widened)
+
+
+def _probe_inputs(traced: tuple[torch.Tensor, ...], spec: ModelSpec,
+                  kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+    """Inputs one larger on the batch axis and, on sequence axes, more than twice as long as
+    traced and as the spec's trace length (so every chunk/block/group count differs)."""
+    probes = []
+    for name, tensor in zip(spec.inputs, traced, strict=True):
+        for axis in spec.dynamic_axes[name]:
+            longest = max(tensor.shape[axis], spec.trace_length(kwargs))
+            size = tensor.shape[axis] + 1 if axis == 0 else 2 * longest + 3
+            tensor = tensor.repeat_interleave(-(-size // tensor.shape[axis]), dim=axis).narrow(axis, 0, size)
+        probes.append(tensor)
+    return tuple(probes)
+
+
+def _check_generalises(onnx_path: Path, module: nn.Module, probes: tuple[torch.Tensor, ...], spec: ModelSpec,
+                       precision: str, traced_shapes: list[tuple[int, ...]]) -> None:
+    """Run the written graph with ONNX Runtime at other sizes than it was traced at and compare
+    with the module: a size frozen during tracing shows up here, not in a user's deployment.
+    (bf16 graphs are skipped: ONNX Runtime's CPU provider has no bfloat16 MatMul.)"""
+    if precision == "bf16":
+        return
+    import onnxruntime as ort
+
+    shapes = [tuple(p.shape) for p in probes]
+    hint = ("a size derived from a dynamic axis was frozen while tracing at shapes "
+            f"{traced_shapes}; export with a longer example (--seq-len), or report it if the model is one of ours.")
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        got = session.run(None, {n: p.numpy() for n, p in zip(spec.inputs, probes, strict=True)})[0]
+    except Exception as err:  # ORT raises several types; all mean the graph does not run there
+        raise ExportError(f"the exported {spec.name} graph fails at input shapes {shapes}: "
+                          f"{type(err).__name__}: {str(err)[:400]}", hint) from err
+    with torch.no_grad():
+        want = module(*probes).float().numpy()
+    scale = float(abs(want).max()) or 1.0
+    bound = (1e-3 if precision == "fp32" else 3e-2) * scale  # far above rounding, far below a wrong size
+    err = float(abs(got.astype("float32") - want).max()) if got.shape == want.shape else float("inf")
+    if not err <= bound:
+        raise ExportError(f"the exported {spec.name} graph disagrees with the module at input shapes {shapes}: "
+                          f"max abs difference {err:.3g} (output shape {got.shape} vs {want.shape}, "
+                          f"output max {scale:.3g})", hint)
 
 
 def _axis_names(program: torch.export.ExportedProgram, spec: ModelSpec) -> dict[str, str]:
@@ -223,7 +280,8 @@ def export_onnx(
             f"{resolved.spec.name} takes inputs {resolved.spec.inputs}, got {len(example_inputs)} example tensors"
         )
 
-    traced = _widen_unit_axes(example_inputs, resolved.spec) if dynamic else example_inputs
+    kwargs = resolved.source.get("kwargs", {})
+    traced = _trace_inputs(example_inputs, resolved.spec, kwargs) if dynamic else example_inputs
     program = _torch_export(module, traced, resolved.spec, dynamic, opset, precision)
     ir_model = program.model
     _add_scan_function(ir_model, opset, scan)
@@ -231,7 +289,13 @@ def export_onnx(
     for key, value in meta.items():
         ir_model.metadata_props[META_PREFIX + key] = value
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES
-    _write(ir_model, module, resolved, path, external_data if external_data is not None else big)
+    verify = None
+    if dynamic:
+        probes = _probe_inputs(traced, resolved.spec, kwargs)
+        traced_shapes = [tuple(t.shape) for t in traced]
+        verify = functools.partial(_check_generalises, module=module, probes=probes, spec=resolved.spec,
+                                   precision=precision, traced_shapes=traced_shapes)
+    _write(ir_model, module, resolved, path, external_data if external_data is not None else big, verify)
     return path
 
 
@@ -336,8 +400,10 @@ def _weights_path(path: Path) -> Path:
     return path.with_name(path.stem + ".weights.pt")
 
 
-def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Path, external: bool) -> None:
-    """Write model (+ .data) and weights into a temp dir, check, then move them into place."""
+def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Path, external: bool,
+           verify: Callable[[Path], None] | None = None) -> None:
+    """Write model (+ .data) and weights into a temp dir, check (and ``verify(tmp_path)``),
+    then move them into place: nothing is left behind when a check fails."""
     weights = _weights_path(path)
     try:
         tmp_dir = tempfile.TemporaryDirectory(dir=path.parent, prefix=".hvlm-export-")
@@ -357,6 +423,8 @@ def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Pa
             if "bfloat16" in str(err):
                 hint = f"an op takes bfloat16 only from a newer opset; use --opset {BF16_OPSET} or higher."
             raise ExportError(f"the exported graph failed onnx.checker: {err}", hint) from err
+        if verify is not None:
+            verify(tmp_model)
         os.replace(tmp_model, path)
         if external:
             os.replace(Path(tmp) / data_name, path.parent / data_name)

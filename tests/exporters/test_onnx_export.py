@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from hvlm_export.exporters import scan_body
-from hvlm_export.exporters.onnx import read_metadata
+from hvlm_export.exporters.onnx import export_onnx, read_metadata
 from hvlm_export.registry import REGISTRY
 
 NAMES = list(REGISTRY)
@@ -112,3 +112,24 @@ def test_external_data(tmp_path):
     assert len(external) >= 3, external  # small tensors may stay inline
     assert validate(path, shapes=[{"batch": 2, "seq": 40}])
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".hvlm-export-")], "temp dir left behind"
+
+
+def test_a_size_frozen_while_tracing_is_caught(tmp_path, monkeypatch):
+    """Traced at 48 tokens, a 128-token chunk count is 1 and gets baked into the graph; the
+    exporter's check at other shapes must refuse the file (and write nothing)."""
+    from hvlm_export.errors import ExportError
+    from hvlm_export.exporters import onnx as onnx_exporter
+
+    monkeypatch.setattr(onnx_exporter, "_trace_inputs", lambda inputs, spec, kwargs: inputs)
+    path = tmp_path / "p.onnx"
+    with pytest.raises(ExportError, match="frozen while tracing"):
+        export_onnx("performer", path, model_kwargs={"dim": 64, "num_heads": 4, "chunk_size": 128}, seq_len=48)
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_trace_length_passes_every_window():
+    from hvlm_export.registry import REGISTRY
+
+    for name, spec in REGISTRY.items():
+        kwargs = spec.kwargs()
+        assert spec.trace_length(kwargs) > max(spec.lengths(kwargs)), name
