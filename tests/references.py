@@ -49,15 +49,17 @@ def local_global_mask(length: int, window: int, num_global: int, causal: bool) -
     return torch.cat([torch.ones(length, num_global, dtype=torch.bool), local], dim=1)
 
 
-def scan_reference_f64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    """The selective-scan recurrence step by step in float64; returns (y, last_state)."""
+def scan_reference_f64(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                       initial_state=None):
+    """The selective-scan recurrence step by step in float64 from ``initial_state`` (default
+    zero); returns (y, last_state)."""
     u, delta, A, B, C = (t.double() for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.double()[:, None]
     if delta_softplus:
         delta = F.softplus(delta)
     b, d, length = u.shape
-    state = torch.zeros(b, d, A.shape[1], dtype=torch.float64)
+    state = torch.zeros(b, d, A.shape[1], dtype=torch.float64) if initial_state is None else initial_state.double()
     ys = []
     for t in range(length):
         decay = torch.exp(torch.einsum("bd,dn->bdn", delta[:, :, t], A))

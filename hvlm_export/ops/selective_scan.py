@@ -65,6 +65,7 @@ def check_scan_inputs(
     D: torch.Tensor | None,
     z: torch.Tensor | None,
     delta_bias: torch.Tensor | None,
+    initial_state: torch.Tensor | None = None,
 ) -> None:
     """Raise ValueError if the shapes do not follow the contract in the module docstring."""
     if u.dim() != 3:
@@ -80,6 +81,7 @@ def check_scan_inputs(
         "D": (D, (d,)),
         "z": (z, (b, d, length)),
         "delta_bias": (delta_bias, (d,)),
+        "initial_state": (initial_state, (b, d, n)),
     }
     for name, (tensor, shape) in expected.items():
         if tensor is not None and tuple(tensor.shape) != shape:
@@ -124,6 +126,7 @@ def selective_scan_ref(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequential reference: one step of the recurrence per position.
 
@@ -137,14 +140,15 @@ def selective_scan_ref(
         z: (B, D, L) gate, optional.
         delta_bias: (D,) added to delta before softplus, optional.
         delta_softplus: apply softplus to delta.
+        initial_state: (B, D, N) state h_{-1} to continue from, optional (default zero).
 
     Returns:
         y (B, D, L) in the dtype of ``u`` and the final state (B, D, N) in float32.
     """
-    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     dt = _discretize(delta, delta_bias, delta_softplus)
     uf, Af, Bf, Cf = u.float(), A.float(), B.float(), C.float()
-    h = uf.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    h = uf.new_zeros(u.shape[0], u.shape[1], A.shape[1]) if initial_state is None else initial_state.float()
     ys = []
     for t in range(u.shape[2]):
         h = torch.exp(dt[:, :, t, None] * Af) * h + (dt[:, :, t] * uf[:, :, t])[..., None] * Bf[
@@ -169,9 +173,11 @@ def _carry_scan(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _chunked_block(
-    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk: int
+    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, chunk: int,
+    h0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunked scan of float32 inputs; returns y (B, D, L) without D/z and the final state.
+    """Chunked scan of float32 inputs from state ``h0`` (B, D, N; default zero); returns y
+    (B, D, L) without D/z and the final state.
 
     Within a chunk the decay from the chunk start to step t is exp(A * sum(delta[:t+1])),
     so only (B, D, L) and (B, D, L/T, N) tensors are ever materialised, never (B, D, L, N).
@@ -194,10 +200,14 @@ def _chunked_block(
     for t in range(chunk):  # all chunks at once, each from h = 0
         h = torch.exp(dt_s[t, ..., None] * a) * h + du_s[t, ..., None] * b_s[t]
         ys.append((h * c_s[t]).sum(-1))
-    if nc > 1:
+    if nc > 1 or h0 is not None:
         cum = torch.cumsum(dt_s, dim=0)  # (T, B, D, nc): delta summed from the chunk start
-        carry = _carry_scan(torch.exp(cum[-1, ..., None] * a), h, dim=2)  # state at chunk ends
-        carry_in = torch.cat([torch.zeros_like(carry[:, :, :1]), carry[:, :, :-1]], dim=2)
+        decay = torch.exp(cum[-1, ..., None] * a)  # (B, D, nc, N): decay over each whole chunk
+        start = torch.zeros_like(h[:, :, 0]) if h0 is None else h0
+        # the state entering chunk 0 decays through it: fold it into chunk 0's own end state
+        h = torch.cat([h[:, :, :1] + decay[:, :, :1] * start[:, :, None], h[:, :, 1:]], dim=2)
+        carry = _carry_scan(decay, h, dim=2)  # state at chunk ends
+        carry_in = torch.cat([start[:, :, None], carry[:, :, :-1]], dim=2)
         ys = [y + (torch.exp(cum[t, ..., None] * a) * carry_in * c_s[t]).sum(-1) for t, y in enumerate(ys)]
         h = carry[:, :, -1]
     else:
@@ -216,6 +226,7 @@ def selective_scan_chunked(
     z: torch.Tensor | None = None,
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
     chunk: int = SCAN_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fast eager path with the signature of :func:`selective_scan_ref` (plus ``chunk``).
@@ -223,20 +234,21 @@ def selective_scan_chunked(
     Differentiable (plain torch ops); channels are processed in blocks so that one float32
     temporary stays under 128 MiB.
     """
-    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     if chunk < 1:
         raise ValueError(f"selective_scan: chunk must be >= 1, got {chunk}.")
     dt = _discretize(delta, delta_bias, delta_softplus)
     uf, Af, Bf, Cf = u.float(), A.float(), B.float(), C.float()
     b, d, length = u.shape
+    h0 = None if initial_state is None else initial_state.float()
     if length == 0:
-        return _finish(uf, u, D, z, u.dtype), uf.new_zeros(b, d, A.shape[1])
+        return _finish(uf, u, D, z, u.dtype), uf.new_zeros(b, d, A.shape[1]) if h0 is None else h0
     per_channel = max(1, b * length * A.shape[1])
     block = max(1, _MAX_BLOCK_ELEMENTS // per_channel)
     ys, states = [], []
     for start in range(0, d, block):
         sl = slice(start, start + block)
-        y, state = _chunked_block(uf[:, sl], dt[:, sl], Af[sl], Bf, Cf, chunk)
+        y, state = _chunked_block(uf[:, sl], dt[:, sl], Af[sl], Bf, Cf, chunk, None if h0 is None else h0[:, sl])
         ys.append(y)
         states.append(state)
     return _finish(torch.cat(ys, 1), u, D, z, u.dtype), torch.cat(states, 1)
@@ -256,34 +268,35 @@ def _selective_scan_op(
     z: torch.Tensor | None,
     delta_bias: torch.Tensor,
     delta_softplus: bool,
+    initial_state: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    y, state = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    y, state = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     return y, state
 
 
 @_selective_scan_op.register_fake
-def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=None):
     return torch.empty_like(u), u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32)
 
 
+_TENSOR_ARGS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
 def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(*(t for t in inputs[:8] if t is not None))
-    ctx.has_z = inputs[6] is not None
+    tensors = dict(zip(_TENSOR_ARGS, (*inputs[:8], inputs[9] if len(inputs) > 9 else None), strict=True))
+    ctx.present = [name for name, t in tensors.items() if t is not None]
+    ctx.save_for_backward(*(tensors[name] for name in ctx.present))
     ctx.delta_softplus = inputs[8]
 
 
 def _backward(ctx, grad_y, grad_state):
-    saved = list(ctx.saved_tensors)
-    if not ctx.has_z:
-        saved.insert(6, None)
     with torch.enable_grad():
-        leaves = [t.detach().requires_grad_(True) if t is not None else None for t in saved]
-        y, state = selective_scan_chunked(*leaves, delta_softplus=ctx.delta_softplus)
-        wanted = [t for t in leaves if t is not None]
-        grads = iter(
-            torch.autograd.grad((y, state), wanted, (grad_y, grad_state), allow_unused=True)
-        )
-    return tuple(next(grads) if t is not None else None for t in leaves) + (None,)
+        leaves = {name: t.detach().requires_grad_(True) for name, t in zip(ctx.present, ctx.saved_tensors, strict=True)}
+        y, state = selective_scan_chunked(**leaves, delta_softplus=ctx.delta_softplus)
+        grads = dict(zip(leaves, torch.autograd.grad((y, state), list(leaves.values()), (grad_y, grad_state),
+                                                     allow_unused=True), strict=True))
+    ordered = [grads.get(name) for name in _TENSOR_ARGS]
+    return (*ordered[:8], None, ordered[8])  # delta_softplus gets no gradient
 
 
 _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
@@ -306,10 +319,10 @@ def _triton_scan():
 
 
 @_selective_scan_op.register_kernel("cuda")
-def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=None):
     kernel = _triton_scan()
-    if kernel is None:
-        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if kernel is None or initial_state is not None:  # TODO(streaming): Triton initial state
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -325,11 +338,13 @@ def selective_scan(
     delta_softplus: bool = False,
     return_last_state: bool = False,
     impl: Literal["op", "reference"] = "op",
+    initial_state: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Run the selective scan (contract in the module docstring).
 
     Args:
-        u, delta, A, B, C, D, z, delta_bias, delta_softplus: see :func:`selective_scan_ref`.
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state: see
+            :func:`selective_scan_ref`.
         return_last_state: also return the final state (B, D, N), float32.
         impl: ``"op"`` runs ``torch.ops.hvlm.selective_scan`` (the fast kernel of the device;
             one node under torch.export / ONNX export); ``"reference"`` the sequential loop.
@@ -338,13 +353,13 @@ def selective_scan(
         y (B, D, L), or (y, last_state) if ``return_last_state``.
     """
     if impl == "op":
-        check_scan_inputs(u, delta, A, B, C, D, z, delta_bias)
+        check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
         d = u.shape[1]
         D_ = D if D is not None else u.new_zeros(d, dtype=torch.float32)
         bias = delta_bias if delta_bias is not None else u.new_zeros(d, dtype=torch.float32)
-        y, state = torch.ops.hvlm.selective_scan(u, delta, A, B, C, D_, z, bias, delta_softplus)
+        y, state = torch.ops.hvlm.selective_scan(u, delta, A, B, C, D_, z, bias, delta_softplus, initial_state)
     elif impl == "reference":
-        y, state = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        y, state = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     else:
         raise ValueError(f"selective_scan: unknown impl {impl!r}.\nNote: valid choices are 'op', 'reference'.")
     return (y, state) if return_last_state else y
