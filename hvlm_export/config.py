@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from hvlm_export.errors import ConfigError
+from hvlm_export.modules._streaming import StateSpec, Streamable, prefixed
 from hvlm_export.modules.blocks import (
     LINEAR_TYPES,
     SPARSE_TYPES,
@@ -123,7 +124,7 @@ def load_config(source: str | Path | dict[str, Any]) -> StackConfig:
     return StackConfig(**fields)
 
 
-class AttentionStack(nn.Module):
+class AttentionStack(Streamable):
     """The model a :class:`StackConfig` describes."""
 
     def __init__(self, config: StackConfig) -> None:
@@ -145,6 +146,23 @@ class AttentionStack(nn.Module):
             except (TypeError, ValueError) as err:
                 raise ConfigError(f"field 'blocks[{i}]' ({block.attention_type}): {err}") from err
         self.blocks = nn.ModuleList(layers)
+
+    def streaming_error(self) -> str | None:
+        reasons = [f"block {i} ({b.attention_type}): {r}" for i, b in enumerate(self.blocks)
+                   if (r := b.streaming_error()) is not None]
+        return "; ".join(reasons) or None
+
+    def state_specs(self) -> list[StateSpec]:
+        return [spec for i, b in enumerate(self.blocks) for spec in prefixed(f"blocks.{i}", b.state_specs())]
+
+    def _step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        new_state = {}
+        for i, block in enumerate(self.blocks):
+            prefix = f"blocks.{i}."
+            inner = {n.removeprefix(prefix): t for n, t in state.items() if n.startswith(prefix)}
+            x, inner = block._step(x, inner)
+            new_state.update({prefix + n: t for n, t in inner.items()})
+        return x, new_state
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, E); memory: (B, M, E) for the cross_memory blocks. Returns (B, L, E)."""

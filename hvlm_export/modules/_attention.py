@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hvlm_export.modules._streaming import Streamable
+
 __all__ = [
     "MultiHeadProjections",
     "check_dropout",
@@ -70,7 +72,7 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, length, h * dh)
 
 
-class MultiHeadProjections(nn.Module):
+class MultiHeadProjections(Streamable):
     """Base of the softmax-attention layers: q/k/v/out projections and head bookkeeping.
 
     Args:

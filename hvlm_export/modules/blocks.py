@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from hvlm_export.modules._attention import check_dropout, check_positive_int, check_sequence
+from hvlm_export.modules._streaming import StateSpec, Streamable, prefixed
 from hvlm_export.modules.mamba import MambaLayer
 from hvlm_export.modules.performer import PerformerAttention
 from hvlm_export.modules.sparse import CrossMemoryAttention, LocalGlobalAttention, StridedAttention
@@ -24,7 +25,7 @@ SPARSE_TYPES = {
 LINEAR_TYPES = {"performer": PerformerAttention, "mamba": MambaLayer}
 
 
-class _PreNormBlock(nn.Module):
+class _PreNormBlock(Streamable):
     _types: dict[str, type[nn.Module]] = {}
 
     def __init__(self, attention_type: str, dim: int, mlp_ratio: float, attn_kwargs: dict, *, device, dtype):
@@ -53,6 +54,18 @@ class _PreNormBlock(nn.Module):
     @property
     def uses_memory(self) -> bool:
         return self.attention_type == "cross_memory"
+
+    def streaming_error(self) -> str | None:
+        return self.attn.streaming_error()
+
+    def state_specs(self) -> list[StateSpec]:
+        return prefixed("attn", self.attn.state_specs())
+
+    def _step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        inner = {name.removeprefix("attn."): t for name, t in state.items()}
+        out, inner = self.attn._step(self.norm1(x), inner)
+        x = x + out
+        return x + self.mlp(self.norm2(x)), {f"attn.{name}": t for name, t in inner.items()}
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, E); memory: (B, M, E), only for 'cross_memory'. Returns (B, L, E)."""

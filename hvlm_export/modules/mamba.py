@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvlm_export.modules._attention import check_positive_int, check_sequence
+from hvlm_export.modules._streaming import StateSpec, Streamable
 from hvlm_export.ops.selective_scan import selective_scan
 
 __all__ = ["MambaLayer"]
@@ -36,7 +37,7 @@ __all__ = ["MambaLayer"]
 ScanImpl = Literal["op", "reference"]
 
 
-class MambaLayer(nn.Module):
+class MambaLayer(Streamable):
     """Mamba-1 selective state-space block (see module docstring).
 
     Args:
@@ -123,10 +124,15 @@ class MambaLayer(nn.Module):
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2 Di, L)
         xs, z = xz.chunk(2, dim=1)
         xs = self.act(self.conv1d(xs)[..., :length])  # causal: keep the first L outputs
+        return self._ssm(xs, z, None)[0]
+
+    def _ssm(self, xs: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None):
+        """The selective SSM and output projection of the conv output xs (B, Di, L) and gate z,
+        from SSM state h0 (B, Di, N) or zero; returns (y (B, L, E), last state or None)."""
         x_dbl = self.x_proj(xs.transpose(1, 2))  # (B, L, R + 2N)
         dt, b_in, c_in = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, Di, L), bias added in the scan
-        y = selective_scan(
+        y, last = selective_scan(
             xs,
             delta,
             -torch.exp(self.A_log.float()),
@@ -136,9 +142,26 @@ class MambaLayer(nn.Module):
             z=z,
             delta_bias=self.dt_proj.bias.float(),
             delta_softplus=True,
+            return_last_state=True,
             impl=self.scan_impl,
+            initial_state=h0,
         )
-        return self.out_proj(y.transpose(1, 2))
+        return self.out_proj(y.transpose(1, 2)), (None if h0 is None else last)
+
+    def state_specs(self) -> list[StateSpec]:
+        """The last K - 1 conv inputs and the SSM state h (float32): a fixed size."""
+        return [StateSpec("conv", ("batch", self.d_inner, self.conv_kernel - 1), "model"),
+                StateSpec("ssm", ("batch", self.d_inner, self.state_size), "float32")]
+
+    def _step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The next T tokens: the conv over [cached K - 1 inputs, new inputs] (no padding),
+        then the scan from the cached SSM state."""
+        t = x.shape[1]
+        xs, z = self.in_proj(x).transpose(1, 2).chunk(2, dim=1)  # (B, Di, T) each
+        window = torch.cat([state["conv"], xs.to(state["conv"].dtype)], dim=-1)  # (B, Di, K - 1 + T)
+        conv = F.conv1d(window.to(xs.dtype), self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
+        y, ssm = self._ssm(self.act(conv), z, state["ssm"])
+        return y, {"conv": window.narrow(-1, t, self.conv_kernel - 1), "ssm": ssm}
 
     def extra_repr(self) -> str:
         return (

@@ -42,6 +42,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from hvlm_export.modules._streaming import StateSpec
 from hvlm_export.ops.favor import TRITON_AVAILABLE, favor_softmax
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
@@ -141,19 +142,41 @@ class PerformerAttention(MultiHeadProjections):
         if self._use_triton(x):
             q, k, v = self._qkv(x)
             return self.out_proj(favor_softmax(q, k, v, self.projection_matrix, _SOFTMAX_EPS))
-        length = x.shape[1]
+        if self.causal:
+            return self._causal(x, None)[0]
         cd = _compute_dtype(x.dtype)
-        if self.causal:  # whole chunks; padded rows come after every real query
-            x = F.pad(x, (0, 0, 0, (self.chunk_size - length % self.chunk_size) % self.chunk_size))
-        q, k, v = self._qkv(x)  # (B, H, L', Dh)
+        q, k, v = self._qkv(x)  # (B, H, L, Dh)
         qf, _ = self._features(q.to(cd))
         kf, logw = self._features(k.to(cd))
-        if self.causal:
-            padding = torch.arange(x.shape[1], device=x.device) >= length
-            out = causal_favor(qf, kf, logw.masked_fill(padding, _NEG), v.to(cd), self.chunk_size)
-        else:
-            out = self._global(qf, kf, logw, v.to(cd))
-        return self.out_proj(merge_heads(out[:, :, :length].to(x.dtype)))
+        return self.out_proj(merge_heads(self._global(qf, kf, logw, v.to(cd)).to(x.dtype)))
+
+    def _causal(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None):
+        """Causal attention of x (B, L, E) continuing from ``state`` (None: the start);
+        returns (y, the state after x, or None when ``state`` is None)."""
+        length = x.shape[1]
+        cd = _compute_dtype(x.dtype)
+        # whole chunks; padded rows come after every real query and weigh nothing
+        xp = F.pad(x, (0, 0, 0, (self.chunk_size - length % self.chunk_size) % self.chunk_size))
+        q, k, v = self._qkv(xp)  # (B, H, L', Dh)
+        qf, _ = self._features(q.to(cd))
+        kf, logw = self._features(k.to(cd))
+        padding = torch.arange(xp.shape[1], device=x.device) >= length
+        start = None if state is None else (state["sums"], state["frame"])
+        out, end = causal_favor(qf, kf, logw.masked_fill(padding, _NEG), v.to(cd), self.chunk_size, start)
+        y = self.out_proj(merge_heads(out[:, :, :length].to(x.dtype)))
+        return y, (None if end is None else {"sums": end[0], "frame": end[1]})
+
+    def streaming_error(self) -> str | None:
+        return None if self.causal else "it is not causal (build it with causal=True)"
+
+    def state_specs(self) -> list[StateSpec]:
+        """The running key sums [phi(K)^T V, phi(K)^T 1] (float32) in the frame exp(frame)."""
+        m = self.head_dim if self.kernel == "elu" else self.nb_features
+        return [StateSpec("sums", ("batch", self.num_heads, m, self.head_dim + 1), "float32"),
+                StateSpec("frame", ("batch", self.num_heads), "float32", _NEG)]
+
+    def _step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self._causal(x, state)
 
     def _use_triton(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused kernel (see ``impl``). Written with plain
@@ -253,9 +276,11 @@ def causal_favor(
     logw: torch.Tensor,
     v: torch.Tensor,
     chunk: int,
-) -> torch.Tensor:
+    state: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
     """Exactly causal chunked FAVOR sums (module docstring, "Numerics"):
-    out_t = sum_{j<=t} (phi(q_t).phi(k_j)) v_j / sum_{j<=t} phi(q_t).phi(k_j).
+    out_t = sum_{j<=t} (phi(q_t).phi(k_j)) v_j / sum_{j<=t} phi(q_t).phi(k_j),
+    the sums over j including the keys before this call that ``state`` summarises.
 
     Args:
         qf: (B, H, L, m) query features psi (any positive per-query scale); L a multiple of c.
@@ -263,9 +288,12 @@ def causal_favor(
         logw: (B, H, L) key log-weights in at least float32 (padding: _NEG).
         v: (B, H, L, Dh) values, same dtype as qf/kf.
         chunk: c.
+        state: (sums (B, H, m, Dh + 1) float32, frame (B, H) float32): sum_j psi_j
+            exp(l_j - frame) [v_j, 1] over the earlier keys, or None (no earlier keys).
 
     Returns:
-        (B, H, L, Dh) in at least float32.
+        (out (B, H, L, Dh) in at least float32, the state after these keys or None when
+        ``state`` is None).
     """
     b, h, length, m = qf.shape
     c, cd = chunk, qf.dtype
@@ -276,7 +304,9 @@ def causal_favor(
     running = _running_max(lc, max(1, math.ceil(math.log2(c))))  # (B, H, nc, c): max of l in the chunk up to t
     tri = torch.ones(nc, nc, dtype=torch.bool, device=qf.device).tril()
     m_end = torch.where(tri, running[..., None, -1], _NEG).amax(-1)  # running max at each chunk end (B, H, nc)
-    m_prev = F.pad(m_end, (1, 0), value=_NEG)[..., :nc]  # frame of everything before chunk c
+    frame0 = torch.full_like(m_end[..., 0], _NEG) if state is None else state[1].to(m_end.dtype)
+    m_end = torch.maximum(m_end, frame0[..., None])
+    m_prev = torch.cat([frame0[..., None], m_end[..., :-1]], dim=-1)  # frame of everything before chunk c
     r = torch.maximum(running, m_prev[..., None])  # R_t, (B, H, nc, c)
 
     # chunk sums in their own frame M_end[c]: U_c = sum_j psi_j exp(l_j - M_end) [v_j, 1]
@@ -286,10 +316,19 @@ def causal_favor(
     t = torch.exp(torch.where(strict, m_end[..., None, :] - m_prev[..., :, None], _NEG)) / nc
     prefix = (t.to(cd) @ u.flatten(-2)).view(u.shape)  # averaged over nc: bounded like U
     inter = _wide(qc @ prefix) * (torch.exp(m_prev[..., None] - r) * nc)[..., None]
+    if state is not None:  # the earlier keys, in float32 (their sums are unbounded)
+        earlier = _wide(qc) @ state[0][:, :, None].to(_wide(qc).dtype)  # (B, H, nc, c, Dh + 1)
+        inter = inter + earlier * torch.exp(frame0[..., None, None] - r)[..., None]
 
     # inside the chunk: keys j <= t weighted exp(l_j - R_t) / c (masked before exp: no inf)
     causal = torch.ones(c, c, dtype=torch.bool, device=qf.device).tril()
     weights = torch.exp(torch.where(causal, lc[..., None, :] - r[..., :, None] - math.log(c), _NEG))
     intra = _wide((_wide(qc @ kc.transpose(-2, -1)) * weights).to(cd) @ vc) * c
     total = (inter + intra).view(b, h, length, d1)  # explicit sizes: export cannot infer -1 here
-    return total[..., :-1] / total[..., -1:]
+    out = total[..., :-1] / total[..., -1:]
+    if state is None:
+        return out, None
+    frame = m_end[..., -1]
+    decay = torch.exp(m_end - frame[..., None])[..., None, None]  # (B, H, nc, 1, 1) <= 1
+    sums = (_wide(u) * decay).sum(2) + state[0] * torch.exp(frame0 - frame)[..., None, None]
+    return out, (sums.to(state[0].dtype), frame.to(state[1].dtype))

@@ -26,7 +26,9 @@ from hvlm_export.modules._attention import (
     check_positive_int,
     check_sequence,
     merge_heads,
+    split_heads,
 )
+from hvlm_export.modules._streaming import StateSpec
 
 __all__ = ["StridedAttention", "LocalGlobalAttention", "CrossMemoryAttention"]
 
@@ -100,6 +102,24 @@ class StridedAttention(MultiHeadProjections):
         short_len = torch.sym_max(n - 1, 1)
         short = self._attend(q[full:, :, :short_len], k[full:, :, :short_len], v[full:, :, :short_len], None)
         return torch.cat([self._attend(q[:full], k[:full], v[:full], None), F.pad(short, (0, 0, 0, n - short_len))])
+
+    def streaming_error(self) -> str | None:
+        return None if self.causal else "it is not causal (build it with causal=True)"
+
+    def state_specs(self) -> list[StateSpec]:
+        """A key/value cache that grows by T every step ('past' keys so far)."""
+        shape = ("batch", self.num_heads, "past", self.head_dim)
+        return [StateSpec("k", shape, "model"), StateSpec("v", shape, "model")]
+
+    def _step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """New queries attend to cached and new keys at the same residue mod s, j <= i."""
+        q, k, v = self._qkv(x)  # (B, H, T, Dh)
+        keys = torch.cat([state["k"], k.to(state["k"].dtype)], dim=2)
+        values = torch.cat([state["v"], v.to(state["v"].dtype)], dim=2)
+        past = state["k"].shape[2]
+        gap = (past + torch.arange(x.shape[1], device=x.device))[:, None] - torch.arange(keys.shape[2], device=x.device)
+        out = self._attend(q, keys.to(q.dtype), values.to(q.dtype), (gap >= 0) & (gap % self.stride == 0))
+        return self.out_proj(merge_heads(out)), {"k": keys, "v": values}
 
     def _group_heads(self, t: torch.Tensor) -> torch.Tensor:
         """(s, B, n, E) -> (s * B, H, n, Dh), a view."""
@@ -175,6 +195,37 @@ class LocalGlobalAttention(MultiHeadProjections):
             return self.out_proj(local_global_flex(self, x))
         return self.out_proj(self._blocked(x))
 
+    def streaming_error(self) -> str | None:
+        return None if self.causal else "it is not causal (build it with causal=True)"
+
+    def state_specs(self) -> list[StateSpec]:
+        """The last max(r, 1) keys and values (a fixed size) and the position of the next token."""
+        shape = ("batch", self.num_heads, max(self.radius, 1), self.head_dim)
+        return [StateSpec("k", shape, "model"), StateSpec("v", shape, "model"), StateSpec("pos", ("batch",), "int64")]
+
+    def _step(self, x: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """New queries attend to the global tokens, the cached keys and the new keys within r."""
+        b, t, _ = x.shape
+        q, k, v = self._qkv(x)  # (B, H, T, Dh)
+        cache = state["k"].shape[2]
+        keys = torch.cat([state["k"], k.to(state["k"].dtype)], dim=2)
+        values = torch.cat([state["v"], v.to(state["v"].dtype)], dim=2)
+        qpos = state["pos"][:, None] + torch.arange(t, device=x.device)  # (B, T)
+        kpos = torch.cat([state["pos"][:, None] - cache + torch.arange(cache, device=x.device), qpos], dim=1)
+        gap = qpos[:, :, None] - kpos[:, None, :]  # (B, T, R + T)
+        mask = (kpos[:, None, :] >= 0) & (gap >= 0) & (gap <= self.radius)
+        attn_k, attn_v = keys.to(q.dtype), values.to(q.dtype)
+        if self.num_global_tokens:
+            g = self.num_global_tokens
+            attn_k = torch.cat([split_heads(self.k_proj(self.global_tokens)[None], self.num_heads).expand(b, -1, -1, -1),
+                                attn_k], dim=2)
+            attn_v = torch.cat([split_heads(self.v_proj(self.global_tokens)[None], self.num_heads).expand(b, -1, -1, -1),
+                                attn_v], dim=2)
+            mask = torch.cat([mask.new_ones(b, t, g), mask], dim=-1)
+        out = self._attend(q, attn_k, attn_v, mask[:, None])
+        new_state = {"k": keys.narrow(2, t, cache), "v": values.narrow(2, t, cache), "pos": state["pos"] + t}
+        return self.out_proj(merge_heads(out)), new_state
+
     def _blocked(self, x: torch.Tensor) -> torch.Tensor:
         """The standard-ops path: (B, L, E) -> attention output (B, L, E) before out_proj."""
         b, length, e = x.shape
@@ -244,6 +295,9 @@ class CrossMemoryAttention(MultiHeadProjections):
                 )
         q, k, v = self._qkv(x, memory)
         return self.out_proj(merge_heads(self._attend(q, k, v, None)))
+
+    def streaming_error(self) -> str | None:
+        return "cross-memory attention is not causal"
 
     def fuse_with_memory(
         self, x: torch.Tensor, memory: torch.Tensor | None, fusion_ratio: float = 0.5

@@ -98,3 +98,19 @@ def test_triton_impl_refuses_what_it_cannot_run(kwargs):
     layer = PerformerAttention(dim=32, num_heads=4, impl="triton", **kwargs)
     with pytest.raises(ValueError, match="impl='triton' runs the non-causal 'softmax' kernel"):
         layer(torch.randn(1, 5, 32))
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu", "elu"])
+@pytest.mark.parametrize("chunk", [4, 16, 64])
+def test_causal_output_never_sees_the_future(kernel, chunk):
+    """Replacing tokens 25..39 by 3x (and 300x) larger ones leaves the outputs at 0..24
+    unchanged to fp32 rounding: no stabiliser or epsilon is computed from later tokens."""
+    torch.manual_seed(0)
+    layer = PerformerAttention(dim=64, num_heads=4, kernel=kernel, causal=True, chunk_size=chunk).eval()
+    x = torch.randn(2, 40, 64)
+    base = layer(x)[:, :25]
+    for scale in (3.0, 300.0):
+        y = x.clone()
+        y[:, 25:] *= scale
+        moved = (layer(y)[:, :25] - base).abs().max().item()
+        assert moved <= 1e-6 * base.abs().max().item(), f"scale {scale}: past outputs moved by {moved:.3g}"
