@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from hvlm_export.exporters.onnx import export_onnx
+from hvlm_export.exporters.onnx_export import export_onnx
 from hvlm_export.registry import REGISTRY
 from hvlm_export.validators.parity import validate
 

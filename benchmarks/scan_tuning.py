@@ -49,12 +49,9 @@ def main() -> None:
     buffer = None
     rows = []
     inp = inputs(8192)
-    sweep = [ScanConfig(bd, bt, seg, w, "tile", st) for bd, bt, seg, w, st in [(4, 32, 1, 4, 1), (4, 32, 8, 4, 2)]]
-    sweep += [ScanConfig(bd, 32, seg, w, "seq", st) for bd, seg, w, st in
-              [(64, 32, 4, 1), (128, 32, 4, 1), (128, 32, 4, 3)]]
-    sweep += [ScanConfig(bd, bt, seg, w, "hybrid") for bd, bt, seg, w in
-              [(32, 16, 32, 4), (64, 16, 32, 4), (64, 32, 32, 4), (128, 16, 32, 4), (32, 32, 16, 2), (64, 16, 64, 4),
-               (16, 16, 64, 2), (128, 32, 16, 8)]]
+    sweep = [ScanConfig(bd, bt, seg, w) for bd, bt, seg, w in
+             [(32, 16, 32, 4), (64, 16, 32, 4), (64, 32, 32, 4), (128, 16, 32, 4), (32, 32, 16, 2), (64, 16, 64, 4),
+              (16, 16, 64, 2), (128, 32, 16, 8)]]
     for cfg in sweep:
         try:
             ms = bench(functools.partial(selective_scan_triton, **inp, delta_softplus=True, config=cfg))
@@ -67,7 +64,7 @@ def main() -> None:
     lengths = []
     for length in (1024, 8192, 65536):
         inp = inputs(length)
-        cfg = default_config(1, 1536, length)
+        cfg = default_config(length)
         ms = bench(functools.partial(selective_scan_triton, **inp, delta_softplus=True, config=cfg))
         lengths.append({"L": length, "config": repr(cfg), "ms": ms, "hbm_floor_ms": hbm_floor_ms(length, bandwidth=bandwidth)})
     naive = {}

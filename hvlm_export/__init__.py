@@ -20,9 +20,9 @@ from hvlm_export.errors import HvlmExportError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "export_onnx": "hvlm_export.exporters.onnx",
+    "export_onnx": "hvlm_export.exporters.onnx_export",
     "validate": "hvlm_export.validators.parity",
-    "build_engine": "hvlm_export.exporters.tensorrt",
+    "build_engine": "hvlm_export.exporters.engine_build",
     "lint_tensorrt": "hvlm_export.validators.trt_lint",
     "runtime": "hvlm_export.runtime",
     "registry": "hvlm_export.registry",

@@ -1,15 +1,20 @@
-"""Benchmarks (never tests): latency and peak memory vs L, and ONNX Runtime vs eager.
+"""Benchmarks (never tests): latency, peak memory and the ratio to dense attention, vs L.
 
 Suites (``hvlm-export bench --suite ...``):
 
-* ``scaling``: every mechanism plus baselines (dense SDPA core, a dense attention module
-  with the same projections, the sequential eager scan and the scan op) over sequence
-  lengths, on CPU or CUDA. Timing: warm-up, then the median of ``repeats`` runs (CUDA events
-  on the GPU); inputs are random normal. Peak memory: ``torch.cuda.max_memory_allocated``
-  on the GPU; on the CPU the peak of live tensor bytes seen by a TorchDispatchMode.
+* ``scaling``: every registry benchmark case (``ModelSpec.bench``: B = 1, dim 768, 12 heads)
+  plus three reference points (the dense SDPA core, the sequential eager scan and the scan op)
+  over sequence lengths, on CPU or CUDA, in one or more modes: ``eager``, ``compiled``
+  (``torch.compile(module)``) and ``cudagraphs`` (``torch.compile(mode="reduce-overhead")``,
+  CUDA only: no per-kernel launch cost). Every time is also given as a ratio to the dense
+  attention module (``cross_memory`` as self-attention: the same four projections, flash
+  SDPA) measured in the same run, mode and length. Timing: warm-up (which compiles), then the
+  median of ``repeats`` runs (CUDA events on the GPU). Peak memory:
+  ``torch.cuda.max_memory_allocated`` on the GPU; on the CPU the peak of live tensor bytes
+  seen by a TorchDispatchMode.
 * ``onnx``: per mechanism, export time, node count, and ONNX Runtime vs eager latency.
 
-Results go to ``<out>/<suite>-<device>-<dtype>.json`` and ``.md``, plus PNG plots.
+Results go to ``<out>/<stem>.json`` and ``.md``, plus PNG plots (latency, memory, ratio).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import platform
 import statistics
 import time
@@ -31,20 +37,19 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-__all__ = ["Record", "LiveBytes", "run_scaling", "run_onnx", "write_results"]
+from hvlm_export.errors import BenchError
+from hvlm_export.registry import DTYPES, REGISTRY
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-#: the configuration of the issue's GPU targets (B=1, dim 768, 12 heads)
-BENCH_KWARGS = {
-    "strided": {"dim": 768, "num_heads": 12, "stride": 4},
-    "local_global": {"dim": 768, "num_heads": 12, "local_window": 128, "num_global_tokens": 4},
-    "cross_memory": {"dim": 768, "num_heads": 12},
-    "hierarchical_block": {"attention_type": "local_global", "dim": 768, "num_heads": 12, "local_window": 128},
-    "performer": {"dim": 768, "num_heads": 12, "kernel": "softmax", "causal": False},
-    "performer_causal": {"dim": 768, "num_heads": 12, "kernel": "softmax", "causal": True},
-    "mamba": {"dim": 768, "state_size": 16},
-    "linear_block": {"attention_type": "mamba", "dim": 768},
-}
+__all__ = ["Record", "LiveBytes", "run_scaling", "run_onnx", "write_results", "case_names", "BASELINE", "MODES"]
+
+#: the case every ratio is taken against: dense attention with the mechanisms' projections
+BASELINE = "cross_memory"
+MODES = ("eager", "compiled", "cudagraphs")
+#: reference points that are not mechanisms (no ratio target): dense SDPA core, scans
+EXTRA_CASES = ("dense_sdpa", "scan_op", "scan_naive")
+#: skip cases whose cost explodes (the record says so): (name, device) -> max L
+LIMITS = {("scan_naive", "cuda"): 8192, ("scan_naive", "cpu"): 4096, ("strided", "cpu"): 8192,
+          ("dense_sdpa", "cpu"): 16384, (BASELINE, "cpu"): 16384, ("hierarchical_block", "cpu"): 16384}
 
 
 @dataclass
@@ -56,6 +61,8 @@ class Record:
     ms: float | None
     peak_mib: float | None
     status: str = "ok"
+    mode: str = "eager"
+    ratio: float | None = None
 
 
 class LiveBytes(TorchDispatchMode):
@@ -127,86 +134,110 @@ def _peak_mib(fn: Callable[[], object], device: str) -> float:
     return tracker.peak / 2**20
 
 
-def _cases(device: str, dtype: torch.dtype, names: Iterable[str]) -> dict[str, Callable[[int], Callable[[], object]]]:
-    """name -> (L -> zero-argument callable) for mechanisms and baselines."""
-    from hvlm_export.modules import CrossMemoryAttention
+def case_names() -> list[str]:
+    """Every benchmark case: the registry's (spec.bench) and the extra reference points."""
+    return [case for spec in REGISTRY.values() for case in spec.bench] + list(EXTRA_CASES)
+
+
+def _module_cases(device: str, dtype: torch.dtype) -> dict[str, Callable[[], torch.nn.Module]]:
+    from hvlm_export.modules import cast_module
+
+    def build(spec, overrides):
+        return cast_module(spec.factory(**spec.kwargs(overrides)).to(device), dtype).eval()
+
+    return {case: functools.partial(build, spec, overrides)
+            for spec in REGISTRY.values() for case, overrides in spec.bench.items()}
+
+
+def _cases(device: str, dtype: torch.dtype, names: Iterable[str], mode: str) -> dict[str, Callable[[int], Callable]]:
+    """name -> (L -> zero-argument callable) for the selected cases in one mode."""
     from hvlm_export.ops.selective_scan import selective_scan, selective_scan_ref
-    from hvlm_export.registry import REGISTRY
 
     gen = torch.Generator(device="cpu").manual_seed(0)
 
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    def module_case(factory, kwargs):
-        model = factory(**kwargs).to(device=device, dtype=dtype).eval()
-        if hasattr(model, "A_log"):
-            model.A_log.data = model.A_log.data.float()
-        return lambda L: functools.partial(model, rand(1, L, 768))
-
-    cases: dict[str, Callable[[int], Callable[[], object]]] = {}
+    compile_kwargs = {"compiled": {}, "cudagraphs": {"mode": "reduce-overhead"}}
+    modules = _module_cases(device, dtype)
+    cases: dict[str, Callable[[int], Callable]] = {}
     for name in names:
-        if name in BENCH_KWARGS:
-            key = "performer" if name == "performer_causal" else name
-            cases[name] = module_case(REGISTRY[key].factory, BENCH_KWARGS[name])
-    if "dense_sdpa" in names:
-        def sdpa(L):
-            q = rand(1, 12, L, 64)
-            return functools.partial(F.scaled_dot_product_attention, q, q, q)
-
-        cases["dense_sdpa"] = sdpa
-    if "dense_attention" in names:
-        cases["dense_attention"] = module_case(CrossMemoryAttention, {"dim": 768, "num_heads": 12})
+        if name in modules:
+            model = modules[name]()
+            fn = model if mode == "eager" else torch.compile(model, **compile_kwargs[mode])
+            cases[name] = lambda L, fn=fn, dim=model.dim: functools.partial(fn, rand(1, L, dim))
+    if mode != "eager":
+        return cases  # the extra cases are eager reference points
 
     def scan_inputs(L, d=1536, n=16):
         return (rand(1, d, L), rand(1, d, L), -torch.rand(d, n, generator=gen).to(device) * 4, rand(1, n, L),
                 rand(1, n, L), torch.ones(d, device=device), rand(1, d, L), torch.zeros(d, device=device))
 
-    if "scan_op" in names:
-        cases["scan_op"] = lambda L: functools.partial(selective_scan, *scan_inputs(L), delta_softplus=True)
-    if "scan_naive" in names:
-        cases["scan_naive"] = lambda L: functools.partial(selective_scan_ref, *scan_inputs(L), delta_softplus=True)
+    extra = {
+        "dense_sdpa": lambda L: functools.partial(F.scaled_dot_product_attention, *(rand(1, 12, L, 64),) * 3),
+        "scan_op": lambda L: functools.partial(selective_scan, *scan_inputs(L), delta_softplus=True),
+        "scan_naive": lambda L: functools.partial(selective_scan_ref, *scan_inputs(L), delta_softplus=True),
+    }
+    cases.update({name: extra[name] for name in names if name in extra})
     return cases
 
 
-#: skip cases whose cost explodes (the record says so): (name, device) -> max L
-LIMITS = {("scan_naive", "cuda"): 8192, ("scan_naive", "cpu"): 4096, ("strided", "cpu"): 8192,
-          ("dense_sdpa", "cpu"): 16384, ("dense_attention", "cpu"): 16384, ("hierarchical_block", "cpu"): 16384}
-DEFAULT_NAMES = [*BENCH_KWARGS, "dense_sdpa", "dense_attention", "scan_op", "scan_naive"]
+def _check_request(device: str, names: list[str], modes: list[str]) -> None:
+    valid = case_names()
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise BenchError(f"unknown benchmark case(s) {unknown}", f"valid names are {', '.join(valid)}.")
+    bad_modes = [m for m in modes if m not in MODES]
+    if bad_modes:
+        raise BenchError(f"unknown mode(s) {bad_modes}", f"valid modes are {', '.join(MODES)}.")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BenchError("--device cuda needs a CUDA GPU, and torch sees none")
+    if "cudagraphs" in modes and device != "cuda":
+        raise BenchError("mode 'cudagraphs' needs --device cuda")
 
 
 @torch.no_grad()
 def run_scaling(device: str, dtype: str, lengths: list[int], names: list[str] | None = None,
-                repeats: int = 10) -> list[Record]:
-    """Latency and peak memory of every case at every length."""
+                repeats: int = 10, modes: Iterable[str] = ("eager",)) -> list[Record]:
+    """Latency, peak memory and ratio to the dense module of every case, length and mode."""
     from rich.progress import Progress
 
-    names = names or DEFAULT_NAMES
-    cases = _cases(device, DTYPES[dtype], names)
+    names, modes = list(names or case_names()), list(modes)
+    _check_request(device, names, modes)
+    measured = names if BASELINE in names else [*names, BASELINE]
     records = []
     with Progress(transient=True) as progress:
-        task = progress.add_task(f"bench {device} {dtype}", total=len(cases) * len(lengths))
-        for name, make in cases.items():
-            for L in lengths:
-                progress.update(task, description=f"{name} L={L}")
-                if L > LIMITS.get((name, device), math.inf):
-                    records.append(Record(name, device, dtype, L, None, None, "skipped: too slow at this L"))
-                else:
-                    records.append(_measure(name, make, device, dtype, L, repeats))
-                progress.advance(task)
+        task = progress.add_task(f"bench {device} {dtype}", total=len(measured) * len(lengths) * len(modes))
+        for mode in modes:
+            for name, make in _cases(device, DTYPES[dtype], measured, mode).items():
+                for L in lengths:
+                    progress.update(task, description=f"{name} {mode} L={L}")
+                    if L > LIMITS.get((name, device), math.inf):
+                        records.append(Record(name, device, dtype, L, None, None, "skipped: too slow at this L", mode))
+                    else:
+                        records.append(_measure(name, make, device, dtype, L, repeats, mode))
+                    progress.advance(task)
+    return _with_ratios(records)
+
+
+def _with_ratios(records: list[Record]) -> list[Record]:
+    base = {(r.mode, r.length): r.ms for r in records if r.name == BASELINE}
+    for r in records:
+        d = base.get((r.mode, r.length))
+        r.ratio = r.ms / d if r.ms and d and r.name not in EXTRA_CASES else None
     return records
 
 
-def _measure(name, make, device, dtype, L, repeats) -> Record:
+def _measure(name, make, device, dtype, L, repeats, mode) -> Record:
     try:
         fn = make(L)
         ms = _time(fn, device, repeats)
         peak = _peak_mib(fn, device)
-        return Record(name, device, dtype, L, ms, peak)
+        return Record(name, device, dtype, L, ms, peak, mode=mode)
     except torch.OutOfMemoryError:
         if device == "cuda":
             torch.cuda.empty_cache()
-        return Record(name, device, dtype, L, None, None, "out of memory")
+        return Record(name, device, dtype, L, None, None, "out of memory", mode)
 
 
 def run_onnx(names: list[str] | None = None, dim: int = 256, length: int = 2048, repeats: int = 10) -> list[dict]:
@@ -215,23 +246,23 @@ def run_onnx(names: list[str] | None = None, dim: int = 256, length: int = 2048,
 
     import onnx
 
-    from hvlm_export.exporters.onnx import export_onnx
-    from hvlm_export.registry import REGISTRY
+    from hvlm_export.exporters.onnx_export import export_onnx
     from hvlm_export.runtime import load
     from hvlm_export.validators.reference import load_reference
 
+    names = list(names or REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise BenchError(f"unknown mechanism(s) {unknown}", f"valid names are {', '.join(REGISTRY)}.")
     rows = []
-    for name in names or list(REGISTRY):
+    for name in names:
         spec = REGISTRY[name]
-        kwargs = {k: v for k, v in spec.defaults.items() if k not in ("dim", "num_heads")}
-        kwargs.update(dim=dim, **({"num_heads": 8} if "num_heads" in spec.defaults else {}))
+        kwargs = spec.kwargs({"dim": dim, **({"num_heads": 8} if "num_heads" in spec.defaults else {})})
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             path = export_onnx(name, Path(tmp) / f"{name}.onnx", model_kwargs=kwargs)
             export_s = time.perf_counter() - t0
             model = onnx.load(path)
-            nodes = len(model.graph.node)
-            body = sum(len(f.node) for f in model.functions)
             module = load_reference(path).module
             session = load(path)
             feed = {n: t.numpy() for n, t in zip(spec.inputs, spec.example_inputs(module, 1, length, mem_len=256), strict=True)}
@@ -239,7 +270,8 @@ def run_onnx(names: list[str] | None = None, dim: int = 256, length: int = 2048,
             with torch.no_grad():
                 eager = _time(functools.partial(module, *args), "cpu", repeats)
             ort_ms = _time(functools.partial(session.run, feed), "cpu", repeats)
-        rows.append({"name": name, "export_s": export_s, "nodes": nodes, "function_nodes": body,
+        rows.append({"name": name, "export_s": export_s, "nodes": len(model.graph.node),
+                     "function_nodes": sum(len(f.node) for f in model.functions),
                      "eager_ms": eager, "ort_ms": ort_ms, "ort_over_eager": ort_ms / eager})
     return rows
 
@@ -250,68 +282,28 @@ def machine() -> str:
     return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads (torch {torch.__version__})"
 
 
+def check_output_dir(out: Path) -> None:
+    """Refuse an output directory that cannot be created or written, before any measurement."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create the output directory {str(out)!r}: {err.strerror}") from err
+    if not os.access(out, os.W_OK):
+        raise BenchError(f"the output directory {str(out)!r} is not writable", "choose another --out.")
+
+
 def write_results(records: list[Record] | list[dict], out: Path, stem: str, command: str) -> list[Path]:
-    """JSON, a markdown table and (for scaling records) latency/memory PNG plots."""
-    out.mkdir(parents=True, exist_ok=True)
+    """JSON, a markdown table and (for scaling records) latency/memory/ratio PNG plots."""
+    from hvlm_export.bench_report import markdown, plots
+
+    check_output_dir(out)
     rows = [asdict(r) if isinstance(r, Record) else r for r in records]
     meta = {"command": command, "machine": machine(), "date": date.today().isoformat()}
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2) + "\n")
     md = out / f"{stem}.md"
-    md.write_text(_markdown(rows, meta))
+    md.write_text(markdown(rows, meta))
     paths = [json_path, md]
     if rows and "length" in rows[0]:
-        paths += _plots(rows, out, stem)
-    return paths
-
-
-def _markdown(rows: list[dict], meta: dict) -> str:
-    head = f"`{meta['command']}` on {meta['machine']}, {meta['date']}\n\n"
-    if not rows:
-        return head
-    if "length" not in rows[0]:
-        cols = list(rows[0])
-        lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        for r in rows:
-            lines.append("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.values()) + " |")
-        return head + "\n".join(lines) + "\n"
-    lengths = sorted({r["length"] for r in rows})
-    names = list(dict.fromkeys(r["name"] for r in rows))
-    cell = {(r["name"], r["length"]): r for r in rows}
-    lines = ["| mechanism | " + " | ".join(f"L={L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
-    for n in names:
-        vals = []
-        for L in lengths:
-            r = cell.get((n, L))
-            vals.append("-" if r is None or r["ms"] is None else f"{r['ms']:.3g} ms / {r['peak_mib']:.0f} MiB")
-        lines.append(f"| {n} | " + " | ".join(vals) + " |")
-    return head + "\n".join(lines) + "\n"
-
-
-def _plots(rows: list[dict], out: Path, stem: str) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    for key, label in (("ms", "latency (ms)"), ("peak_mib", "peak memory (MiB)")):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        ax.set_prop_cycle(color=plt.cm.tab20.colors)
-        for name in dict.fromkeys(r["name"] for r in rows):
-            pts = [(r["length"], r[key]) for r in rows if r["name"] == name and r[key] is not None and r[key] > 0]
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length L")
-        ax.set_ylabel(label)
-        ax.set_title(f"{stem}: {label} vs L (B=1, dim 768, 12 heads)")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        path = out / f"{stem}-{'latency' if key == 'ms' else 'memory'}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
+        paths += plots(rows, out, stem)
     return paths

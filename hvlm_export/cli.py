@@ -56,7 +56,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from hvlm_export.exporters.onnx import export_onnx
+    from hvlm_export.exporters.onnx_export import export_onnx
 
     overrides = _parse_set(args.set)
     model = args.model
@@ -159,7 +159,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from hvlm_export.errors import BuildError
-    from hvlm_export.exporters.tensorrt import Profile, build_engine, parse_shape_arg
+    from hvlm_export.exporters.engine_build import Profile, build_engine, parse_shape_arg
 
     groups = [args.min_shapes, args.opt_shapes, args.max_shapes]
     if any(groups) and not all(len(g) == len(groups[0]) for g in groups):
@@ -182,18 +182,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     command = "hvlm-export bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "hvlm-export bench"
     out = Path(args.out)
+    bench.check_output_dir(out)  # before minutes of measuring, not after
     if args.suite == "onnx":
         rows = bench.run_onnx(args.names, dim=args.dim, length=args.lengths[0] if args.lengths else 2048,
                               repeats=args.repeats)
         paths = bench.write_results(rows, out, "onnx-cpu-fp32", command)
     else:
-        if args.device == "cuda":
-            import torch
-
-            if not torch.cuda.is_available():
-                raise ExportError("--device cuda needs a CUDA GPU, and torch sees none")
         lengths = args.lengths or [1024, 2048, 4096, 8192, 16384, 32768, 65536]
-        records = bench.run_scaling(args.device, args.dtype, lengths, args.names, repeats=args.repeats)
+        records = bench.run_scaling(args.device, args.dtype, lengths, args.names, repeats=args.repeats,
+                                    modes=args.modes)
         paths = bench.write_results(records, out, f"scaling-{args.device}-{args.dtype}", command)
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -268,7 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (onnx suite: the first one)")
-    p.add_argument("--names", nargs="+", help="cases to run (default all)")
+    p.add_argument("--names", nargs="+", help="cases to run (default all; see the error for the list)")
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled", "cudagraphs"],
+                   help="eager, compiled (torch.compile) and/or cudagraphs (CUDA graphs); default eager")
     p.add_argument("--dim", type=int, default=256, help="model width for the onnx suite (default 256)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per case, median reported (default 10)")
     p.add_argument("--out", default="benchmarks/results", help="output directory")

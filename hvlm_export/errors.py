@@ -17,6 +17,7 @@ __all__ = [
     "ValidationError",
     "RuntimeInputError",
     "ArtifactError",
+    "BenchError",
 ]
 
 
@@ -62,3 +63,7 @@ class RuntimeInputError(HvlmExportError, ValueError):
 
 class ArtifactError(HvlmExportError):
     """An .onnx / .engine / metadata file is missing, corrupt or unusable."""
+
+
+class BenchError(HvlmExportError):
+    """A benchmark was asked for with invalid options (unknown case, unwritable output)."""

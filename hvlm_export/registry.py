@@ -1,13 +1,16 @@
 """The registry of mechanisms: the one place that knows every mechanism.
 
 Each :class:`ModelSpec` says how to build the module, what its graph inputs are and which
-axes are dynamic, which sequence lengths stress it (below / at / above each window or stride),
-and the default parity tolerances per precision. Export, validate, bench and the tests iterate
-:data:`REGISTRY`; a config-built stack gets a spec from :func:`spec_for_config`.
+axes are dynamic, the default opset, which sequence lengths stress it (below / at / above
+each window or stride), the default parity tolerances per precision and its benchmark cases.
+Export, validate, bench and the tests iterate :data:`REGISTRY`; lookups go through here too:
+:func:`get` (by name), :func:`spec_for_config` (a config-built stack), :func:`spec_for_module`
+(an instance) and :func:`resolve_model` (whatever a user passes to export).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -16,8 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hvlm_export.config import StackConfig, build_stack, load_config
-from hvlm_export.errors import UnknownMechanismError
+from hvlm_export.errors import ExportError, UnknownMechanismError
 from hvlm_export.modules import (
     CrossMemoryAttention,
     HierarchicalAttentionBlock,
@@ -27,11 +29,33 @@ from hvlm_export.modules import (
     PerformerAttention,
     StridedAttention,
 )
+from hvlm_export.modules.stack import AttentionStack, StackConfig, build_stack, load_config
 
-__all__ = ["Tolerance", "ModelSpec", "REGISTRY", "get", "names", "spec_for_config", "PRECISIONS"]
+__all__ = [
+    "Tolerance",
+    "ModelSpec",
+    "ResolvedModel",
+    "REGISTRY",
+    "PRECISIONS",
+    "DTYPES",
+    "DEFAULT_OPSET",
+    "get",
+    "names",
+    "spec_for_config",
+    "spec_for_module",
+    "resolve_model",
+    "default_dynamic_axes",
+]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+DEFAULT_OPSET = 20
+_AXES = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "mem_seq"}, "y": {0: "batch", 1: "seq"}}
+
+
+def default_dynamic_axes(inputs: tuple[str, ...], outputs: tuple[str, ...]) -> dict[str, dict[int, str]]:
+    """Batch and sequence axes of x / memory / y dynamic."""
+    return {n: dict(_AXES.get(n, {0: "batch", 1: "seq"})) for n in (*inputs, *outputs)}
 
 
 @dataclass(frozen=True)
@@ -74,11 +98,17 @@ class ModelSpec:
     critical_lengths: Callable[[Mapping[str, Any]], list[int]] = lambda kw: [1, 7, 64]
     #: Config (for stacks) recorded in exported metadata.
     config: StackConfig | None = None
+    #: tensor name -> {axis: axis name} of the dynamic axes (default: batch and sequence)
+    dynamic_axes: Mapping[str, Mapping[int, str]] | None = None
+    #: default ONNX opset of an export (bf16 exports take at least 22)
+    opset: int = DEFAULT_OPSET
+    #: benchmark cases: name -> overrides of ``defaults`` (which are the benchmark size:
+    #: dim 768, 12 heads; benchmarks run at batch 1)
+    bench: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    @property
-    def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        axes = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "mem_seq"}, "y": {0: "batch", 1: "seq"}}
-        return {n: axes[n] for n in (*self.inputs, *self.outputs)}
+    def __post_init__(self) -> None:
+        if self.dynamic_axes is None:
+            object.__setattr__(self, "dynamic_axes", default_dynamic_axes(self.inputs, self.outputs))
 
     def kwargs(self, overrides: Mapping[str, Any] | None = None, small: bool = False) -> dict[str, Any]:
         """Constructor kwargs: defaults, then ``small`` if asked, then ``overrides``."""
@@ -117,6 +147,12 @@ class ModelSpec:
         return tuple(t.to(dtype) for t in tensors)
 
 
+def _local_global_lengths(window: int) -> list[int]:
+    """Around the window, its radius and the query block (max(radius, 32))."""
+    radius = max(window // 2, 1)
+    return _window_lengths(window) + _window_lengths(radius) + _window_lengths(max(radius, 32))
+
+
 def _model_dim(model: nn.Module) -> int:
     dim = getattr(model, "dim", None)
     if dim is None and hasattr(model, "config"):
@@ -139,6 +175,7 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
                 {"dim": 768, "num_heads": 12, "stride": 4},
                 _SMALL,
                 critical_lengths=lambda kw: _window_lengths(kw.get("stride", 4)) + [37],
+                bench={"strided": {}, "strided_causal": {"causal": True}},
             ),
             ModelSpec(
                 "local_global",
@@ -146,8 +183,8 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
                 LocalGlobalAttention,
                 {"dim": 768, "num_heads": 12, "local_window": 64, "num_global_tokens": 4},
                 {**_SMALL, "local_window": 16},
-                critical_lengths=lambda kw: _window_lengths(kw.get("local_window", 64))
-                + _window_lengths(max(kw.get("local_window", 64) // 2, 1)),
+                critical_lengths=lambda kw: _local_global_lengths(kw.get("local_window", 64)),
+                bench={"local_global": {"local_window": 128}},
             ),
             ModelSpec(
                 "cross_memory",
@@ -157,6 +194,7 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
                 _SMALL,
                 inputs=("x", "memory"),
                 critical_lengths=lambda kw: [1, 5, 33],
+                bench={"cross_memory": {}},
             ),
             ModelSpec(
                 "hierarchical_block",
@@ -164,7 +202,8 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
                 HierarchicalAttentionBlock,
                 {"attention_type": "local_global", "dim": 768, "num_heads": 12, "local_window": 64},
                 {**_SMALL, "local_window": 16},
-                critical_lengths=lambda kw: _window_lengths(kw.get("local_window", 64)),
+                critical_lengths=lambda kw: _local_global_lengths(kw.get("local_window", 64)),
+                bench={"hierarchical_block": {"local_window": 128}},
             ),
             ModelSpec(
                 "performer",
@@ -172,7 +211,8 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
                 PerformerAttention,
                 {"dim": 768, "num_heads": 12, "kernel": "softmax", "causal": True},
                 {**_SMALL, "chunk_size": 16},
-                critical_lengths=lambda kw: _window_lengths(kw.get("chunk_size", 64)),
+                critical_lengths=lambda kw: _window_lengths(kw.get("chunk_size", 128)),
+                bench={"performer": {"causal": False}, "performer_causal": {}},
             ),
             ModelSpec(
                 "mamba",
@@ -182,6 +222,7 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
                 {"dim": 64, "state_size": 8},
                 tolerances=_SCAN_TOL,
                 critical_lengths=lambda kw: [1, 3, 31, 32, 33, 100],
+                bench={"mamba": {}},
             ),
             ModelSpec(
                 "linear_block",
@@ -191,6 +232,7 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
                 {"dim": 64, "state_size": 8},
                 tolerances=_SCAN_TOL,
                 critical_lengths=lambda kw: [1, 31, 33, 70],
+                bench={"linear_block": {}},
             ),
         ]
     }
@@ -226,3 +268,50 @@ def spec_for_config(config: StackConfig | str | Any) -> ModelSpec:
         critical_lengths=lambda kw: [1, 33] + [n for w in windows if w for n in (w - 1, w + 1)],
         config=cfg,
     )
+
+
+def spec_for_module(module: nn.Module) -> ModelSpec:
+    """The registry spec whose factory built this module's class (or a generic x-only spec)."""
+    if isinstance(module, AttentionStack):
+        return spec_for_config(module.config)
+    for spec in REGISTRY.values():
+        if type(module) is spec.factory:
+            return spec
+    return ModelSpec(type(module).__name__, "user module", type(module))
+
+
+@dataclass
+class ResolvedModel:
+    """A module ready to export, with what is needed to rebuild it from the file alone."""
+
+    module: nn.Module
+    spec: ModelSpec
+    source: dict[str, Any]
+
+
+def resolve_model(
+    model: nn.Module | str | os.PathLike | StackConfig | Mapping[str, Any],
+    model_kwargs: Mapping[str, Any] | None = None,
+    *,
+    small: bool = False,
+) -> ResolvedModel:
+    """Turn a registry name, config (path / dict / StackConfig) or module into a ResolvedModel."""
+    if isinstance(model, nn.Module):
+        spec = spec_for_module(model)
+        return ResolvedModel(model, spec, {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"})
+    if isinstance(model, str) and model in REGISTRY:
+        spec = get(model)
+        kwargs = spec.kwargs(model_kwargs, small=small)
+        try:
+            module = spec.factory(**kwargs)
+        except (TypeError, ValueError) as err:
+            raise ExportError(f"cannot build {model!r} with {kwargs}: {err}") from err
+        return ResolvedModel(module, spec, {"kind": "registry", "name": model, "kwargs": kwargs})
+    if isinstance(model, (str, os.PathLike, StackConfig, Mapping)):
+        if isinstance(model, str) and not model.endswith((".yaml", ".yml")):
+            get(model)  # raises UnknownMechanismError listing the valid names
+        if model_kwargs:
+            raise ExportError("model_kwargs apply to registry names, not to configs", "edit the config instead.")
+        spec = spec_for_config(model)
+        return ResolvedModel(spec.factory(), spec, {"kind": "config", "config": spec.config.to_dict()})
+    raise ExportError(f"cannot export a {type(model).__name__}", "pass an nn.Module, a registry name or a config path.")

@@ -15,7 +15,7 @@ CONFIG_DIR = Path(__file__).parents[1] / "configs" / "attention"
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """``exported(name, precision="fp32", **kw)`` -> path of a small export, built once."""
-    from hvlm_export.exporters.onnx import export_onnx
+    from hvlm_export.exporters.onnx_export import export_onnx
 
     root = tmp_path_factory.mktemp("exports")
     cache: dict[tuple, Path] = {}

@@ -1,12 +1,16 @@
-"""The benchmark machinery (not the numbers): cases run, memory is tracked, files are written."""
+"""The benchmark machinery (not the numbers): cases come from the registry, ratios are taken
+against the dense module of the same run, files are written, bad requests are typed errors."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from hvlm_export import bench
+from hvlm_export.errors import BenchError
+from hvlm_export.registry import REGISTRY
 
 
 def test_live_bytes_sees_a_known_allocation():
@@ -18,18 +22,55 @@ def test_live_bytes_sees_a_known_allocation():
     assert tracker.live == 0, "freed tensors must leave the live count"
 
 
-def test_scaling_suite_writes_results(tmp_path):
-    records = bench.run_scaling("cpu", "fp32", [16, 40], ["strided", "dense_sdpa", "scan_op", "scan_naive"], repeats=1)
-    assert {(r.name, r.length) for r in records} == {(n, L) for n in ("strided", "dense_sdpa", "scan_op", "scan_naive")
-                                                      for L in (16, 40)}
+def test_cases_are_the_registry_benchmark_cases():
+    names = bench.case_names()
+    for spec in REGISTRY.values():
+        assert spec.bench, f"{spec.name} has no benchmark case"
+        assert set(spec.bench) <= set(names)
+    assert bench.BASELINE in names and {"performer", "performer_causal", "strided_causal"} <= set(names)
+
+
+def test_scaling_suite_writes_results_with_ratios(tmp_path, monkeypatch):
+    # the benchmark size is dim 768; shrink the registry defaults' width for a fast CPU run
+    small = {n: s.__class__(**{**s.__dict__, "defaults": {**s.defaults, **s.small}}) for n, s in REGISTRY.items()}
+    monkeypatch.setattr(bench, "REGISTRY", small)
+    names = ["strided", "scan_op", "scan_naive"]
+    records = bench.run_scaling("cpu", "fp32", [16, 40], names, repeats=1)
+    got = {(r.name, r.length) for r in records}
+    assert got == {(n, L) for n in [*names, bench.BASELINE] for L in (16, 40)}, "the baseline is always measured"
     assert all(r.ms and r.ms > 0 and r.peak_mib is not None for r in records)
+    by = {(r.name, r.length): r for r in records}
+    for L in (16, 40):
+        assert by[("strided", L)].ratio == pytest.approx(by[("strided", L)].ms / by[(bench.BASELINE, L)].ms)
+        assert by[(bench.BASELINE, L)].ratio == pytest.approx(1.0) and by[("scan_op", L)].ratio is None
     paths = bench.write_results(records, tmp_path, "scaling-cpu-fp32", "test")
     data = json.loads(paths[0].read_text())
     assert data["meta"]["command"] == "test" and len(data["results"]) == 8
-    assert "| strided |" in paths[1].read_text()
-    assert all(p.stat().st_size > 1000 for p in paths[2:]) and len(paths) == 4
+    table = paths[1].read_text()
+    assert "| strided | eager |" in table and "x) /" in table
+    assert [p.name for p in paths[2:]] == [f"scaling-cpu-fp32-{k}.png" for k in ("latency", "memory", "ratio")]
+    assert all(p.stat().st_size > 1000 for p in paths[2:])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"names": ["bogus"]}, "unknown benchmark case"),
+    ({"names": ["strided"], "modes": ["jit"]}, "unknown mode"),
+    ({"names": ["strided"], "modes": ["cudagraphs"]}, "needs --device cuda"),
+])
+def test_bad_requests_are_typed_errors(kwargs, match):
+    with pytest.raises(BenchError, match=match):
+        bench.run_scaling("cpu", "fp32", [16], repeats=1, **kwargs)
+
+
+def test_unwritable_output_is_refused_before_measuring(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(BenchError, match="cannot create the output directory"):
+        bench.check_output_dir(blocker / "sub")
 
 
 def test_onnx_suite_measures_one_mechanism():
     (row,) = bench.run_onnx(["cross_memory"], dim=32, length=24, repeats=1)
     assert row["nodes"] > 0 and row["eager_ms"] > 0 and row["ort_ms"] > 0
+    with pytest.raises(BenchError, match="unknown mechanism"):
+        bench.run_onnx(["bogus"])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hvlm_export.config import build_stack, load_config
+from hvlm_export.modules.stack import build_stack, load_config
 from hvlm_export.errors import ConfigError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs" / "attention").glob("*.yaml"))

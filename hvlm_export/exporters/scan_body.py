@@ -27,26 +27,12 @@ import itertools
 import onnx
 from onnx import TensorProto, helper
 
+from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_INPUTS, SCAN_OP, SCAN_OUTPUTS, SCAN_PLUGIN_VERSION
 from hvlm_export.ops.selective_scan import SCAN_CHUNK
 
-__all__ = [
-    "DOMAIN",
-    "OP_TYPE",
-    "CARRY_LEVELS",
-    "PLUGIN_VERSION",
-    "INPUTS",
-    "OUTPUTS",
-    "scan_function",
-    "scan_schema",
-]
+__all__ = ["CARRY_LEVELS", "scan_function", "scan_schema"]
 
-DOMAIN = "hvlm"
-OP_TYPE = "SelectiveScan"
-PLUGIN_VERSION = "1"
 CARRY_LEVELS = 20
-TRANSPOSE_2D = "Transpose"
-INPUTS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
-OUTPUTS = ("y", "last_state")
 
 
 def scan_schema() -> onnx.defs.OpSchema:
@@ -54,11 +40,11 @@ def scan_schema() -> onnx.defs.OpSchema:
     p = onnx.defs.OpSchema.FormalParameter
     types = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
     return onnx.defs.OpSchema(
-        OP_TYPE,
-        DOMAIN,
+        SCAN_OP,
+        SCAN_DOMAIN,
         1,
         doc=__doc__,
-        inputs=[p(n, "F" if n in ("A", "D", "delta_bias") else "T") for n in INPUTS],
+        inputs=[p(n, "F" if n in ("A", "D", "delta_bias") else "T") for n in SCAN_INPUTS],
         outputs=[p("y", "T"), p("last_state", "F")],
         type_constraints=[("T", types, "data"), ("F", ["tensor(float)"], "float32 parameters and state")],
         attributes=[
@@ -99,7 +85,7 @@ def _to_2d_transposed(g: _Body, x: str, rows: str) -> str:
     """(r, c) view of ``x`` with ``rows`` rows, transposed to (c, r): a plain 2-D transpose,
     which ONNX Runtime runs with its blocked kernel (4-D permutations are far slower)."""
     flat = g.op("Reshape", x, g.op("Concat", g.op("Unsqueeze", rows, g.const([0])), g.const([-1]), axis=0))
-    return g.op(TRANSPOSE_2D, flat, **({"perm": [1, 0]} if TRANSPOSE_2D == "Transpose" else {"equation": "ij->ji"}))
+    return g.op("Transpose", flat, perm=[1, 0])
 
 
 def _steps(g: _Body, x: str, pad: str, nc: str, b: str, chunk: str) -> str:
@@ -123,77 +109,95 @@ def _shift_in(g: _Body, x: str, amount: str, nc: str, fill: float) -> str:
     return g.op("Slice", padded, g.const([0]), nc, g.const([0]))
 
 
+class _Layout:
+    """Shape values of the body: b, d, L, the chunk length T and count nc (all int64 scalars)."""
+
+    def __init__(self, g: _Body, chunk: int) -> None:
+        shape_u = g.op("Shape", "u")
+        self.b, self.d, self.length = (g.op("Gather", shape_u, g.const(i), axis=0) for i in range(3))
+        self.t = g.const(chunk)
+        self.pad = g.op("Mod", g.op("Sub", self.t, g.op("Mod", self.length, self.t)), self.t)
+        self.nc = g.op("Div", g.op("Add", self.length, self.pad), self.t)
+        self.nc_1d = g.op("Unsqueeze", self.nc, g.const([0]))
+
+    def steps(self, g: _Body, x: str) -> str:
+        return _steps(g, x, self.pad, self.nc, self.b, self.t)
+
+
+def _discretized(g: _Body) -> tuple[str, str, str, str]:
+    """u, delta' = softplus?(delta + delta_bias), B, C, all float32."""
+    u, dt, b_in, c_in = (g.op("Cast", name, to=TensorProto.FLOAT) for name in ("u", "delta", "B", "C"))
+    dt = g.op("Add", dt, g.op("Unsqueeze", "delta_bias", g.const([1])))
+    use_softplus = g.op("Cast", g.attr_const("delta_softplus"), to=TensorProto.BOOL)
+    return u, g.op("Where", use_softplus, g.op("Softplus", dt), dt), b_in, c_in
+
+
+def _carries(g: _Body, h: str, chunk_decay: str, layout: _Layout, levels: int) -> str:
+    """State at each chunk end, H_c = P_c H_{c-1} + h_c: Hillis-Steele over the chunks with
+    ``levels`` static levels (a shift is clamped to nc, so the graph never depends on L)."""
+    prod, carry = chunk_decay, h
+    for level in range(levels):
+        amount = g.op("Min", g.const([1 << level]), layout.nc_1d)
+        carry = g.op("Add", g.op("Mul", prod, _shift_in(g, carry, amount, layout.nc_1d, 0.0)), carry)
+        if level + 1 < levels:
+            prod = g.op("Mul", prod, _shift_in(g, prod, amount, layout.nc_1d, 1.0))
+    return carry
+
+
+def _readout(g: _Body, ys: list[str], u: str, layout: _Layout) -> None:
+    """y (b, d, L) from the per-step readouts (nc, 1, b, d), plus D u, cast like u."""
+    unsq0 = g.const([0])
+    y_t_major = g.op("Concat", *ys, axis=1)  # (nc, T, b, d)
+    y = _to_2d_transposed(g, y_t_major, g.op("Mul", layout.nc, layout.t))  # (b * d, nc * T)
+    flat = g.op("Concat", *(g.op("Unsqueeze", s, unsq0) for s in (layout.b, layout.d)), g.const([-1]), axis=0)
+    y = g.op("Slice", g.op("Reshape", y, flat), g.const([0]), g.op("Unsqueeze", layout.length, unsq0), g.const([2]))
+    y = g.op("Add", y, g.op("Mul", u, g.op("Unsqueeze", "D", g.const([1]))))
+    g.nodes.append(helper.make_node("CastLike", [y, "u"], ["y"]))
+
+
 def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVELS) -> onnx.FunctionProto:
     """The FunctionProto ``hvlm::SelectiveScan`` for a model of default-domain ``opset``."""
     g = _Body()
-    f32 = TensorProto.FLOAT
-    u, dt, Bf, Cf = (g.op("Cast", name, to=f32) for name in ("u", "delta", "B", "C"))
-    dt = g.op("Add", dt, g.op("Unsqueeze", "delta_bias", g.const([1])))
-    use_softplus = g.op("Cast", g.attr_const("delta_softplus"), to=TensorProto.BOOL)
-    dt = g.op("Where", use_softplus, g.op("Softplus", dt), dt)
-
-    shape_u = g.op("Shape", "u")
-    b, d, length = (g.op("Gather", shape_u, g.const(i), axis=0) for i in range(3))
-    t_const = g.const(chunk)
-    pad = g.op("Mod", g.op("Sub", t_const, g.op("Mod", length, t_const)), t_const)
-    nc = g.op("Div", g.op("Add", length, pad), t_const)
-    unsq0 = g.const([0])
-    nc_1d = g.op("Unsqueeze", nc, unsq0)
-
-    dt_s = _steps(g, dt, pad, nc, b, t_const)  # (nc, T, b, d)
-    du_s = _steps(g, g.op("Mul", dt, u), pad, nc, b, t_const)
-    last_axis = g.const([-1])
-    b_s = g.op("Unsqueeze", _steps(g, Bf, pad, nc, b, t_const), last_axis)  # (nc, T, b, n, 1)
-    c_s = g.op("Unsqueeze", _steps(g, Cf, pad, nc, b, t_const), last_axis)
+    u, dt, b_in, c_in = _discretized(g)
+    layout = _Layout(g, chunk)
+    dt_s, du_s = layout.steps(g, dt), layout.steps(g, g.op("Mul", dt, u))  # (nc, T, b, d)
+    last_axis, unsq_n = g.const([-1]), g.const([2])
+    b_s = g.op("Unsqueeze", layout.steps(g, b_in), last_axis)  # (nc, T, b, n, 1)
+    c_s = g.op("Unsqueeze", layout.steps(g, c_in), last_axis)
     a = g.op("Unsqueeze", g.op("Einsum", "A", equation="dn->nd"), g.const([0, 1]))  # (1, 1, n, d)
-    unsq_n = g.const([2])
 
-    def step(t: int, h: str | None) -> tuple[str, str]:
-        """h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t for every chunk; returns (h_t, decay)."""
+    def input_term(t: int) -> str:  # delta_t u_t B_t for every chunk, (nc, b, n, d)
         idx = g.const(t)
-        bu = g.op("Mul", g.op("Unsqueeze", g.op("Gather", du_s, idx, axis=1), unsq_n),
-                  g.op("Gather", b_s, idx, axis=1))  # (nc, b, n, d)
-        decay = g.op("Exp", g.op("Mul", g.op("Unsqueeze", g.op("Gather", dt_s, idx, axis=1), unsq_n), a))
-        return (bu if h is None else g.op("Add", g.op("Mul", decay, h), bu)), decay
+        return g.op("Mul", g.op("Unsqueeze", g.op("Gather", du_s, idx, axis=1), unsq_n), g.op("Gather", b_s, idx, axis=1))
 
-    # 1. the state at every chunk end, each chunk starting from zero (T is a constant: unrolled)
+    # 1. the state at every chunk end, each chunk from zero: h_t = exp(delta_t A) h_{t-1} + input_t
     h, decays = None, []
-    for t in range(chunk):
-        h, decay = step(t, h)
-        decays.append(decay)
+    for t in range(chunk):  # T is a constant: unrolled
+        decays.append(g.op("Exp", g.op("Mul", g.op("Unsqueeze", g.op("Gather", dt_s, g.const(t), axis=1), unsq_n), a)))
+        h = input_term(t) if h is None else g.op("Add", g.op("Mul", decays[t], h), input_term(t))
 
-    # 2. carries: state at each chunk end, H_c = P_c * H_{c-1} + h_c (Hillis-Steele over nc)
-    cum = g.op("ReduceSum", dt_s, g.const([1]), keepdims=0)  # (nc, b, d): delta summed over a chunk
-    prod, carry = g.op("Exp", g.op("Mul", g.op("Unsqueeze", cum, unsq_n), a)), h  # (nc, b, n, d)
-    for level in range(levels):
-        amount = g.op("Min", g.const([1 << level]), nc_1d)
-        carry = g.op("Add", g.op("Mul", prod, _shift_in(g, carry, amount, nc_1d, 0.0)), carry)
-        if level + 1 < levels:
-            prod = g.op("Mul", prod, _shift_in(g, prod, amount, nc_1d, 1.0))
+    # 2. carries across chunks (the decay over a chunk is exp(A * sum of its deltas))
+    cum = g.op("ReduceSum", dt_s, g.const([1]), keepdims=0)  # (nc, b, d)
+    carry = _carries(g, h, g.op("Exp", g.op("Mul", g.op("Unsqueeze", cum, unsq_n), a)), layout, levels)
 
     # 3. run every chunk again from its carried-in state, reading out y (decays reused)
-    h, ys = _shift_in(g, carry, g.const([1]), nc_1d, 0.0), []
+    h, ys = _shift_in(g, carry, g.const([1]), layout.nc_1d, 0.0), []
     for t in range(chunk):
-        idx = g.const(t)
-        bu = g.op("Mul", g.op("Unsqueeze", g.op("Gather", du_s, idx, axis=1), unsq_n),
-                  g.op("Gather", b_s, idx, axis=1))
-        h = g.op("Add", g.op("Mul", decays[t], h), bu)
-        y_t = g.op("ReduceSum", g.op("Mul", h, g.op("Gather", c_s, idx, axis=1)), unsq_n, keepdims=0)
+        h = g.op("Add", g.op("Mul", decays[t], h), input_term(t))
+        y_t = g.op("ReduceSum", g.op("Mul", h, g.op("Gather", c_s, g.const(t), axis=1)), unsq_n, keepdims=0)
         ys.append(g.op("Unsqueeze", y_t, g.const([1])))
-    y_t_major = g.op("Concat", *ys, axis=1)  # (nc, T, b, d)
-    y = _to_2d_transposed(g, y_t_major, g.op("Mul", nc, t_const))  # (b * d, nc * T)
-    flat = g.op("Concat", *(g.op("Unsqueeze", s, unsq0) for s in (b, d)), g.const([-1]), axis=0)
-    y = g.op("Slice", g.op("Reshape", y, flat), g.const([0]), g.op("Unsqueeze", length, unsq0), g.const([2]))
-    y = g.op("Add", y, g.op("Mul", u, g.op("Unsqueeze", "D", g.const([1]))))
-    g.nodes.append(helper.make_node("CastLike", [y, "u"], ["y"]))
-    last = g.op("Einsum", g.op("Gather", carry, g.op("Sub", nc, g.const(1)), axis=0), equation="bnd->bdn")
+    _readout(g, ys, u, layout)
+    last = g.op("Einsum", g.op("Gather", carry, g.op("Sub", layout.nc, g.const(1)), axis=0), equation="bnd->bdn")
     g.nodes.append(helper.make_node("Identity", [last], ["last_state"]))
+    return _function(g, opset)
 
+
+def _function(g: _Body, opset: int) -> onnx.FunctionProto:
     fn = helper.make_function(
-        DOMAIN,
-        OP_TYPE,
-        list(INPUTS),
-        list(OUTPUTS),
+        SCAN_DOMAIN,
+        SCAN_OP,
+        list(SCAN_INPUTS),
+        list(SCAN_OUTPUTS),
         g.nodes,
         opset_imports=[helper.make_opsetid("", opset)],
         attributes=[],
@@ -202,8 +206,8 @@ def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVEL
     fn.attribute_proto.extend(
         [
             helper.make_attribute("delta_softplus", 0),
-            helper.make_attribute("plugin_namespace", DOMAIN),
-            helper.make_attribute("plugin_version", PLUGIN_VERSION),
+            helper.make_attribute("plugin_namespace", SCAN_DOMAIN),
+            helper.make_attribute("plugin_version", SCAN_PLUGIN_VERSION),
         ]
     )
     return fn

@@ -15,11 +15,11 @@ from onnx import helper as onnx_helper
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
-from hvlm_export.exporters import scan_body
+from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_PLUGIN_VERSION
 
 __all__ = ["translation_table"]
 
-_hvlm = Opset(scan_body.DOMAIN, 1)
+_hvlm = Opset(SCAN_DOMAIN, 1)
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _BOOL = 9  # onnx.TensorProto.BOOL
 _ONE = onnx_helper.make_tensor("one", _FLOAT, [1], [1.0])
@@ -35,8 +35,8 @@ def _selective_scan(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplu
         D,
         delta_bias,
         delta_softplus=int(delta_softplus),
-        plugin_namespace=scan_body.DOMAIN,
-        plugin_version=scan_body.PLUGIN_VERSION,
+        plugin_namespace=SCAN_DOMAIN,
+        plugin_version=SCAN_PLUGIN_VERSION,
     )
     if z is not None:  # gate in float32, as hvlm::selective_scan does, then cast back
         zf = op.Cast(z, to=_FLOAT)

@@ -40,6 +40,8 @@ ScanImpl = Literal["op", "reference"]
 class MambaLayer(Streamable):
     """Mamba-1 selective state-space block (see module docstring).
 
+    ``A_log`` stays float32 under :func:`hvlm_export.modules.cast_module` (``_keep_fp32``).
+
     Args:
         dim: model width E (default 768).
         state_size: N (default 16).
@@ -54,6 +56,8 @@ class MambaLayer(Streamable):
         bias: bias in in_proj / out_proj (default False).
         scan_impl: 'op' (fast kernel, one node when exported) or 'reference' (default 'op').
     """
+
+    _keep_fp32 = ("A_log",)
 
     def __init__(
         self,

@@ -17,14 +17,17 @@ Contract (the one of ``selective_scan_ref`` in state-spaces/mamba,
 computed in float32 and cast back to the dtype of ``u``; the final state h_{L-1} (B, D, N)
 is float32.
 
-Two eager kernels with the same signature:
+Three kernels with the same contract:
 
 * :func:`selective_scan_ref` - the sequential loop over L, obviously correct, for tests.
 * :func:`selective_scan_chunked` - the fast path behind the op on CPU: a sequential loop over
   a fixed chunk of ``SCAN_CHUNK`` steps that runs all chunks at once, then a Hillis-Steele
   scan over the chunk carries. It reassociates the same recurrence, so it is exact up to
   float32 rounding, and every exponent it takes is <= 0 for A <= 0 (no overflow).
-* on CUDA the op runs the Triton kernels of ``selective_scan_triton`` (parallel over L).
+* on CUDA the op runs the Triton scan of ``selective_scan_triton`` (parallel over L).
+
+Every path takes an optional initial state h_{-1} (B, D, N), so a sequence can be scanned in
+pieces (streaming: DESIGN.md section 7).
 
 The ONNX function body of the ``hvlm::SelectiveScan`` node (hvlm_export.exporters.scan_body)
 implements the same two-level algorithm with standard ONNX ops.
@@ -321,9 +324,9 @@ def _triton_scan():
 @_selective_scan_op.register_kernel("cuda")
 def _selective_scan_cuda(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=None):
     kernel = _triton_scan()
-    if kernel is None or initial_state is not None:  # TODO(streaming): Triton initial state
+    if kernel is None:
         return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-    return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return kernel(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
 
 
 def selective_scan(

@@ -1,22 +1,20 @@
-"""CUDA path of ``hvlm::selective_scan``: Triton kernels, parallel over L.
+"""CUDA path of ``hvlm::selective_scan``: one Triton scan program, parallel over L.
 
-Glossary: B batch, D channels, L length, N state size, S segments of L.
+Glossary: B batch, D channels, L length, N state size, S segments of L, T = BLOCK_T steps.
 
 Algorithm (exact up to float32 rounding; state in float32 registers):
 
-* L is cut into S segments. One program per (D-block, batch, segment) walks its segment,
-  the (BLOCK_D, N) state in float32 registers: kind 'hybrid' (the default, fastest measured)
-  loads coalesced (BLOCK_D, BLOCK_T) tiles and runs the steps over the tile's columns; kind
-  'seq' loads one step at a time; kind 'tile' BLOCK_T steps at a time, the recurrence
-  h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t running as ``tl.associative_scan`` over the tile
-  (pairs (a, b) combine as (a1 a2, a2 b1 + b2)) and the carry-in folded in with the scan's
-  cumulative decay.
+* L is cut into S segments of ``SEGMENT_STEPS`` steps (S = ceil(L / 128) by default). One
+  program per (D-block, batch, segment) walks its segment with the (BLOCK_D, N) state in
+  float32 registers: it loads coalesced (BLOCK_D, T) tiles of u / delta (and (N, T) tiles of
+  B / C) and runs the T steps of a tile over the tile's columns in registers.
 * With S > 1: pass 1 computes each segment's end state from zero and its delta sum; a small
-  kernel chains the segments (S steps); pass 2 reruns every segment from its true carry-in
-  and writes y. With S = 1 one pass does everything.
+  kernel chains the segments (S steps, from the initial state); pass 2 reruns every segment
+  from its true carry-in and writes y. With S = 1 one pass does everything, starting from the
+  initial state.
 
-The launcher picks S so that enough programs exist to fill the GPU. The same kernel
-(``scan_tile_kernel``) is what the TensorRT plugin launches.
+The TensorRT AOT plugin launches the same program as a single pass over the whole L
+(``scan_plugin_kernel``: TensorRT's ahead-of-time route launches exactly one kernel).
 """
 
 from __future__ import annotations
@@ -27,14 +25,10 @@ import triton.language as tl
 
 __all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "PLUGIN_BLOCK_D"]
 
-#: tile sizes of the single-pass kernel that the TensorRT AOT plugin embeds
-PLUGIN_BLOCK_D, PLUGIN_BLOCK_T, PLUGIN_WARPS = 8, 32, 4
+#: tile sizes of the single-pass kernel that the TensorRT AOT plugin embeds (one segment over L,
+#: so small channel blocks give enough programs)
+PLUGIN_BLOCK_D, PLUGIN_BLOCK_T, PLUGIN_WARPS = 16, 16, 4
 _TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
-
-
-@triton.jit
-def _combine(a1, b1, a2, b2):
-    return a1 * a2, a2 * b1 + b2
 
 
 @triton.jit
@@ -49,7 +43,7 @@ def _program_state(
     HAS_CARRY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """What every program starts from: its channels, A, D, bias and the state entering its
-    segment (the chained carry in pass 2, else zero)."""
+    segment (the chained carry, or the initial state, else zero)."""
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     dmask = d < dim
@@ -68,7 +62,7 @@ def _program_state(
 
 @triton.jit
 def _store_y(y, u, Dv, z_ptr, y_ptr, offsets, mask, HAS_Z: tl.constexpr):
-    """y + D u, gated by silu(z) when given, cast to y's dtype and stored (any tile shape)."""
+    """y + D u, gated by silu(z) when given, cast to y's dtype and stored."""
     y = y + Dv * u
     if HAS_Z:
         z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -77,93 +71,17 @@ def _store_y(y, u, Dv, z_ptr, y_ptr, offsets, mask, HAS_Z: tl.constexpr):
 
 
 @triton.jit
-def _finish_segment(h, dt_total, state_ptr, sn_off, dn_mask, dtsum_ptr, dim, nseg, pid_b, pid_s, d, dmask,
-                    WRITE_Y: tl.constexpr):
-    """Store the segment's end state; pass 1 of a segmented scan also stores its delta sum."""
-    tl.store(state_ptr + sn_off, h, mask=dn_mask)
-    if not WRITE_Y:
-        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
-
-
-@triton.jit
 def _scan_program(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
-    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
-    dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
-    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr, STAGES: tl.constexpr,
-):
-    """One (D-block, batch, segment) program: walk the segment tile by tile."""
-    d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h = _program_state(
-        A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s, HAS_CARRY, BLOCK_D, BLOCK_N)
-    t = tl.arange(0, BLOCK_T)
-    dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    row = pid_b * dim * length + d[:, None] * length  # (BLOCK_D, 1) offsets into (B, D, L)
-    nrow = pid_b * nstate * length + n[:, None] * length  # (BLOCK_N, 1) offsets into (B, N, L)
-    start = pid_s * seg_len
-    for t0 in tl.range(start, tl.minimum(start + seg_len, length), BLOCK_T, num_stages=STAGES):
-        tt = t0 + t
-        tmask = tt < length
-        m_dt = dmask[:, None] & tmask[None, :]
-        m_nt = nmask[:, None] & tmask[None, :]
-        u = tl.load(u_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.where(m_dt, dt, 0.0)  # padding steps: decay 1, no input
-        b_t = tl.load(B_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32)
-        c_t = tl.load(C_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32)
-        decay = tl.exp(dt[:, None, :] * A[:, :, None])  # (BLOCK_D, BLOCK_N, BLOCK_T)
-        bu = (dt * u)[:, None, :] * b_t[None, :, :]
-        cum_decay, h_local = tl.associative_scan((decay, bu), 2, _combine)
-        hs = h_local + cum_decay * h[:, :, None]
-        h = tl.sum(tl.where(t[None, None, :] == BLOCK_T - 1, hs, 0.0), axis=2)
-        dt_total += tl.sum(dt, axis=1)
-        if WRITE_Y:
-            _store_y(tl.sum(hs * c_t[None, :, :], axis=1), u, Dv[:, None], z_ptr, y_ptr, row + tt[None, :], m_dt, HAS_Z)
-    _finish_segment(h, dt_total, state_ptr, sn_off, dn_mask, dtsum_ptr, dim, nseg, pid_b, pid_s, d, dmask, WRITE_Y)
-
-
-@triton.jit
-def _scan_seq_program(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
-    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
-    dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
-    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, STAGES: tl.constexpr,
-):
-    """One program, one step at a time: state (BLOCK_D, BLOCK_N) stays in registers; the
-    per-step loads of neighbouring t share cache lines."""
-    d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h = _program_state(
-        A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s, HAS_CARRY, BLOCK_D, BLOCK_N)
-    dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    row = pid_b * dim * length + d * length
-    nrow = pid_b * nstate * length + n * length
-    start = pid_s * seg_len
-    for t in tl.range(start, tl.minimum(start + seg_len, length), 1, num_stages=STAGES):
-        u = tl.load(u_ptr + row + t, mask=dmask, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row + t, mask=dmask, other=0.0).to(tl.float32) + bias
-        if SOFTPLUS:
-            dt = _softplus(dt)
-        b_t = tl.load(B_ptr + nrow + t, mask=nmask, other=0.0).to(tl.float32)
-        h = tl.exp(dt[:, None] * A) * h + (dt * u)[:, None] * b_t[None, :]
-        dt_total += dt
-        if WRITE_Y:
-            c_t = tl.load(C_ptr + nrow + t, mask=nmask, other=0.0).to(tl.float32)
-            _store_y(tl.sum(h * c_t[None, :], axis=1), u, Dv, z_ptr, y_ptr, row + t, dmask, HAS_Z)
-    _finish_segment(h, dt_total, state_ptr, sn_off, dn_mask, dtsum_ptr, dim, nseg, pid_b, pid_s, d, dmask, WRITE_Y)
-
-
-@triton.jit
-def _scan_hybrid_program(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
     SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """Coalesced (BLOCK_D, BLOCK_T) tile loads/stores; inside a tile the recurrence runs one
-    step at a time on columns picked out of the register tiles (static loop over BLOCK_T)."""
+    """One (D-block, batch, segment) program: coalesced (BLOCK_D, BLOCK_T) tile loads/stores;
+    inside a tile the recurrence runs one step at a time on columns picked out of the register
+    tiles (static loop over BLOCK_T). Stores the segment's end state (and, in pass 1 of a
+    segmented scan, its delta sum)."""
     d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h = _program_state(
         A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s, HAS_CARRY, BLOCK_D, BLOCK_N)
     t = tl.arange(0, BLOCK_T)
@@ -180,7 +98,7 @@ def _scan_hybrid_program(
         dt = tl.load(delta_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
         if SOFTPLUS:
             dt = _softplus(dt)
-        dt = tl.where(m_dt, dt, 0.0)
+        dt = tl.where(m_dt, dt, 0.0)  # padding steps: decay 1, no input
         du = dt * u
         b_t = tl.trans(tl.load(B_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32))  # (T, N)
         c_t = tl.trans(tl.load(C_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32))
@@ -198,7 +116,9 @@ def _scan_hybrid_program(
         dt_total += tl.sum(dt, axis=1)
         if WRITE_Y:
             _store_y(y, u, Dv[:, None], z_ptr, y_ptr, row + tt[None, :], m_dt, HAS_Z)
-    _finish_segment(h, dt_total, state_ptr, sn_off, dn_mask, dtsum_ptr, dim, nseg, pid_b, pid_s, d, dmask, WRITE_Y)
+    tl.store(state_ptr + sn_off, h, mask=dn_mask)
+    if not WRITE_Y:
+        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
 
 
 @triton.jit
@@ -206,24 +126,13 @@ def scan_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
     y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg,
-    KIND: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr,
+    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr,
     HAS_CARRY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-    STAGES: tl.constexpr,
 ):
-    """One launch of the (D-block, batch, segment) grid; KIND picks the program at compile time."""
-    pid_d, pid_b, pid_s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    if KIND == "tile":
-        _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
-                      dtsum_ptr, dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
-                      SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T, STAGES)
-    elif KIND == "seq":
-        _scan_seq_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
-                          dtsum_ptr, dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
-                          SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, STAGES)
-    else:
-        _scan_hybrid_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr,
-                             carry_ptr, dtsum_ptr, dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
-                             SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T)
+    """One launch of the (D-block, batch, segment) grid."""
+    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
+                  dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
+                  tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T)
 
 
 @triton.jit
@@ -233,25 +142,29 @@ def scan_plugin_kernel(
     y_ptr, state_ptr,
     SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """Single-pass scan with the TensorRT AOT plugin's argument order: inputs, ints, outputs."""
+    """The same program as one pass over the whole L, with the TensorRT AOT plugin's argument
+    order (inputs, ints, outputs); grid (D-blocks, batch)."""
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, state_ptr,
                   state_ptr, dim, length, nstate, length, 1, tl.program_id(0), tl.program_id(1), 0,
-                  SOFTPLUS, False, True, False, BLOCK_D, BLOCK_N, BLOCK_T, 1)
+                  SOFTPLUS, False, True, False, BLOCK_D, BLOCK_N, BLOCK_T)
 
 
 @triton.jit
 def chain_segments_kernel(
-    end_ptr, dtsum_ptr, A_ptr, carry_ptr, dim, nstate, nseg,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
+    end_ptr, dtsum_ptr, A_ptr, init_ptr, carry_ptr, dim, nstate, nseg,
+    HAS_INIT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    """carry[s] = exp(A * dtsum[s-1]) * carry[s-1] + end[s-1]; carry[0] = 0."""
+    """carry[s] = exp(A * dtsum[s-1]) * carry[s-1] + end[s-1]; carry[0] = initial state (or 0)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1)
     d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, BLOCK_N)
     mask = (d < dim)[:, None] & (n < nstate)[None, :]
     A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=mask, other=0.0).to(tl.float32)
-    h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
+    if HAS_INIT:
+        h = tl.load(init_ptr + (pid_b * dim + d[:, None]) * nstate + n[None, :], mask=mask, other=0.0)
+    else:
+        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
     for s in range(nseg):
         off = ((pid_b * nseg + s) * dim + d[:, None]) * nstate + n[None, :]
         tl.store(carry_ptr + off, h, mask=mask)
@@ -259,36 +172,24 @@ def chain_segments_kernel(
         h = tl.exp(A * dts[:, None]) * h + tl.load(end_ptr + off, mask=mask, other=0.0)
 
 
-_KERNELS = ("tile", "seq", "hybrid")
-
-
 class ScanConfig:
-    """Kernel variant ('hybrid': coalesced tiles, step-wise inside; 'seq': one step at a time;
-    'tile': associative scan over BLOCK_T-step tiles), tile sizes and segment count."""
+    """Tile sizes (channels per program, steps per tile), segment count and warps."""
 
-    def __init__(self, block_d: int = 64, block_t: int = 16, segments: int = 1, num_warps: int = 4,
-                 kind: str = "hybrid", stages: int = 1) -> None:
-        if kind not in _KERNELS:
-            raise ValueError(f"unknown scan kernel kind {kind!r}; valid: {', '.join(_KERNELS)}")
+    def __init__(self, block_d: int = 64, block_t: int = 16, segments: int = 1, num_warps: int = 4) -> None:
         self.block_d, self.block_t, self.segments, self.num_warps = block_d, block_t, segments, num_warps
-        self.kind, self.stages = kind, stages
 
     def __repr__(self) -> str:
-        return (f"ScanConfig({self.kind}, block_d={self.block_d}, block_t={self.block_t}, segments={self.segments}, "
-                f"warps={self.num_warps}, stages={self.stages})")
+        return f"ScanConfig(block_d={self.block_d}, block_t={self.block_t}, segments={self.segments}, warps={self.num_warps})"
 
 
-#: steps per segment of the default config: the sweep in benchmarks/scan_tuning.py found the
-#: hybrid kernel with 64 channels, 16-step tiles and 128-step segments best on an H200 at
-#: L=8192 (docs/BENCHMARKS.md)
+#: steps per segment of the default config: benchmarks/scan_tuning.py found 64 channels,
+#: 16-step tiles and 128-step segments best on an H200 at L=8192 (docs/BENCHMARKS.md)
 SEGMENT_STEPS = 128
 
 
-def default_config(batch: int, dim: int, length: int, device: torch.device | None = None) -> ScanConfig:
-    """The hybrid kernel over 128-step segments (measured best; see docs/BENCHMARKS.md)."""
-    del batch, dim, device
-    segments = max(1, triton.cdiv(length, SEGMENT_STEPS))
-    return ScanConfig(block_d=64, block_t=16, segments=segments, num_warps=4, kind="hybrid")
+def default_config(length: int) -> ScanConfig:
+    """64 channels per program, 16-step tiles, ceil(L / 128) segments (measured best)."""
+    return ScanConfig(block_d=64, block_t=16, segments=max(1, triton.cdiv(length, SEGMENT_STEPS)), num_warps=4)
 
 
 def selective_scan_triton(
@@ -301,6 +202,7 @@ def selective_scan_triton(
     z: torch.Tensor | None,
     delta_bias: torch.Tensor,
     delta_softplus: bool,
+    initial_state: torch.Tensor | None = None,
     config: ScanConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the scan with the Triton kernels; same contract as ``selective_scan_ref``."""
@@ -309,7 +211,8 @@ def selective_scan_triton(
     u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
     A, D, delta_bias = (t.contiguous().float() for t in (A, D, delta_bias))
     z = z.contiguous() if z is not None else None
-    cfg = config or default_config(batch, dim, length, u.device)
+    h0 = initial_state.contiguous().float() if initial_state is not None else None
+    cfg = config or default_config(length)
     block_n = triton.next_power_of_2(nstate)
     tiles = triton.cdiv(max(length, 1), cfg.block_t)
     nseg = max(1, min(cfg.segments, tiles))
@@ -319,22 +222,23 @@ def selective_scan_triton(
     state = torch.empty(batch, nseg, dim, nstate, device=u.device, dtype=torch.float32)
     dtsum = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
     grid = (triton.cdiv(dim, cfg.block_d), batch, nseg)
-    common = dict(dim=dim, length=length, nstate=nstate, seg_len=seg_len, nseg=nseg, KIND=cfg.kind,
-                  SOFTPLUS=bool(delta_softplus),
-                  HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t, STAGES=cfg.stages,
+    common = dict(dim=dim, length=length, nstate=nstate, seg_len=seg_len, nseg=nseg, SOFTPLUS=bool(delta_softplus),
+                  HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t,
                   num_warps=cfg.num_warps)
     zz = z if z is not None else u
-    if nseg == 1:
-        scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
-                               WRITE_Y=True, HAS_CARRY=False, **common)
+    if nseg == 1:  # one pass, from the initial state (laid out like a (B, 1, D, N) carry)
+        carry = h0 if h0 is not None else state
+        scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, carry, dtsum,
+                          WRITE_Y=True, HAS_CARRY=h0 is not None, **common)
         return y, state[:, 0]
     scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
-                           WRITE_Y=False, HAS_CARRY=False, **common)
+                      WRITE_Y=False, HAS_CARRY=False, **common)
     carry = torch.empty_like(state)
-    chain_segments_kernel[grid[:2]](state, dtsum, A, carry, dim, nstate, nseg, BLOCK_D=cfg.block_d, BLOCK_N=block_n)
+    chain_segments_kernel[grid[:2]](state, dtsum, A, h0 if h0 is not None else state, carry, dim, nstate, nseg,
+                                    HAS_INIT=h0 is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n)
     final = torch.empty_like(state)
     scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum,
-                           WRITE_Y=True, HAS_CARRY=True, **common)
+                      WRITE_Y=True, HAS_CARRY=True, **common)
     return y, final[:, -1]
 
 

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hvlm_export.artifacts import ENGINE_SUFFIXES
 from hvlm_export.errors import ArtifactError
-from hvlm_export.runtime.base import Session, TensorInfo
-from hvlm_export.runtime.onnx import OnnxSession
+from hvlm_export.runtime.ort_session import OnnxSession
+from hvlm_export.runtime.session import Session, TensorInfo
 
-__all__ = ["load", "Session", "TensorInfo", "OnnxSession"]
-
-ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+__all__ = ["load", "Session", "TensorInfo", "OnnxSession", "ENGINE_SUFFIXES"]
 
 
 def load(path: str | os.PathLike, *, providers: list[str] | None = None, scan_kernel: bool = False) -> Session:
@@ -26,7 +25,7 @@ def load(path: str | os.PathLike, *, providers: list[str] | None = None, scan_ke
         providers: ONNX Runtime execution providers in priority order (default: CUDA when
             available, then CPU).
         scan_kernel: ONNX only: run SelectiveScan nodes with the onnxruntime-extensions
-            kernel (runtime/ort_kernels.py) instead of their function body.
+            kernel (runtime/ort_scan_kernel.py) instead of their function body.
     """
     path = Path(path)
     if not path.is_file():
@@ -34,7 +33,7 @@ def load(path: str | os.PathLike, *, providers: list[str] | None = None, scan_ke
     if path.suffix == ".onnx":
         return OnnxSession(path, providers=providers, scan_kernel=scan_kernel)
     if path.suffix in ENGINE_SUFFIXES:
-        from hvlm_export.runtime.tensorrt import EngineSession
+        from hvlm_export.runtime.engine_session import EngineSession
 
         return EngineSession(path)
     raise ArtifactError(

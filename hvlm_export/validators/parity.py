@@ -86,7 +86,7 @@ def _eager(module: nn.Module, spec: ModelSpec, feed: Mapping[str, np.ndarray]) -
 
 def _grid_profile(spec: ModelSpec, shapes: Sequence[Shape], dim: int):
     """One TensorRT profile spanning every shape of the validation grid."""
-    from hvlm_export.exporters.tensorrt import Profile
+    from hvlm_export.exporters.engine_build import Profile
 
     def span(key: str, default: int = 1) -> tuple[int, int]:
         values = [s.get(key, default) for s in shapes]
@@ -101,7 +101,7 @@ def _grid_profile(spec: ModelSpec, shapes: Sequence[Shape], dim: int):
 
 def _engine_for(artifact: Path, profile, workdir: Path) -> Path:
     """Build a TensorRT engine for an .onnx artefact into ``workdir`` (three-way validation)."""
-    from hvlm_export.exporters.tensorrt import build_engine
+    from hvlm_export.exporters.engine_build import build_engine
 
     return build_engine(artifact, workdir / (artifact.stem + ".engine"), profiles=[profile])
 
@@ -118,7 +118,7 @@ def _open_backends(artifact: Path, backends: Sequence[str], providers, report: R
         if backend == "onnxruntime" and is_engine:
             report.skipped[backend] = "the artefact is a TensorRT engine; validate the .onnx for ONNX Runtime"
         elif backend == "tensorrt" and not is_engine:
-            from hvlm_export.exporters.tensorrt import tensorrt_available
+            from hvlm_export.plugins.trt import tensorrt_available
 
             reason = tensorrt_available()
             if reason is not None:
@@ -174,7 +174,7 @@ def validate(
         reference = load_reference(path)
     spec, meta = reference.spec, reference.meta
     if shapes is None:
-        if meta.get("dynamic") == "false":
+        if meta.get("dynamic") is False:
             dims = meta["input_shapes"]
             shapes = [{"batch": dims["x"][0], "seq": dims["x"][1], **({"mem": dims["memory"][1]} if "memory" in dims else {})}]
         else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from hvlm_export.artifacts import read_metadata
 from hvlm_export.errors import ArtifactError, ValidationError
-from hvlm_export.registry import ModelSpec, get, spec_for_config
+from hvlm_export.registry import ModelSpec, get, spec_for_config, spec_for_module
 
-__all__ = ["Reference", "load_reference", "read_artifact_metadata"]
+__all__ = ["Reference", "load_reference"]
+
+#: metadata an artefact needs for its reference to be rebuilt
+_REQUIRED = ("source", "precision", "input_shapes", "weights")
 
 
 @dataclass
@@ -29,52 +32,32 @@ class Reference:
         return int(self.meta["input_shapes"]["x"][-1])
 
 
-def read_artifact_metadata(path: Path) -> dict[str, Any]:
-    """hvlm_export metadata of an .onnx file, or of the .json beside an engine."""
-    from hvlm_export.runtime import ENGINE_SUFFIXES
-
-    if path.suffix in ENGINE_SUFFIXES:
-        meta_path = path.with_suffix(path.suffix + ".json")
-        if not meta_path.is_file():
-            raise ArtifactError(f"engine metadata {meta_path.name!r} is missing", "rebuild with `hvlm-export build`.")
-        engine_meta = json.loads(meta_path.read_text())
-        raw = engine_meta["onnx_metadata"]
-        weights_dir = Path(engine_meta.get("onnx_dir", path.parent))
-    else:
-        from hvlm_export.exporters.onnx import read_metadata
-
-        raw = read_metadata(path)
-        weights_dir = path.parent
-    if "source" not in raw:
+def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
+    if "source" not in meta:
         raise ValidationError(
             f"{path.name!r} was not exported by hvlm-export (no hvlm_export.* metadata)",
             "pass the eager module: validate(module, artifact).",
         )
-    meta = dict(raw)
-    meta["source"] = json.loads(raw["source"])
-    meta["input_shapes"] = json.loads(raw["inputs"])
-    meta["dir"] = str(weights_dir if (weights_dir / raw.get("weights", "")).is_file() else path.parent)
-    return meta
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise ValidationError(f"{path.name!r} lacks the metadata {missing} (written by an older hvlm-export?)",
+                              "re-export the model with this version.")
 
 
 def load_reference(path: str | os.PathLike, module: nn.Module | None = None) -> Reference:
     """The float32 eager module for ``path`` (rebuilt from metadata + weights unless given)."""
     path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{str(path)!r} does not exist")
-    meta = read_artifact_metadata(path)
+    meta = read_metadata(path)
+    _check_metadata(path, meta)
     source = meta["source"]
     kwargs = dict(source.get("kwargs", {}))
+    spec = None
     if source["kind"] == "registry":
         spec = get(source["name"])
     elif source["kind"] == "config":
         spec = spec_for_config(source["config"])
-    else:
-        from hvlm_export.exporters.onnx import spec_for_module
-
-        spec = None
     if module is None:
-        weights = Path(meta["dir"]) / meta["weights"]
+        weights = Path(meta["weights_dir"]) / meta["weights"]
         if not weights.is_file():
             raise ArtifactError(f"weights file {weights.name!r} beside {path.name!r} is missing", "re-export the model.")
         if source["kind"] == "module":

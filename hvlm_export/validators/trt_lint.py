@@ -1,9 +1,11 @@
 """TensorRT-compatibility lint: an ONNX graph against the TensorRT ONNX parser's restrictions.
 
-Pure Python over the ONNX proto (no TensorRT). The rules and version ranges come from
-onnx/onnx-tensorrt ``docs/operators.md`` (TensorRT 10.15, opsets 9-24; 11.x reads up to 25),
-its changelog, and the parser's plugin / local-function dispatch (see
-shared/reference/export_mechanics.md sections 2, 4 and 6). Nodes inside model-local
+Pure Python over the ONNX proto (no TensorRT). The rules and version ranges come from the
+TensorRT ONNX parser's documentation (github.com/onnx/onnx-tensorrt, ``docs/operators.md`` for
+TensorRT 10.15, opsets 9-24; 11.x reads up to 25), its changelog, and the parser's plugin /
+local-function dispatch in ``ModelImporter.cpp`` (up to 10.6 a local function always shadows a
+plugin; 10.7-10.14 a registered plugin wins; from 10.15 a plugin wins only for nodes with a
+``plugin_namespace`` attribute or with ``ENABLE_PLUGIN_OVERRIDE``). Nodes inside model-local
 functions are checked too: the parser imports a function body when no plugin claims it.
 """
 
@@ -27,7 +29,6 @@ RULES = {
     "unsupported-op": "an op TensorRT's ONNX parser does not implement",
     "dtype": "a tensor type TensorRT rejects or only emulates",
     "loop-scan-output": "Loop with scan outputs (their length cannot be dynamic)",
-    "scan-dtype": "Scan over a type other than FP32/FP16/BF16",
     "constant-input": "an input the parser needs as a build-time constant is computed",
     "custom-op": "a custom-domain node with neither a local function nor plugin attributes",
     "plugin-priority": "which of plugin or local function the parser will pick, by version",

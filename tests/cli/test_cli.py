@@ -43,7 +43,7 @@ def test_flags_reach_the_api(tmp_path, monkeypatch):
         seen.update(model=model, path=path, **kwargs)
         return path
 
-    monkeypatch.setattr("hvlm_export.exporters.onnx.export_onnx", fake_export)
+    monkeypatch.setattr("hvlm_export.exporters.onnx_export.export_onnx", fake_export)
     argv = ["export", "strided", "-o", "m.onnx", "--opset", "19", "--precision", "fp16", "--static", "--batch", "3",
             "--seq-len", "17", "--scan", "inline", "--checkpoint", "c.pt", "--set", "stride=2", "--no-lint"]
     assert main(argv) == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hvlm_export.errors import ConfigError, ExportError, UnknownMechanismError
-from hvlm_export.exporters.onnx import export_onnx
+from hvlm_export.exporters.onnx_export import export_onnx
 
 SMALL = {"dim": 32, "num_heads": 4}
 

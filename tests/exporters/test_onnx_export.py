@@ -7,8 +7,8 @@ import json
 import onnx
 import pytest
 
-from hvlm_export.exporters import scan_body
-from hvlm_export.exporters.onnx import export_onnx, read_metadata
+from hvlm_export.artifacts import SCAN_DOMAIN, read_metadata
+from hvlm_export.exporters.onnx_export import export_onnx
 from hvlm_export.registry import REGISTRY
 
 NAMES = list(REGISTRY)
@@ -35,15 +35,16 @@ def test_graph_contract(exported, name):
     if "memory" in names:
         assert _dims(model.graph.input[1])[:2] == ["batch", "mem_seq"]
     meta = read_metadata(path)
-    assert meta["precision"] == "fp32" and meta["opset"] == "20"
-    assert json.loads(meta["source"])["kind"] in ("registry", "config")
-    assert (path.parent / meta["weights"]).is_file()
+    assert meta["precision"] == "fp32" and meta["opset"] == 20 and meta["dynamic"] is True
+    assert meta["source"]["kind"] in ("registry", "config")
+    assert meta["input_shapes"]["x"] == [2, 48, model.graph.input[0].type.tensor_type.shape.dim[2].dim_value]
+    assert (path.parent / meta["weights"]).is_file() and meta["artifact"] == "onnx"
 
 
 @pytest.mark.parametrize("name", NAMES + CONFIGS)
 def test_one_scan_node_per_mamba_layer(exported, name):
     model = onnx.load(exported(name))
-    scans = [n for n in model.graph.node if n.domain == scan_body.DOMAIN]
+    scans = [n for n in model.graph.node if n.domain == SCAN_DOMAIN]
     assert len(scans) == SCAN_LAYERS.get(name, 0)
     for node in scans:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -61,7 +62,7 @@ def _node_count(model):
 
 @pytest.mark.parametrize("scan", ["custom", "inline"])
 def test_node_count_does_not_grow_with_length(tmp_path, scan):
-    from hvlm_export.exporters.onnx import export_onnx
+    from hvlm_export.exporters.onnx_export import export_onnx
 
     counts = []
     for length in (8, 300):
@@ -102,7 +103,7 @@ def test_static_export_fixes_shapes(exported):
 
 def test_external_data(tmp_path):
     """Weights in <name>.onnx.data beside the graph; the file still checks, loads and validates."""
-    from hvlm_export.exporters.onnx import export_onnx
+    from hvlm_export.exporters.onnx_export import export_onnx
     from hvlm_export.validators.parity import validate
 
     path = export_onnx("mamba", tmp_path / "m.onnx", model_kwargs={"dim": 32, "state_size": 4}, external_data=True)
@@ -118,7 +119,7 @@ def test_a_size_frozen_while_tracing_is_caught(tmp_path, monkeypatch):
     """Traced at 48 tokens, a 128-token chunk count is 1 and gets baked into the graph; the
     exporter's check at other shapes must refuse the file (and write nothing)."""
     from hvlm_export.errors import ExportError
-    from hvlm_export.exporters import onnx as onnx_exporter
+    from hvlm_export.exporters import onnx_export as onnx_exporter
 
     monkeypatch.setattr(onnx_exporter, "_trace_inputs", lambda inputs, spec, kwargs: inputs)
     path = tmp_path / "p.onnx"

@@ -5,17 +5,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hvlm_export.exporters.plugins import selective_scan_logic as logic
+from hvlm_export.plugins import selective_scan_logic as logic
 
 GOOD = [(2, 8, 100), (2, 8, 100), (8, 4), (2, 4, 100), (2, 4, 100), (8,), (8,)]
 DYNAMIC = [("?", 8, "?"), ("?", 8, "?"), (8, 4), ("?", 4, "?"), ("?", 4, "?"), (8,), (8,)]
 
 
-def test_identity_matches_the_onnx_node():
-    from hvlm_export.exporters import scan_body
+def test_identity_matches_an_exported_node(exported):
+    """The plugin claims exactly the node an export writes: TensorRT matches op type, the
+    plugin_namespace/plugin_version attributes and the input/output arity."""
+    import onnx
 
-    assert (logic.PLUGIN_NAME, logic.PLUGIN_NAMESPACE, logic.PLUGIN_VERSION) == ("SelectiveScan", "hvlm", "1")
-    assert logic.INPUTS == scan_body.INPUTS and logic.OUTPUTS == scan_body.OUTPUTS
+    model = onnx.load(exported("mamba"))
+    (node,) = [n for n in model.graph.node if n.domain == "hvlm"]
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    assert node.op_type == logic.PLUGIN_NAME
+    assert attrs["plugin_namespace"].decode() == logic.PLUGIN_NAMESPACE
+    assert attrs["plugin_version"].decode() == logic.PLUGIN_VERSION
+    assert len(node.input) == len(logic.INPUTS) and len(node.output) == len(logic.OUTPUTS)
+    (fn,) = model.functions
+    assert (fn.domain, fn.name) == (logic.PLUGIN_NAMESPACE, logic.PLUGIN_NAME)
+    assert tuple(fn.input) == logic.INPUTS and tuple(fn.output) == logic.OUTPUTS
 
 
 def test_output_shapes():

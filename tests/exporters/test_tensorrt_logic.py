@@ -12,8 +12,9 @@ import types
 import pytest
 
 from hvlm_export.errors import BuildError, TensorRTUnavailableError
-from hvlm_export.exporters import tensorrt as trt_builder
-from hvlm_export.exporters.tensorrt import Profile, default_profiles, parse_shape_arg
+from hvlm_export.exporters import engine_build as trt_builder
+from hvlm_export.plugins.trt import tensorrt_available
+from hvlm_export.exporters.engine_build import Profile, default_profiles, parse_shape_arg
 
 INPUTS = {"x": ["batch", "seq", 64], "memory": ["batch", "mem_seq", 64]}
 
@@ -90,7 +91,7 @@ def test_flags_refuse_downcasting_a_typed_graph():
 
 
 def test_build_without_tensorrt(exported, tmp_path):
-    if trt_builder.tensorrt_available() is None:
+    if tensorrt_available() is None:
         pytest.skip("TensorRT is installed; tests/trt covers the real build")
     with pytest.raises(TensorRTUnavailableError, match="TensorRT is not installed") as info:
         trt_builder.build_engine(exported("strided"), tmp_path / "m.engine")
@@ -101,7 +102,7 @@ def test_build_without_tensorrt(exported, tmp_path):
 def test_engine_runtime_without_tensorrt(tmp_path):
     from hvlm_export import runtime
 
-    if trt_builder.tensorrt_available() is None:
+    if tensorrt_available() is None:
         pytest.skip("TensorRT is installed; tests/trt covers the engine runtime")
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\x00" * 16)

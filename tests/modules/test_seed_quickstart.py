@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -50,8 +51,20 @@ def test_stacking_layers():
     assert x.shape == (2, 96, 768)
 
 
-def test_bare_blocks():
-    for t in ("strided", "local_global", "cross_memory"):
-        assert HierarchicalAttentionBlock(attention_type=t).attn is not None
-    for t in ("performer", "mamba"):
-        assert LinearAttentionBlock(attention_type=t).attn is not None
+@pytest.mark.parametrize("block, attention_type, layer", [
+    (HierarchicalAttentionBlock, "strided", StridedAttention),
+    (HierarchicalAttentionBlock, "local_global", LocalGlobalAttention),
+    (HierarchicalAttentionBlock, "cross_memory", CrossMemoryAttention),
+    (LinearAttentionBlock, "performer", PerformerAttention),
+    (LinearAttentionBlock, "mamba", MambaLayer),
+])
+def test_bare_blocks(block, attention_type, layer):
+    """A block built with nothing but its attention type has the DESIGN defaults: dim 768,
+    a mechanism of the right class, and a residual forward of the input's shape."""
+    b = block(attention_type=attention_type).eval()
+    assert type(b.attn) is layer and b.dim == 768 and b.attn.dim == 768
+    assert b.mlp[0].out_features == 4 * 768  # mlp_ratio 4.0
+    x = torch.randn(1, 9, 768)
+    with torch.no_grad():
+        y = b(x)
+    assert y.shape == x.shape and torch.isfinite(y).all() and not torch.equal(y, x)

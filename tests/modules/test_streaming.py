@@ -12,7 +12,7 @@ import random
 import pytest
 import torch
 
-from hvlm_export.config import build_stack
+from hvlm_export.modules.stack import build_stack
 from hvlm_export.modules import (
     CrossMemoryAttention,
     HierarchicalAttentionBlock,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hvlm_export import runtime
-from hvlm_export.runtime.ort_kernels import selective_scan_numpy
+from hvlm_export.runtime.ort_scan_kernel import selective_scan_numpy
 from tests.references import scan_reference_f64
 
 
@@ -24,7 +24,7 @@ def test_kernel_and_body_agree(exported):
     pytest.importorskip("onnxruntime_extensions", reason="optional extra hvlm-export[ort-extensions] not installed")
     path = exported("mamba")
     feed = {"x": np.random.default_rng(0).standard_normal((2, 77, 64)).astype(np.float32)}
-    from hvlm_export.runtime import ort_kernels
+    from hvlm_export.runtime import ort_scan_kernel as ort_kernels
 
     body = runtime.load(path).run(feed)["y"]
     before = ort_kernels.kernel_calls[0]

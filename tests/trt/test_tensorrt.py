@@ -21,7 +21,8 @@ if not torch.cuda.is_available():
 
 from hvlm_export import runtime  # noqa: E402
 from hvlm_export.errors import ArtifactError, BuildError, RuntimeInputError  # noqa: E402
-from hvlm_export.exporters.tensorrt import Profile, build_engine, engine_metadata_path  # noqa: E402
+from hvlm_export.artifacts import engine_sidecar_path  # noqa: E402
+from hvlm_export.exporters.engine_build import Profile, build_engine  # noqa: E402
 from hvlm_export.validators.parity import validate  # noqa: E402
 
 NAMES = list(REGISTRY) + ["sparse_attention", "linear_attention"]
@@ -51,7 +52,7 @@ def test_engine_runtime_and_profile_errors(exported, tmp_path):
     profile = Profile({"x": ((1, 1, dim), (2, 32, dim), (2, 64, dim))})
     engine = build_engine(path, tmp_path / "s.engine", profiles=[profile], timing_cache=tmp_path / "cache.bin")
     assert (tmp_path / "cache.bin").is_file()
-    meta = json.loads(engine_metadata_path(engine).read_text())
+    meta = json.loads(engine_sidecar_path(engine).read_text())
     assert meta["tensorrt_version"] == trt.__version__ and meta["profiles"][0]["x"][2] == [2, 64, dim]
     session = runtime.load(engine)
     out = session.run({"x": np.ones((2, 17, dim), np.float32)})
@@ -74,7 +75,7 @@ def test_several_profiles(exported, tmp_path):
 def test_scan_plugin_is_used(exported, tmp_path):
     engine = build_engine(exported("mamba"), tmp_path / "m.engine",
                           profiles=[Profile({"x": ((1, 1, 64), (1, 64, 64), (2, 256, 64))})])
-    meta = json.loads(engine_metadata_path(engine).read_text())
+    meta = json.loads(engine_sidecar_path(engine).read_text())
     assert meta["plugins"], "the SelectiveScan plugin must be registered"
     report = validate(engine, shapes=[{"batch": 1, "seq": 33}, {"batch": 2, "seq": 256}])
     assert report, report.summary()
@@ -82,7 +83,7 @@ def test_scan_plugin_is_used(exported, tmp_path):
 
 def test_engine_version_mismatch_is_refused(exported, tmp_path):
     engine = build_engine(exported("cross_memory"), tmp_path / "c.engine", profiles=[_profile(exported("cross_memory"))])
-    meta_path = engine_metadata_path(engine)
+    meta_path = engine_sidecar_path(engine)
     meta = json.loads(meta_path.read_text())
     meta["tensorrt_version"] = "9.0.0"
     meta_path.write_text(json.dumps(meta))

@@ -13,7 +13,7 @@ from hvlm_export.errors import ValidationError
 from hvlm_export.registry import REGISTRY, Tolerance
 from hvlm_export.validators.compare import compare
 from hvlm_export.validators.parity import validate
-from hvlm_export.validators.reference import read_artifact_metadata
+from hvlm_export.artifacts import read_metadata
 
 NAMES = list(REGISTRY)
 CONFIGS = ["sparse_attention", "linear_attention"]
@@ -28,7 +28,7 @@ def test_export_matches_eager(exported, name, precision):
     path = exported(name, precision)
     report = validate(path)
     assert report, report.summary() + "\n" + json.dumps(report.worst())
-    export_len = read_artifact_metadata(path)["input_shapes"]["x"][1]
+    export_len = read_metadata(path)["input_shapes"]["x"][1]
     lengths = {c.shape["x"][1] for c in report.cases}
     batches = {c.shape["x"][0] for c in report.cases}
     assert export_len not in lengths and 1 in lengths and len(lengths) >= 4, lengths
@@ -51,7 +51,7 @@ def test_validation_fails_on_a_wrong_graph(exported, tmp_path):
     init.CopyFrom(onnx.numpy_helper.from_array(arr, init.name))
     bad = tmp_path / "bad.onnx"
     onnx.save(model, bad)
-    meta = read_artifact_metadata(src)
+    meta = read_metadata(src)
     (tmp_path / meta["weights"]).write_bytes((src.parent / meta["weights"]).read_bytes())
     report = validate(bad)
     failed = [c for c in report.cases if not c.passed]

@@ -2,32 +2,23 @@
 
 Uses the TensorRT 10/11 runtime API (set_input_shape, set_tensor_address,
 execute_async_v3 on a CUDA stream); device buffers are torch CUDA tensors. The engine's
-``<engine>.json`` metadata (written by ``build_engine``) says which plugins to register first
+``<engine>.json`` sidecar (hvlm_export.artifacts) says which plugins to register first
 and which TensorRT built it; a mismatch is refused with a clear message.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from hvlm_export.artifacts import read_engine_sidecar
 from hvlm_export.errors import ArtifactError, RuntimeInputError
-from hvlm_export.runtime.base import Session, TensorInfo
+from hvlm_export.runtime.session import Session, TensorInfo
 
-__all__ = ["EngineSession", "numpy_dtype"]
-
-
-def numpy_dtype(trt: Any, dtype: Any) -> np.dtype:
-    if dtype == trt.bfloat16:
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(trt.nptype(dtype))
+__all__ = ["EngineSession"]
 
 
 def _major_minor(version: str) -> tuple[str, ...]:
@@ -43,20 +34,14 @@ class EngineSession(Session):
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from hvlm_export.exporters.tensorrt import engine_metadata_path, import_tensorrt
+        from hvlm_export.plugins.trt import import_tensorrt
 
         trt = import_tensorrt()
         import torch
 
         self._trt, self._torch = trt, torch
         self.path = Path(path)
-        meta_path = engine_metadata_path(self.path)
-        if not meta_path.is_file():
-            raise ArtifactError(f"engine metadata {meta_path.name!r} is missing", "rebuild with `hvlm-export build`.")
-        try:
-            self.metadata = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as err:
-            raise ArtifactError(f"engine metadata {meta_path.name!r} is not valid JSON: {err}") from err
+        self.metadata = read_engine_sidecar(self.path)
         built_with = self.metadata.get("tensorrt_version", "?")
         if _major_minor(built_with) != _major_minor(trt.__version__):
             raise ArtifactError(
@@ -64,7 +49,7 @@ class EngineSession(Session):
                 "engines are not portable across TensorRT versions; rebuild it with `hvlm-export build`.",
             )
         if self.metadata.get("plugins"):
-            from hvlm_export.exporters.plugins import register_plugins
+            from hvlm_export.plugins import register_plugins
 
             register_plugins(trt)
         if not torch.cuda.is_available():
@@ -86,6 +71,8 @@ class EngineSession(Session):
 
     def _info(self, name: str) -> TensorInfo:
         shape = tuple(int(d) if d >= 0 else None for d in self._engine.get_tensor_shape(name))
+        from hvlm_export.plugins.trt import numpy_dtype
+
         return TensorInfo(name, numpy_dtype(self._trt, self._engine.get_tensor_dtype(name)), shape)
 
     def _profile_for(self, feed: Mapping[str, np.ndarray]) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from hvlm_export.errors import ArtifactError
-from hvlm_export.runtime.base import Session, TensorInfo
+from hvlm_export.runtime.session import Session, TensorInfo
 
 __all__ = ["OnnxSession", "default_providers"]
 
@@ -45,7 +45,7 @@ class OnnxSession(Session):
         path: the .onnx file (its external data, if any, beside it).
         providers: execution providers in priority order (default CUDA if present, CPU).
         scan_kernel: run ``hvlm::SelectiveScan`` with the onnxruntime-extensions kernel of
-            :mod:`hvlm_export.runtime.ort_kernels` instead of its function body (float32).
+            :mod:`hvlm_export.runtime.ort_scan_kernel` instead of its function body (float32).
     """
 
     def __init__(self, path: str | os.PathLike, providers: list[str] | None = None, scan_kernel: bool = False) -> None:
@@ -62,7 +62,7 @@ class OnnxSession(Session):
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if scan_kernel:
-            from hvlm_export.runtime.ort_kernels import register_selective_scan_kernel
+            from hvlm_export.runtime.ort_scan_kernel import register_selective_scan_kernel
 
             options.register_custom_ops_library(register_selective_scan_kernel())
         try:

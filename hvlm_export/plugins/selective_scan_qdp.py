@@ -1,4 +1,4 @@
-"""SelectiveScan as a TensorRT quickly deployable plugin (``tensorrt.plugin``, TRT >= 10.6).
+"""SelectiveScan as a TensorRT quickly deployable plugin (``tensorrt.plugin``, TensorRT 10.8+, 11.x).
 
 No ``from __future__ import annotations`` here: ``tensorrt.plugin`` reads the annotations.
 """
@@ -10,12 +10,12 @@ import numpy as np
 import tensorrt as trt
 import tensorrt.plugin as trtp
 
-from hvlm_export.exporters.plugins import selective_scan_logic as logic
+from hvlm_export.plugins import selective_scan_logic as logic
+from hvlm_export.plugins.trt import dtype_name
 
 __all__ = ["register", "PLUGIN_ID"]
 
 PLUGIN_ID = f"{logic.PLUGIN_NAMESPACE}::{logic.PLUGIN_NAME}"
-_TRT_DTYPES = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat16"}
 
 
 def _desc(
@@ -55,7 +55,7 @@ def _impl(
 ) -> None:
     import torch
 
-    from hvlm_export.exporters.plugins.kernel import run_scan
+    from hvlm_export.plugins.torch_launch import run_scan
 
     ins = [torch.as_tensor(t, device="cuda") for t in (u, delta, A, B, C, D, delta_bias)]
     outs = [torch.as_tensor(t, device="cuda") for t in outputs]
@@ -69,7 +69,7 @@ def _aot_impl(
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
     from hvlm_export.ops.selective_scan_triton import PLUGIN_BLOCK_D, compile_plugin_ptx
 
-    dtype = _TRT_DTYPES[u.dtype]
+    dtype = dtype_name(trt, u.dtype)
     n_state = _constant(A.shape_expr[1])
     if n_state is None:
         raise logic.PluginInputError("the AOT SelectiveScan kernel needs a build-time constant state size N")

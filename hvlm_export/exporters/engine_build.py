@@ -1,4 +1,4 @@
-"""ONNX -> TensorRT engine, for TensorRT 10.x and 11.x (decided by feature detection).
+"""ONNX -> TensorRT engine, for TensorRT 10.8+ and 11.x (decided by feature detection).
 
 TensorRT is imported lazily, only by the functions that need it. Profiles, metadata and the
 precision decision are plain Python (unit-tested without TensorRT); the build itself follows
@@ -6,6 +6,9 @@ the documented Python API:
 
     Builder -> create_network(flags) -> OnnxParser.parse_from_file -> BuilderConfig
     (workspace pool, optimization profiles, timing cache) -> build_serialized_network
+
+in small steps (``_parse``, ``_configure``, ``_serialize``) over one ``_Build`` that keeps the
+parser alive until the engine is serialized.
 
 Precision: TensorRT 11 networks are strongly typed only (no FP16/BF16 builder flags, no
 EXPLICIT_BATCH): precision comes from the ONNX types, so export with ``--precision``.
@@ -15,51 +18,24 @@ graph in fp16/bf16 uses the 10.x builder flags when they exist, and is refused o
 
 from __future__ import annotations
 
-import importlib
-import json
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from hvlm_export.errors import BuildError, TensorRTUnavailableError
+from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_OP, metadata_of, write_atomic, write_engine_sidecar
+from hvlm_export.errors import BuildError
+from hvlm_export.plugins.trt import import_tensorrt
 
-__all__ = [
-    "Profile",
-    "build_engine",
-    "default_profiles",
-    "engine_metadata_path",
-    "import_tensorrt",
-    "parse_shape_arg",
-    "tensorrt_available",
-]
+__all__ = ["Profile", "build_engine", "default_profiles", "parse_shape_arg"]
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "install TensorRT 10.x or 11.x for your CUDA (`pip install tensorrt`) on a machine with an NVIDIA GPU."
 #: default dynamic-axis ranges (min, opt, max) when no profile is given
 DEFAULT_RANGES = {"batch": (1, 1, 8), "seq": (1, 512, 8192), "mem_seq": (1, 64, 2048)}
-
-
-def tensorrt_available() -> str | None:
-    """None if ``import tensorrt`` works, else the reason it does not."""
-    try:
-        import_tensorrt()
-    except TensorRTUnavailableError as err:
-        return err.message
-    return None
-
-
-def import_tensorrt() -> ModuleType:
-    """``import tensorrt``, or TensorRTUnavailableError saying how to get it."""
-    try:
-        return importlib.import_module("tensorrt")
-    except ImportError as err:
-        raise TensorRTUnavailableError(f"TensorRT is not installed ({err})", INSTALL_HINT) from err
 
 
 @dataclass(frozen=True)
@@ -126,17 +102,9 @@ def parse_shape_arg(spec: str) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def engine_metadata_path(engine_path: str | os.PathLike) -> Path:
-    path = Path(engine_path)
-    return path.with_suffix(path.suffix + ".json")
-
-
 def _inspect_onnx(onnx_path: Path) -> tuple[dict[str, list], dict[str, str], bool]:
     """Graph inputs with their dims, hvlm_export metadata, and whether a SelectiveScan node is used."""
     import onnx
-
-    from hvlm_export.exporters import scan_body
-    from hvlm_export.exporters.onnx import metadata_of
 
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
@@ -144,9 +112,8 @@ def _inspect_onnx(onnx_path: Path) -> tuple[dict[str, list], dict[str, str], boo
         v.name: [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in v.type.tensor_type.shape.dim]
         for v in model.graph.input if v.name not in inits
     }
-    meta = metadata_of(model)
-    uses_scan = any(n.domain == scan_body.DOMAIN and n.op_type == scan_body.OP_TYPE for n in model.graph.node)
-    return inputs, meta, uses_scan
+    uses_scan = any(n.domain == SCAN_DOMAIN and n.op_type == SCAN_OP for n in model.graph.node)
+    return inputs, metadata_of(model), uses_scan
 
 
 def _network_flags(trt: ModuleType, graph_precision: str, requested: str | None) -> tuple[int, list[str]]:
@@ -170,22 +137,70 @@ def _network_flags(trt: ModuleType, graph_precision: str, requested: str | None)
     return flags, builder_flags
 
 
-def _parse(trt, network, logger, onnx_path: Path, plugins: bool):
-    parser = trt.OnnxParser(network, logger)
+@dataclass
+class _Build:
+    """What one build holds on to: the parser stays referenced (with the network) until the
+    engine is serialized, as Polygraphy does, since the network can refer to parser-owned
+    weights."""
+
+    trt: ModuleType
+    logger: Any
+    builder: Any
+    network: Any = None
+    parser: Any = None
+    config: Any = None
+    cache: Any = None
+
+
+def _parse(build: _Build, onnx_path: Path, flags: int, plugins: bool) -> None:
+    trt = build.trt
+    build.network = build.builder.create_network(flags)
+    build.parser = trt.OnnxParser(build.network, build.logger)
     override = getattr(getattr(trt, "OnnxParserFlag", None), "ENABLE_PLUGIN_OVERRIDE", None)
     if plugins and override is not None:
-        parser.set_flag(override)
-    if not parser.parse_from_file(str(onnx_path)):
+        build.parser.set_flag(override)
+    if not build.parser.parse_from_file(str(onnx_path)):
         errors = []
-        for i in range(parser.num_errors):
-            e = parser.get_error(i)
+        for i in range(build.parser.num_errors):
+            e = build.parser.get_error(i)
             errors.append(f"  - node {e.node()} '{e.node_name()}' ({e.node_operator()}): {e.desc()} [code {e.code()}]")
             log.error("TensorRT parser: %s", errors[-1].strip())
         raise BuildError(
             f"TensorRT could not parse {onnx_path.name} ({len(errors)} errors):\n" + "\n".join(errors),
             "run `hvlm-export lint` on the file; unsupported ops are listed there with the TensorRT versions they need.",
         )
-    return parser
+
+
+def _configure(build: _Build, profiles: Sequence[Profile], builder_flags: list[str], workspace: int,
+               timing_cache: Path | None) -> None:
+    trt = build.trt
+    build.config = build.builder.create_builder_config()
+    build.config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
+    for name in builder_flags:
+        build.config.set_flag(getattr(trt.BuilderFlag, name))
+    for p in profiles:
+        profile = build.builder.create_optimization_profile()
+        for name, (lo, opt, hi) in p.shapes.items():
+            profile.set_shape(name, lo, opt, hi)
+        build.config.add_optimization_profile(profile)
+    if timing_cache is not None:
+        blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
+        build.cache = build.config.create_timing_cache(blob)
+        build.config.set_timing_cache(build.cache, ignore_mismatch=False)
+
+
+def _serialize(build: _Build, onnx_path: Path) -> bytes:
+    plan = build.builder.build_serialized_network(build.network, build.config)
+    if plan is None:
+        raise BuildError(f"TensorRT failed to build an engine from {onnx_path.name}", "rerun with --verbose for the log.")
+    return bytes(plan)
+
+
+def _check_paths(onnx_path: Path, engine_path: Path) -> None:
+    if not onnx_path.is_file():
+        raise BuildError(f"{str(onnx_path)!r} does not exist")
+    if not engine_path.parent.is_dir():
+        raise BuildError(f"output directory {str(engine_path.parent)!r} does not exist")
 
 
 def build_engine(
@@ -204,7 +219,7 @@ def build_engine(
 
     Args:
         onnx_path: the .onnx written by :func:`hvlm_export.export_onnx`.
-        engine_path: the engine to write; metadata goes beside it as ``<engine>.json``.
+        engine_path: the engine to write; its sidecar goes beside it as ``<engine>.json``.
         profiles: optimization profiles; default one from the graph's dynamic axes
             (batch 1/1/8, seq 1/512/8192, mem_seq 1/64/2048).
         precision: None (the ONNX types decide) or 'fp16'/'bf16' to build an fp32 graph with
@@ -216,10 +231,7 @@ def build_engine(
         verbose: TensorRT verbose logging.
     """
     onnx_path, engine_path = Path(onnx_path), Path(engine_path)
-    if not onnx_path.is_file():
-        raise BuildError(f"{str(onnx_path)!r} does not exist")
-    if not engine_path.parent.is_dir():
-        raise BuildError(f"output directory {str(engine_path.parent)!r} does not exist")
+    _check_paths(onnx_path, engine_path)
     trt = import_tensorrt()
     inputs, meta, uses_scan = _inspect_onnx(onnx_path)
     profiles = list(profiles) if profiles else default_profiles(inputs)
@@ -227,39 +239,22 @@ def build_engine(
         p.check(inputs)
     registered = []
     if plugins and uses_scan:
-        from hvlm_export.exporters.plugins import register_plugins
+        from hvlm_export.plugins import register_plugins
 
         registered = register_plugins(trt)
     flags, builder_flags = _network_flags(trt, meta.get("precision", "fp32"), precision)
     aot = aot_plugins and "aot" in registered and hasattr(trt.NetworkDefinitionCreationFlag, "PREFER_AOT_PYTHON_PLUGINS")
     if aot:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.PREFER_AOT_PYTHON_PLUGINS)
-
     logger = trt.Logger(trt.Logger.VERBOSE if verbose else trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(flags)
-    _parse(trt, network, logger, onnx_path, bool(registered))
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace))
-    for name in builder_flags:
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    for p in profiles:
-        profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in p.shapes.items():
-            profile.set_shape(name, lo, opt, hi)
-        config.add_optimization_profile(profile)
-    cache = None
-    if timing_cache is not None:
-        blob = Path(timing_cache).read_bytes() if Path(timing_cache).is_file() else b""
-        cache = config.create_timing_cache(blob)
-        config.set_timing_cache(cache, ignore_mismatch=False)
-    plan = builder.build_serialized_network(network, config)
-    if plan is None:
-        raise BuildError(f"TensorRT failed to build an engine from {onnx_path.name}", "rerun with --verbose for the log.")
-    _write_atomic(engine_path, bytes(plan))
-    if cache is not None:
-        _write_atomic(Path(timing_cache), bytes(config.get_timing_cache().serialize()))
-    metadata = {
+    build = _Build(trt, logger, trt.Builder(logger))
+    _parse(build, onnx_path, flags, bool(registered))
+    cache_path = Path(timing_cache) if timing_cache is not None else None
+    _configure(build, profiles, builder_flags, workspace, cache_path)
+    write_atomic(engine_path, _serialize(build, onnx_path))
+    if cache_path is not None:
+        write_atomic(cache_path, bytes(build.config.get_timing_cache().serialize()))
+    write_engine_sidecar(engine_path, {
         "onnx": onnx_path.name,
         "onnx_dir": str(onnx_path.resolve().parent),
         "onnx_metadata": meta,
@@ -268,18 +263,5 @@ def build_engine(
         "tensorrt_version": trt.__version__,
         "plugins": registered,
         "aot_plugins": aot,
-    }
-    _write_atomic(engine_metadata_path(engine_path), json.dumps(metadata, indent=2).encode())
+    })
     return engine_path
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-

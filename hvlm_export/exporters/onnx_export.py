@@ -2,8 +2,9 @@
 
 Pipeline (each step raises :class:`ExportError` with the step it failed at):
 
-1. resolve the model (registry name, config YAML/dict, or module) and cast it to the
-   precision (parameters that a module lists in ``_keep_fp32`` stay float32);
+1. resolve the model (registry name, config YAML/dict, or module; ``registry.resolve_model``)
+   and cast it to the precision (``modules.cast_module``: parameters a module lists in
+   ``_keep_fp32``, such as Mamba's ``A_log``, stay float32);
 2. ``torch.onnx.export(dynamo=True)`` with named inputs/outputs and ``torch.export.Dim``
    dynamic axes; ``hvlm::selective_scan`` is translated to one ``hvlm::SelectiveScan`` node,
    attention softmax to a float32 softmax (precision policy in :mod:`.translations`);
@@ -32,95 +33,37 @@ import torch
 from torch import nn
 
 from hvlm_export import __version__
-from hvlm_export.config import StackConfig
-from hvlm_export.errors import ArtifactError, ExportError, HvlmExportError
+from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_OP, encode_metadata, weights_path
+from hvlm_export.errors import ExportError, HvlmExportError
 from hvlm_export.exporters import scan_body
 from hvlm_export.exporters.translations import translation_table
-from hvlm_export.registry import DTYPES, PRECISIONS, REGISTRY, ModelSpec, get, spec_for_config
+from hvlm_export.modules import cast_module
+from hvlm_export.modules.stack import StackConfig
+from hvlm_export.registry import DTYPES, PRECISIONS, ModelSpec, ResolvedModel, resolve_model
 
-__all__ = ["export_onnx", "resolve_model", "spec_for_module", "read_metadata", "metadata_of", "ResolvedModel", "DEFAULT_OPSET", "OPSETS", "META_PREFIX"]
+__all__ = ["export_onnx", "OPSETS", "BF16_OPSET"]
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 20
-BF16_OPSET = 22
+BF16_OPSET = 22  # Conv and friends take bfloat16 from opset 22
 #: Opsets the dynamo exporter emits and ONNX Runtime / TensorRT 10-11 all read.
 OPSETS = range(18, 24)
-META_PREFIX = "hvlm_export."
 ScanMode = Literal["custom", "inline"]
 Precision = Literal["fp32", "fp16", "bf16"]
 _EXTERNAL_DATA_BYTES = 1 << 30  # parameters above 1 GiB go to an external .data file
 
 
-@dataclass
-class ResolvedModel:
-    """A module ready to export, with what is needed to rebuild it from the file alone."""
-
-    module: nn.Module
-    spec: ModelSpec
-    source: dict[str, Any]
-
-
-def resolve_model(
-    model: nn.Module | str | os.PathLike | StackConfig | Mapping[str, Any],
-    model_kwargs: Mapping[str, Any] | None = None,
-    *,
-    small: bool = False,
-) -> ResolvedModel:
-    """Turn a registry name, config (path / dict / StackConfig) or module into a ResolvedModel."""
-    if isinstance(model, nn.Module):
-        spec = spec_for_module(model)
-        return ResolvedModel(model, spec, {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"})
-    if isinstance(model, str) and model in REGISTRY:
-        spec = get(model)
-        kwargs = spec.kwargs(model_kwargs, small=small)
-        try:
-            module = spec.factory(**kwargs)
-        except (TypeError, ValueError) as err:
-            raise ExportError(f"cannot build {model!r} with {kwargs}: {err}") from err
-        return ResolvedModel(module, spec, {"kind": "registry", "name": model, "kwargs": kwargs})
-    if isinstance(model, (str, os.PathLike, StackConfig, Mapping)):
-        if isinstance(model, str) and not model.endswith((".yaml", ".yml")):
-            get(model)  # raises UnknownMechanismError listing the valid names
-        if model_kwargs:
-            raise ExportError("model_kwargs apply to registry names, not to configs", "edit the config instead.")
-        spec = spec_for_config(model)
-        return ResolvedModel(spec.factory(), spec, {"kind": "config", "config": spec.config.to_dict()})
-    raise ExportError(f"cannot export a {type(model).__name__}", "pass an nn.Module, a registry name or a config path.")
-
-
-def spec_for_module(module: nn.Module) -> ModelSpec:
-    """The registry spec whose factory built this module's class (or a generic x-only spec)."""
-    from hvlm_export.config import AttentionStack
-
-    if isinstance(module, AttentionStack):
-        return spec_for_config(module.config)
-    for spec in REGISTRY.values():
-        if type(module) is spec.factory:
-            return spec
-    return ModelSpec(type(module).__name__, "user module", type(module))
-
-
-def _cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Cast to ``dtype``, keeping float32 the parameters a module lists in ``_keep_fp32``."""
-    module = module.to(dtype)
-    for sub in module.modules():
-        for name in getattr(sub, "_keep_fp32", ()):
-            getattr(sub, name).data = getattr(sub, name).data.float()
-    return module
-
-
 @contextlib.contextmanager
 def _scan_schema_registered() -> Iterator[None]:
     """Register the SelectiveScan schema for the duration of an export (onnxscript needs it)."""
-    already = onnx.defs.has(scan_body.OP_TYPE, scan_body.DOMAIN)
+    already = onnx.defs.has(SCAN_OP, SCAN_DOMAIN)
     if not already:
         onnx.defs.register_schema(scan_body.scan_schema())
     try:
         yield
     finally:
         if not already:
-            onnx.defs.deregister_schema(scan_body.OP_TYPE, 1, scan_body.DOMAIN)
+            onnx.defs.deregister_schema(SCAN_OP, 1, SCAN_DOMAIN)
 
 
 def _dynamic_shapes(spec: ModelSpec, dynamic: bool) -> dict[str, dict[int, Any]] | None:
@@ -213,13 +156,41 @@ def _axis_names(program: torch.export.ExportedProgram, spec: ModelSpec) -> dict[
     return mapping
 
 
-def _check_options(opset: int, precision: str, scan: str) -> None:
-    if opset not in OPSETS:
+def _check_options(opset: int | None, precision: str, scan: str) -> None:
+    if opset is not None and opset not in OPSETS:
         raise ExportError(f"unsupported opset {opset}", f"choose one of {OPSETS.start}..{OPSETS.stop - 1}.")
     if precision not in PRECISIONS:
         raise ExportError(f"unknown precision {precision!r}", f"valid choices are {', '.join(PRECISIONS)}.")
     if scan not in ("custom", "inline"):
         raise ExportError(f"unknown scan mode {scan!r}", "valid choices are 'custom', 'inline'.")
+
+
+def _check_output_path(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise ExportError(f"output path {str(path)!r} must end in .onnx")
+    if not path.parent.is_dir():
+        raise ExportError(f"output directory {str(path.parent)!r} does not exist", "create it first.")
+    if not os.access(path.parent, os.W_OK):
+        raise ExportError(f"output directory {str(path.parent)!r} is not writable")
+    return path
+
+
+def _prepare(resolved: ResolvedModel, checkpoint, precision: str, example_inputs, batch: int, seq_len: int):
+    """The module in eval mode at the precision, and example inputs of that dtype."""
+    module = resolved.module
+    if checkpoint is not None:
+        _load_checkpoint(module, checkpoint)
+    dtype = DTYPES[precision]
+    module = cast_module(module.eval(), dtype)
+    if example_inputs is None:
+        example_inputs = resolved.spec.example_inputs(module, batch=batch, seq_len=seq_len, dtype=dtype)
+    example_inputs = tuple(t.to(dtype) for t in example_inputs)
+    if len(example_inputs) != len(resolved.spec.inputs):
+        raise ExportError(
+            f"{resolved.spec.name} takes inputs {resolved.spec.inputs}, got {len(example_inputs)} example tensors"
+        )
+    return module, example_inputs
 
 
 def export_onnx(
@@ -244,8 +215,8 @@ def export_onnx(
         path: the .onnx file to write; weights go beside it as ``<stem>.weights.pt``.
         example_inputs: tensors (x[, memory]); default random of (batch, seq_len).
         dynamic: batch and sequence axes dynamic (default) or fixed to the example shape.
-        opset: default-domain opset (default 20, or 22 for bf16 where Conv first takes
-            bfloat16; 18..23).
+        opset: default-domain opset (default: the spec's, 20, or 22 for bf16 where Conv
+            first takes bfloat16; 18..23).
         precision: 'fp32', 'fp16' or 'bf16': the graph's types (TensorRT 11 reads precision
             from them); softmax, exp, the scan and norm statistics stay float32.
         scan: 'custom' (one hvlm::SelectiveScan node + FunctionProto) or 'inline' (the body's
@@ -255,30 +226,12 @@ def export_onnx(
         batch, seq_len: size of the default example inputs.
         external_data: store weights in ``<name>.data`` (default: when over 1 GiB).
     """
-    if opset is None:  # Conv and friends accept bfloat16 only from opset 22
-        opset = BF16_OPSET if precision == "bf16" else DEFAULT_OPSET
     _check_options(opset, precision, scan)
-    path = Path(path)
-    if path.suffix != ".onnx":
-        raise ExportError(f"output path {str(path)!r} must end in .onnx")
-    if not path.parent.is_dir():
-        raise ExportError(f"output directory {str(path.parent)!r} does not exist", "create it first.")
-    if not os.access(path.parent, os.W_OK):
-        raise ExportError(f"output directory {str(path.parent)!r} is not writable")
-
+    path = _check_output_path(path)
     resolved = resolve_model(model, model_kwargs)
-    module = resolved.module
-    if checkpoint is not None:
-        _load_checkpoint(module, checkpoint)
-    dtype = DTYPES[precision]
-    module = _cast(module.eval(), dtype)
-    if example_inputs is None:
-        example_inputs = resolved.spec.example_inputs(module, batch=batch, seq_len=seq_len, dtype=dtype)
-    example_inputs = tuple(t.to(dtype) for t in example_inputs)
-    if len(example_inputs) != len(resolved.spec.inputs):
-        raise ExportError(
-            f"{resolved.spec.name} takes inputs {resolved.spec.inputs}, got {len(example_inputs)} example tensors"
-        )
+    if opset is None:
+        opset = max(resolved.spec.opset, BF16_OPSET) if precision == "bf16" else resolved.spec.opset
+    module, example_inputs = _prepare(resolved, checkpoint, precision, example_inputs, batch, seq_len)
 
     kwargs = resolved.source.get("kwargs", {})
     traced = _trace_inputs(example_inputs, resolved.spec, kwargs) if dynamic else example_inputs
@@ -286,8 +239,7 @@ def export_onnx(
     ir_model = program.model
     _add_scan_function(ir_model, opset, scan)
     meta = _metadata(resolved, precision, scan, opset, dynamic, example_inputs, path)
-    for key, value in meta.items():
-        ir_model.metadata_props[META_PREFIX + key] = value
+    ir_model.metadata_props.update(encode_metadata(meta))
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES
     verify = None
     if dynamic:
@@ -366,45 +318,41 @@ def _check_dynamic(model: ir.Model, spec: ModelSpec) -> None:
 
 
 def _add_scan_function(model: ir.Model, opset: int, scan: ScanMode) -> None:
-    uses_scan = any(n.domain == scan_body.DOMAIN for n in model.graph.all_nodes())
+    uses_scan = any(n.domain == SCAN_DOMAIN for n in model.graph.all_nodes())
     if not uses_scan:
-        model.opset_imports.pop(scan_body.DOMAIN, None)
+        model.opset_imports.pop(SCAN_DOMAIN, None)
         return
     fn = ir.serde.deserialize_function(scan_body.scan_function(opset))
     model.functions[fn.identifier()] = fn
-    model.opset_imports[scan_body.DOMAIN] = 1
+    model.opset_imports[SCAN_DOMAIN] = 1
     if scan == "inline":
         ir.passes.common.InlinePass()(model)
         ir.passes.common.RemoveUnusedFunctionsPass()(model)
-        model.opset_imports.pop(scan_body.DOMAIN, None)
+        model.opset_imports.pop(SCAN_DOMAIN, None)
 
 
-def _metadata(resolved, precision, scan, opset, dynamic, example_inputs, path) -> dict[str, str]:
+def _metadata(resolved, precision, scan, opset, dynamic, example_inputs, path) -> dict[str, Any]:
     spec = resolved.spec
     return {
         "version": __version__,
-        "source": json.dumps(resolved.source, sort_keys=True),
+        "source": resolved.source,
         "mechanism": spec.name,
         "precision": precision,
         "scan": scan,
-        "opset": str(opset),
-        "dynamic": json.dumps(dynamic),
-        "inputs": json.dumps({n: list(t.shape) for n, t in zip(spec.inputs, example_inputs, strict=True)}),
-        "dynamic_axes": json.dumps(spec.dynamic_axes),
-        "weights": _weights_path(path).name,
+        "opset": opset,
+        "dynamic": dynamic,
+        "input_shapes": {n: list(t.shape) for n, t in zip(spec.inputs, example_inputs, strict=True)},
+        "dynamic_axes": spec.dynamic_axes,
+        "weights": weights_path(path).name,
         "torch": torch.__version__,
     }
-
-
-def _weights_path(path: Path) -> Path:
-    return path.with_name(path.stem + ".weights.pt")
 
 
 def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Path, external: bool,
            verify: Callable[[Path], None] | None = None) -> None:
     """Write model (+ .data) and weights into a temp dir, check (and ``verify(tmp_path)``),
     then move them into place: nothing is left behind when a check fails."""
-    weights = _weights_path(path)
+    weights = weights_path(path)
     try:
         tmp_dir = tempfile.TemporaryDirectory(dir=path.parent, prefix=".hvlm-export-")
     except OSError as err:
@@ -430,19 +378,3 @@ def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Pa
             os.replace(Path(tmp) / data_name, path.parent / data_name)
         os.replace(Path(tmp) / weights.name, weights)
     log.info("wrote %s (+ %s)", path, weights.name)
-
-
-def read_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The ``hvlm_export.*`` metadata of an exported file (without loading its weights)."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except FileNotFoundError as err:
-        raise ArtifactError(f"{str(path)!r} does not exist") from err
-    except Exception as err:  # protobuf DecodeError and friends
-        raise ArtifactError(f"{str(path)!r} is not a readable ONNX file: {err}", "re-export it.") from err
-    return metadata_of(model)
-
-
-def metadata_of(model: onnx.ModelProto) -> dict[str, str]:
-    """The ``hvlm_export.*`` metadata of a loaded model, prefix stripped."""
-    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}

@@ -1,7 +1,7 @@
 """Shape, dtype and attribute logic of the SelectiveScan TensorRT plugin, as plain Python.
 
-Both plugin routes (``tensorrt.plugin`` QDP and the IPluginV3 classes) call these functions,
-so unit tests exercise exactly what TensorRT would run at build time, without TensorRT.
+The ``tensorrt.plugin`` registration (selective_scan_qdp.py) calls these functions, so unit
+tests exercise exactly what TensorRT would run at build time, without TensorRT.
 
 Inputs (node order): u, delta, A, B, C, D, delta_bias; outputs: y, last_state.
 Glossary: B batch, D channels, L length, N state size.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from hvlm_export.exporters.scan_body import DOMAIN, INPUTS, OP_TYPE, OUTPUTS, PLUGIN_VERSION
+from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_INPUTS, SCAN_OP, SCAN_OUTPUTS, SCAN_PLUGIN_VERSION
 
 __all__ = [
     "PLUGIN_NAME",
@@ -27,8 +27,10 @@ __all__ = [
     "supports_position",
 ]
 
-PLUGIN_NAME = OP_TYPE
-PLUGIN_NAMESPACE = DOMAIN
+PLUGIN_NAME = SCAN_OP
+PLUGIN_NAMESPACE = SCAN_DOMAIN
+PLUGIN_VERSION = SCAN_PLUGIN_VERSION
+INPUTS, OUTPUTS = SCAN_INPUTS, SCAN_OUTPUTS
 #: dtype names as TensorRT spells them in this module (mapped from trt.DataType by callers)
 DATA_TYPES = ("float32", "float16", "bfloat16")
 

@@ -1,0 +1,171 @@
+"""The artifact format, defined once: ONNX metadata, the weights file, the engine sidecar.
+
+An export writes ``model.onnx`` (metadata under the ``hvlm_export.`` prefix: what it was
+exported from and how) and the weights beside it; ``build`` writes ``model.engine`` and
+``model.engine.json`` (the engine sidecar: the ONNX file's metadata, profiles, TensorRT
+version, plugins). :func:`read_metadata` reads either kind back into one decoded dict, so
+validate, run and build never parse these files themselves.
+
+Also here: the identity of the ``hvlm::SelectiveScan`` node, which the exporter writes, the
+lint checks and the TensorRT plugin implements.
+
+Imports neither torch nor tensorrt (the ONNX runtime path uses this module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from hvlm_export.errors import ArtifactError
+
+__all__ = [
+    "META_PREFIX",
+    "METADATA_KEYS",
+    "ENGINE_SUFFIXES",
+    "SCAN_DOMAIN",
+    "SCAN_OP",
+    "SCAN_PLUGIN_VERSION",
+    "SCAN_INPUTS",
+    "SCAN_OUTPUTS",
+    "weights_path",
+    "engine_sidecar_path",
+    "encode_metadata",
+    "decode_metadata",
+    "metadata_of",
+    "read_onnx_metadata",
+    "write_engine_sidecar",
+    "read_engine_sidecar",
+    "read_metadata",
+    "write_atomic",
+]
+
+META_PREFIX = "hvlm_export."
+#: every metadata key an export writes -> how its value is stored ("str" as is, "json" encoded)
+METADATA_KEYS: Mapping[str, str] = {
+    "version": "str",          # hvlm-export version that wrote the file
+    "torch": "str",            # torch version used to export
+    "source": "json",          # {"kind": "registry"|"config"|"module", ...}: how to rebuild the eager model
+    "mechanism": "str",        # registry name (or config / class name)
+    "precision": "str",        # fp32 | fp16 | bf16
+    "scan": "str",             # custom | inline
+    "opset": "json",           # int
+    "dynamic": "json",         # bool: batch/sequence axes dynamic
+    "input_shapes": "json",    # {input: example shape}
+    "dynamic_axes": "json",    # {tensor: {axis: name}}
+    "weights": "str",          # weights file name, beside the .onnx
+}
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
+
+SCAN_DOMAIN = "hvlm"
+SCAN_OP = "SelectiveScan"
+SCAN_PLUGIN_VERSION = "1"
+SCAN_INPUTS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+SCAN_OUTPUTS = ("y", "last_state")
+
+
+def weights_path(onnx_path: str | os.PathLike) -> Path:
+    """The weights file written beside an exported ``.onnx``."""
+    path = Path(onnx_path)
+    return path.with_name(path.stem + ".weights.pt")
+
+
+def engine_sidecar_path(engine_path: str | os.PathLike) -> Path:
+    """The JSON sidecar written beside an engine (``model.engine`` -> ``model.engine.json``)."""
+    path = Path(engine_path)
+    return path.with_suffix(path.suffix + ".json")
+
+
+def encode_metadata(values: Mapping[str, Any]) -> dict[str, str]:
+    """{key: value} -> the ``hvlm_export.*`` metadata_props strings."""
+    unknown = sorted(set(values) - set(METADATA_KEYS))
+    if unknown:
+        raise ValueError(f"unknown metadata keys {unknown}; add them to artifacts.METADATA_KEYS")
+    return {META_PREFIX + k: (json.dumps(v, sort_keys=True) if METADATA_KEYS[k] == "json" else str(v))
+            for k, v in values.items()}
+
+
+def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
+    """Prefix-stripped metadata strings -> values (keys this version does not know are kept as strings)."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if METADATA_KEYS.get(key) == "json":
+            try:
+                out[key] = json.loads(value)
+            except json.JSONDecodeError as err:
+                raise ArtifactError(f"metadata {META_PREFIX + key} is not valid JSON: {err}", "re-export the model.") from err
+        else:
+            out[key] = value
+    return out
+
+
+def metadata_of(model: Any) -> dict[str, str]:
+    """The ``hvlm_export.*`` metadata strings of a loaded onnx.ModelProto, prefix stripped."""
+    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The ``hvlm_export.*`` metadata strings of an .onnx file (weights not loaded)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except FileNotFoundError as err:
+        raise ArtifactError(f"{str(path)!r} does not exist") from err
+    except Exception as err:  # protobuf DecodeError and friends
+        raise ArtifactError(f"{str(path)!r} is not a readable ONNX file: {err}", "re-export it.") from err
+    return metadata_of(model)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same directory."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_engine_sidecar(engine_path: str | os.PathLike, sidecar: Mapping[str, Any]) -> Path:
+    """Write the engine's JSON sidecar (keys: onnx, onnx_dir, onnx_metadata, precision,
+    profiles, tensorrt_version, plugins, aot_plugins)."""
+    path = engine_sidecar_path(engine_path)
+    write_atomic(path, json.dumps(dict(sidecar), indent=2).encode())
+    return path
+
+
+def read_engine_sidecar(engine_path: str | os.PathLike) -> dict[str, Any]:
+    path = engine_sidecar_path(engine_path)
+    if not path.is_file():
+        raise ArtifactError(f"engine metadata {path.name!r} is missing", "rebuild with `hvlm-export build`.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"engine metadata {path.name!r} is not valid JSON: {err}", "rebuild the engine.") from err
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Decoded hvlm_export metadata of an .onnx file, or of the ONNX file an engine was built
+    from; plus ``weights_dir`` (where the weights file is) and ``artifact`` ("onnx" or "engine").
+    An empty dict (beside those two) means the file was not exported by hvlm-export."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{str(path)!r} does not exist or is not a file")
+    if path.suffix in ENGINE_SUFFIXES:
+        sidecar = read_engine_sidecar(path)
+        meta = decode_metadata(sidecar.get("onnx_metadata", {}))
+        weights_dir = Path(sidecar.get("onnx_dir", path.parent))
+        kind = "engine"
+    else:
+        meta = decode_metadata(read_onnx_metadata(path))
+        weights_dir, kind = path.parent, "onnx"
+    if not (weights_dir / meta.get("weights", "")).is_file():
+        weights_dir = path.parent
+    return {**meta, "weights_dir": str(weights_dir), "artifact": kind}
