@@ -158,7 +158,8 @@ def _cases(device: str, dtype: torch.dtype, names: Iterable[str], mode: str) -> 
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    compile_kwargs = {"compiled": {}, "cudagraphs": {"mode": "reduce-overhead"}}
+    # dynamic=True: one compilation serves every length (instead of one per length)
+    compile_kwargs = {"compiled": {"dynamic": True}, "cudagraphs": {"mode": "reduce-overhead", "dynamic": True}}
     modules = _module_cases(device, dtype)
     cases: dict[str, Callable[[int], Callable]] = {}
     for name in names:
