@@ -100,7 +100,13 @@ class StridedAttention(MultiHeadProjections):
         """
         n = q.shape[2]
         short_len = torch.sym_max(n - 1, 1)
-        short = self._attend(q[full:, :, :short_len], k[full:, :, :short_len], v[full:, :, :short_len], None)
+        q_s, k_s, v_s = q[full:, :, :short_len], k[full:, :, :short_len], v[full:, :, :short_len]
+        if not torch.compiler.is_compiling() and q_s.shape[0] == 0:
+            # eager only (traced graphs keep the call): CUDA SDPA returns None instead of an
+            # empty tensor for an empty half-precision batch (seen with torch 2.11 on an H200)
+            short = q_s.new_zeros(q_s.shape)
+        else:
+            short = self._attend(q_s, k_s, v_s, None)
         return torch.cat([self._attend(q[:full], k[:full], v[:full], None), F.pad(short, (0, 0, 0, n - short_len))])
 
     def streaming_error(self) -> str | None:
