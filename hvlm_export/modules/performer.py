@@ -65,6 +65,8 @@ _NEG = -1e30
 _HALF = (torch.float16, torch.bfloat16)
 #: keys per partial sum of the non-causal half-precision path (few partials, no fp16 overflow)
 _KEY_SUM_CHUNK = 1024
+#: the largest chunk of a streaming step (decode steps are 1 token: pad little)
+_STEP_CHUNK = 16
 
 
 def orthogonal_random_features(
@@ -152,17 +154,20 @@ class PerformerAttention(MultiHeadProjections):
 
     def _causal(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None):
         """Causal attention of x (B, L, E) continuing from ``state`` (None: the start);
-        returns (y, the state after x, or None when ``state`` is None)."""
+        returns (y, the state after x, or None when ``state`` is None). Steps use chunks of
+        at most ``_STEP_CHUNK`` tokens, so a 1-token decode step pads to 16, not to c (the
+        result does not depend on the chunk size)."""
         length = x.shape[1]
         cd = _compute_dtype(x.dtype)
+        c = self.chunk_size if state is None else min(self.chunk_size, _STEP_CHUNK)
         # whole chunks; padded rows come after every real query and weigh nothing
-        xp = F.pad(x, (0, 0, 0, (self.chunk_size - length % self.chunk_size) % self.chunk_size))
+        xp = F.pad(x, (0, 0, 0, (c - length % c) % c))
         q, k, v = self._qkv(xp)  # (B, H, L', Dh)
         qf, _ = self._features(q.to(cd))
         kf, logw = self._features(k.to(cd))
         padding = torch.arange(xp.shape[1], device=x.device) >= length
         start = None if state is None else (state["sums"], state["frame"])
-        out, end = causal_favor(qf, kf, logw.masked_fill(padding, _NEG), v.to(cd), self.chunk_size, start)
+        out, end = causal_favor(qf, kf, logw.masked_fill(padding, _NEG), v.to(cd), c, start)
         y = self.out_proj(merge_heads(out[:, :, :length].to(x.dtype)))
         return y, (None if end is None else {"sums": end[0], "frame": end[1]})
 

@@ -246,6 +246,7 @@ def selective_scan_chunked(
     h0 = None if initial_state is None else initial_state.float()
     if length == 0:
         return _finish(uf, u, D, z, u.dtype), uf.new_zeros(b, d, A.shape[1]) if h0 is None else h0
+    chunk = min(chunk, length)  # a short piece (a streamed token) needs no padding to a full chunk
     per_channel = max(1, b * length * A.shape[1])
     block = max(1, _MAX_BLOCK_ELEMENTS // per_channel)
     ys, states = [], []
