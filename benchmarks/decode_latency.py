@@ -76,7 +76,8 @@ def main() -> None:
     for name, make in LAYERS.items():
         torch.manual_seed(0)
         layer = cast_module(make().to(args.device), dtype).eval()
-        times = {pos: decode_ms(layer, pos, args.device, dtype, args.repeats) for pos in args.positions}
+        # the far position first, so warm-up effects cannot favour it
+        times = {pos: decode_ms(layer, pos, args.device, dtype, args.repeats) for pos in reversed(args.positions)}
         rows.append({"name": name, **{f"ms_at_{pos}": t for pos, t in times.items()},
                      "ratio_last_first": times[args.positions[-1]] / times[args.positions[0]]})
         print(name, {k: round(v, 4) for k, v in rows[-1].items() if k != "name"}, flush=True)

@@ -165,7 +165,8 @@ class MambaLayer(Streamable):
         window = torch.cat([state["conv"], xs.to(state["conv"].dtype)], dim=-1)  # (B, Di, K - 1 + T)
         conv = F.conv1d(window.to(xs.dtype), self.conv1d.weight, self.conv1d.bias, groups=self.d_inner)
         y, ssm = self._ssm(self.act(conv), z, state["ssm"])
-        return y, {"conv": window.narrow(-1, t, self.conv_kernel - 1), "ssm": ssm}
+        # contiguous copies: a view would keep the whole (B, Di, K - 1 + T) window alive
+        return y, {"conv": window[..., t:].contiguous(), "ssm": ssm.contiguous()}
 
     def extra_repr(self) -> str:
         return (

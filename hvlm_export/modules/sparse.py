@@ -229,7 +229,7 @@ class LocalGlobalAttention(MultiHeadProjections):
                                 attn_v], dim=2)
             mask = torch.cat([mask.new_ones(b, t, g), mask], dim=-1)
         out = self._attend(q, attn_k, attn_v, mask[:, None])
-        new_state = {"k": keys.narrow(2, t, cache), "v": values.narrow(2, t, cache), "pos": state["pos"] + t}
+        new_state = {"k": keys[:, :, t:].contiguous(), "v": values[:, :, t:].contiguous(), "pos": state["pos"] + t}
         return self.out_proj(merge_heads(out)), new_state
 
     def _blocked(self, x: torch.Tensor) -> torch.Tensor:
