@@ -83,10 +83,12 @@ class StridedAttention(MultiHeadProjections):
         s = self.stride
         n = (length + s - 1) // s  # tokens per full group
         # (B, L, E) -> (s, B, n, E): group r holds positions r, r + s, ... (padding last)
-        groups = F.pad(x, (0, 0, 0, n * s - length)).view(b, n, s, e).permute(2, 0, 1, 3)
+        # one contiguous copy, read by all three projections (each would copy a permuted view)
+        groups = F.pad(x, (0, 0, 0, n * s - length)).view(b, n, s, e).permute(2, 0, 1, 3).contiguous()
         q, k, v = (self._group_heads(proj(groups)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         out = self._attend_causal(q, k, v) if self.causal else self._attend_ragged(q, k, v, (length - (n - 1) * s) * b)
-        out = out.transpose(1, 2).reshape(s, b, n, e).permute(1, 2, 0, 3).reshape(b, n * s, e)
+        # (s B, H, n, Dh) -> (B, n, s, H, Dh): back to sequence order in one copy
+        out = out.reshape(s, b, self.num_heads, n, self.head_dim).permute(1, 3, 0, 2, 4).reshape(b, n * s, e)
         return self.out_proj(out[:, :length])
 
     def _attend_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full: int) -> torch.Tensor:
