@@ -39,6 +39,14 @@ _LOCAL_IMPLS = ("blocked", "flex")
 _MIN_BLOCK = 32
 
 
+def _pad_tokens(x: torch.Tensor, amount) -> torch.Tensor:
+    """x (B, L, E) with ``amount`` zero tokens appended; eager calls with nothing to append
+    return x itself (F.pad would copy it), traced graphs always keep the Pad."""
+    if not torch.compiler.is_compiling() and amount == 0:
+        return x
+    return F.pad(x, (0, 0, 0, amount))
+
+
 class StridedAttention(MultiHeadProjections):
     """Dilated attention: query i attends to key j iff (i - j) % stride == 0 (and j <= i if causal).
 
@@ -84,7 +92,7 @@ class StridedAttention(MultiHeadProjections):
         n = (length + s - 1) // s  # tokens per full group
         # (B, L, E) -> (s, B, n, E): group r holds positions r, r + s, ... (padding last)
         # one contiguous copy, read by all three projections (each would copy a permuted view)
-        groups = F.pad(x, (0, 0, 0, n * s - length)).view(b, n, s, e).permute(2, 0, 1, 3).contiguous()
+        groups = _pad_tokens(x, n * s - length).view(b, n, s, e).permute(2, 0, 1, 3).contiguous()
         q, k, v = (self._group_heads(proj(groups)) for proj in (self.q_proj, self.k_proj, self.v_proj))
         out = self._attend_causal(q, k, v) if self.causal else self._attend_ragged(q, k, v, (length - (n - 1) * s) * b)
         # (s B, H, n, Dh) -> (B, n, s, H, Dh): back to sequence order in one copy
@@ -104,11 +112,11 @@ class StridedAttention(MultiHeadProjections):
         short_len = torch.sym_max(n - 1, 1)
         q_s, k_s, v_s = q[full:, :, :short_len], k[full:, :, :short_len], v[full:, :, :short_len]
         if not torch.compiler.is_compiling() and q_s.shape[0] == 0:
-            # eager only (traced graphs keep the call): CUDA SDPA returns None instead of an
-            # empty tensor for an empty half-precision batch (seen with torch 2.11 on an H200)
-            short = q_s.new_zeros(q_s.shape)
-        else:
-            short = self._attend(q_s, k_s, v_s, None)
+            # eager only (traced graphs keep both calls): every group is full, so one call is
+            # the whole answer; it also avoids CUDA SDPA, which returns None instead of an empty
+            # tensor for an empty half-precision batch (seen with torch 2.11 on an H200)
+            return self._attend(q, k, v, None)
+        short = self._attend(q_s, k_s, v_s, None)
         return torch.cat([self._attend(q[:full], k[:full], v[:full], None), F.pad(short, (0, 0, 0, n - short_len))])
 
     def streaming_error(self) -> str | None:
