@@ -63,8 +63,9 @@ ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 SCAN_DOMAIN = "hvlm"
 SCAN_OP = "SelectiveScan"
-SCAN_PLUGIN_VERSION = "1"
-SCAN_INPUTS = ("u", "delta", "A", "B", "C", "D", "delta_bias")
+#: version 2 added the eighth input, initial_state (B, D, N) float32 (zeros outside streaming)
+SCAN_PLUGIN_VERSION = "2"
+SCAN_INPUTS = ("u", "delta", "A", "B", "C", "D", "delta_bias", "initial_state")
 SCAN_OUTPUTS = ("y", "last_state")
 
 

@@ -2,13 +2,15 @@
 
 Node contract (one node per Mamba layer)::
 
-    y, last_state = hvlm.SelectiveScan(u, delta, A, B, C, D, delta_bias,
+    y, last_state = hvlm.SelectiveScan(u, delta, A, B, C, D, delta_bias, initial_state,
                                        delta_softplus=0|1, plugin_namespace="hvlm",
-                                       plugin_version="1")
+                                       plugin_version="2")
 
     u, delta: (B, D, L) T        A: (D, N) float       B, C: (B, N, L) T
-    D, delta_bias: (D,) float    y: (B, D, L) T        last_state: (B, D, N) float
-    T in {float, float16, bfloat16}; everything is computed in float32.
+    D, delta_bias: (D,) float    initial_state: (B, D, N) float (zeros outside streaming)
+    y: (B, D, L) T               last_state: (B, D, N) float
+    T in {float, float16, bfloat16}; everything is computed in float32. Version 1 of the
+    contract had no initial_state input.
 
 The z gate of ``hvlm::selective_scan`` is applied after the node with standard ops, so the
 node has no optional inputs (ONNX function bodies cannot branch on a missing input).
@@ -44,7 +46,7 @@ def scan_schema() -> onnx.defs.OpSchema:
         SCAN_DOMAIN,
         1,
         doc=__doc__,
-        inputs=[p(n, "F" if n in ("A", "D", "delta_bias") else "T") for n in SCAN_INPUTS],
+        inputs=[p(n, "F" if n in ("A", "D", "delta_bias", "initial_state") else "T") for n in SCAN_INPUTS],
         outputs=[p("y", "T"), p("last_state", "F")],
         type_constraints=[("T", types, "data"), ("F", ["tensor(float)"], "float32 parameters and state")],
         attributes=[
@@ -176,12 +178,21 @@ def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVEL
         decays.append(g.op("Exp", g.op("Mul", g.op("Unsqueeze", g.op("Gather", dt_s, g.const(t), axis=1), unsq_n), a)))
         h = input_term(t) if h is None else g.op("Add", g.op("Mul", decays[t], h), input_term(t))
 
-    # 2. carries across chunks (the decay over a chunk is exp(A * sum of its deltas))
+    # 2. carries across chunks (the decay over a chunk is exp(A * sum of its deltas)); the
+    #    initial state enters through chunk 0: its end state gains decay_0 * h0
     cum = g.op("ReduceSum", dt_s, g.const([1]), keepdims=0)  # (nc, b, d)
-    carry = _carries(g, h, g.op("Exp", g.op("Mul", g.op("Unsqueeze", cum, unsq_n), a)), layout, levels)
+    chunk_decay = g.op("Exp", g.op("Mul", g.op("Unsqueeze", cum, unsq_n), a))  # (nc, b, n, d)
+    h0 = g.op("Unsqueeze", g.op("Transpose", g.op("Cast", "initial_state", to=TensorProto.FLOAT), perm=[0, 2, 1]),
+              g.const([0]))  # (1, b, n, d)
+    h0_first = g.op("Pad", h0, g.op("Concat", g.const([0, 0, 0, 0]), g.op("Sub", layout.nc_1d, g.const([1])),
+                                    g.const([0, 0, 0]), axis=0))  # h0 at chunk 0, zeros after
+    h = g.op("Add", h, g.op("Mul", chunk_decay, h0_first))
+    carry = _carries(g, h, chunk_decay, layout, levels)
 
-    # 3. run every chunk again from its carried-in state, reading out y (decays reused)
-    h, ys = _shift_in(g, carry, g.const([1]), layout.nc_1d, 0.0), []
+    # 3. run every chunk again from its carried-in state (h0 for chunk 0), reading out y
+    h = g.op("Concat", h0, g.op("Slice", carry, g.const([0]), g.op("Sub", layout.nc_1d, g.const([1])), g.const([0])),
+             axis=0)
+    ys = []
     for t in range(chunk):
         h = g.op("Add", g.op("Mul", decays[t], h), input_term(t))
         y_t = g.op("ReduceSum", g.op("Mul", h, g.op("Gather", c_s, g.const(t), axis=1)), unsq_n, keepdims=0)

@@ -27,9 +27,15 @@ _hvlm = Opset(SCAN_DOMAIN, 1)
 _FLOAT = 1  # onnx.TensorProto.FLOAT
 _BOOL = 9  # onnx.TensorProto.BOOL
 _ONE = onnx_helper.make_tensor("one", _FLOAT, [1], [1.0])
+_ZERO = onnx_helper.make_tensor("zero", _FLOAT, [1], [0.0])
 
 
-def _selective_scan(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus: bool = False):
+def _selective_scan(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus: bool = False,
+                    initial_state=None):
+    if initial_state is None:  # zeros (B, D, N): the node always takes a state (contract v2)
+        bd = op.Slice(op.Shape(u), op.Constant(value_ints=[0]), op.Constant(value_ints=[2]))
+        n = op.Slice(op.Shape(A), op.Constant(value_ints=[1]), op.Constant(value_ints=[2]))
+        initial_state = op.ConstantOfShape(op.Concat(bd, n, axis=0), value=_ZERO)
     y, state = _hvlm.SelectiveScan(
         u,
         delta,
@@ -38,6 +44,7 @@ def _selective_scan(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplu
         C,
         D,
         delta_bias,
+        initial_state,
         delta_softplus=int(delta_softplus),
         plugin_namespace=SCAN_DOMAIN,
         plugin_version=SCAN_PLUGIN_VERSION,

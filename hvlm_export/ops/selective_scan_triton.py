@@ -137,16 +137,16 @@ def scan_kernel(
 
 @triton.jit
 def scan_plugin_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, init_ptr,
     dim, length, nstate,
     y_ptr, state_ptr,
     SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
 ):
-    """The same program as one pass over the whole L, with the TensorRT AOT plugin's argument
-    order (inputs, ints, outputs); grid (D-blocks, batch)."""
-    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, state_ptr,
+    """The same program as one pass over the whole L from the initial state, with the
+    TensorRT AOT plugin's argument order (inputs, ints, outputs); grid (D-blocks, batch)."""
+    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, init_ptr,
                   state_ptr, dim, length, nstate, length, 1, tl.program_id(0), tl.program_id(1), 0,
-                  SOFTPLUS, False, True, False, BLOCK_D, BLOCK_N, BLOCK_T)
+                  SOFTPLUS, False, True, True, BLOCK_D, BLOCK_N, BLOCK_T)
 
 
 @triton.jit
@@ -250,8 +250,8 @@ def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[
     """
     ptr = _TRITON_PTR[dtype]
     signature = {"u_ptr": ptr, "delta_ptr": ptr, "A_ptr": "*fp32", "B_ptr": ptr, "C_ptr": ptr, "D_ptr": "*fp32",
-                 "bias_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32", "y_ptr": ptr,
-                 "state_ptr": "*fp32"}
+                 "bias_ptr": "*fp32", "init_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32",
+                 "y_ptr": ptr, "state_ptr": "*fp32"}
     constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_D": PLUGIN_BLOCK_D, "BLOCK_N": block_n,
                   "BLOCK_T": PLUGIN_BLOCK_T}
     source = triton.compiler.ASTSource(fn=scan_plugin_kernel, signature=signature, constexprs=constexprs)

@@ -3,7 +3,7 @@
 The ``tensorrt.plugin`` registration (selective_scan_qdp.py) calls these functions, so unit
 tests exercise exactly what TensorRT would run at build time, without TensorRT.
 
-Inputs (node order): u, delta, A, B, C, D, delta_bias; outputs: y, last_state.
+Inputs (node order): u, delta, A, B, C, D, delta_bias, initial_state; outputs: y, last_state.
 Glossary: B batch, D channels, L length, N state size.
 """
 
@@ -70,10 +70,10 @@ def _same(a: Dim, b: Dim) -> bool:
 
 
 def check_input_shapes(shapes: Sequence[Sequence[Dim]]) -> None:
-    """Raise PluginInputError unless the 7 input shapes follow the contract."""
+    """Raise PluginInputError unless the input shapes follow the contract."""
     if len(shapes) != len(INPUTS):
         raise PluginInputError(f"SelectiveScan takes {len(INPUTS)} inputs {INPUTS}, got {len(shapes)}")
-    ranks = {"u": 3, "delta": 3, "A": 2, "B": 3, "C": 3, "D": 1, "delta_bias": 1}
+    ranks = {"u": 3, "delta": 3, "A": 2, "B": 3, "C": 3, "D": 1, "delta_bias": 1, "initial_state": 3}
     named = dict(zip(INPUTS, shapes, strict=True))
     for name, shape in named.items():
         if len(shape) != ranks[name]:
@@ -82,6 +82,7 @@ def check_input_shapes(shapes: Sequence[Sequence[Dim]]) -> None:
     n = named["A"][1]
     expected = {
         "delta": (b, d, length), "A": (d, n), "B": (b, n, length), "C": (b, n, length), "D": (d,), "delta_bias": (d,),
+        "initial_state": (b, d, n),
     }
     for name, want in expected.items():
         got = tuple(named[name])
@@ -101,7 +102,7 @@ def output_dtypes(dtypes: Sequence[str]) -> tuple[str, str]:
     if not supports_dtypes(dtypes):
         raise PluginInputError(
             f"unsupported input dtypes {tuple(dtypes)}: u, delta, B, C share one of {DATA_TYPES}; "
-            "A, D, delta_bias are float32"
+            "A, D, delta_bias, initial_state are float32"
         )
     return (dtypes[0], "float32")
 
@@ -113,7 +114,7 @@ def supports_dtypes(dtypes: Sequence[str]) -> bool:
     data = dtypes[0]
     ins = dict(zip(INPUTS, dtypes[: len(INPUTS)], strict=True))
     ok = data in DATA_TYPES and all(ins[n] == data for n in ("delta", "B", "C"))
-    ok = ok and all(ins[n] == "float32" for n in ("A", "D", "delta_bias"))
+    ok = ok and all(ins[n] == "float32" for n in ("A", "D", "delta_bias", "initial_state"))
     if len(dtypes) > len(INPUTS):
         outs = dtypes[len(INPUTS):]
         ok = ok and len(outs) == len(OUTPUTS) and outs[0] == data and outs[1] == "float32"
@@ -128,7 +129,7 @@ def supports_position(dtypes: Sequence[str]) -> bool:
     if pos < 0 or pos >= len(names):
         return False
     name, dtype = names[pos], dtypes[pos]
-    if name in ("A", "D", "delta_bias", "last_state"):
+    if name in ("A", "D", "delta_bias", "initial_state", "last_state"):
         return dtype == "float32"
     if name == "u":
         return dtype in DATA_TYPES

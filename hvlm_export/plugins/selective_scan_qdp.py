@@ -20,10 +20,10 @@ PLUGIN_ID = f"{logic.PLUGIN_NAMESPACE}::{logic.PLUGIN_NAME}"
 
 def _desc(
     u: trtp.TensorDesc, delta: trtp.TensorDesc, A: trtp.TensorDesc, B: trtp.TensorDesc, C: trtp.TensorDesc,
-    D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, delta_softplus: int,
+    D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, initial_state: trtp.TensorDesc, delta_softplus: int,
 ) -> Tuple[trtp.TensorDesc, trtp.TensorDesc]:
     logic.ScanAttrs.from_fields({"delta_softplus": delta_softplus})
-    logic.check_input_shapes([_dims(t) for t in (u, delta, A, B, C, D, delta_bias)])
+    logic.check_input_shapes([_dims(t) for t in (u, delta, A, B, C, D, delta_bias, initial_state)])
     state = trtp.from_shape_expr((u.shape_expr[0], u.shape_expr[1], A.shape_expr[1]), dtype=trt.float32)
     return u.like(), state
 
@@ -43,29 +43,31 @@ def _dims(desc: trtp.TensorDesc) -> list:
     return ["?" if _constant(e) is None else _constant(e) for e in desc.shape_expr]
 
 
-def _autotune(u, delta, A, B, C, D, delta_bias, delta_softplus: int, outputs) -> List[trtp.AutoTuneCombination]:
+def _autotune(u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus: int,
+              outputs) -> List[trtp.AutoTuneCombination]:
     data = "FP32|FP16|BF16"
-    # positions: u, delta, A, B, C, D, delta_bias, y, last_state
-    return [trtp.AutoTuneCombination(f"{data}, {data}, FP32, {data}, {data}, FP32, FP32, {data}, FP32", "LINEAR")]
+    # positions: u, delta, A, B, C, D, delta_bias, initial_state, y, last_state
+    return [trtp.AutoTuneCombination(f"{data}, {data}, FP32, {data}, {data}, FP32, FP32, FP32, {data}, FP32", "LINEAR")]
 
 
 def _impl(
     u: trtp.Tensor, delta: trtp.Tensor, A: trtp.Tensor, B: trtp.Tensor, C: trtp.Tensor, D: trtp.Tensor,
-    delta_bias: trtp.Tensor, delta_softplus: int, outputs: Tuple[trtp.Tensor], stream: int,
+    delta_bias: trtp.Tensor, initial_state: trtp.Tensor, delta_softplus: int, outputs: Tuple[trtp.Tensor],
+    stream: int,
 ) -> None:
     import torch
 
     from hvlm_export.plugins.torch_launch import run_scan
 
-    ins = [torch.as_tensor(t, device="cuda") for t in (u, delta, A, B, C, D, delta_bias)]
+    ins = [torch.as_tensor(t, device="cuda") for t in (u, delta, A, B, C, D, delta_bias, initial_state)]
     outs = [torch.as_tensor(t, device="cuda") for t in outputs]
     run_scan(ins, outs, bool(delta_softplus), stream)
 
 
 def _aot_impl(
     u: trtp.TensorDesc, delta: trtp.TensorDesc, A: trtp.TensorDesc, B: trtp.TensorDesc, C: trtp.TensorDesc,
-    D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, delta_softplus: int, outputs: Tuple[trtp.TensorDesc],
-    tactic: int,
+    D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, initial_state: trtp.TensorDesc, delta_softplus: int,
+    outputs: Tuple[trtp.TensorDesc], tactic: int,
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
     from hvlm_export.ops.selective_scan_triton import PLUGIN_BLOCK_D, compile_plugin_ptx
 

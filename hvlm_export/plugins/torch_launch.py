@@ -11,9 +11,9 @@ __all__ = ["run_scan"]
 
 
 def run_scan(inputs: list[torch.Tensor], outputs: list[torch.Tensor], delta_softplus: bool, stream: int) -> None:
-    """inputs u, delta, A, B, C, D, delta_bias; outputs y, last_state; all CUDA tensors."""
-    u, delta, A, B, C, D, bias = inputs
+    """inputs u, delta, A, B, C, D, delta_bias, initial_state; outputs y, last_state; CUDA tensors."""
+    u, delta, A, B, C, D, bias, h0 = inputs
     with torch.cuda.stream(torch.cuda.ExternalStream(stream)):
-        y, state = torch.ops.hvlm.selective_scan(u, delta, A, B, C, D, None, bias, bool(delta_softplus))
+        y, state = torch.ops.hvlm.selective_scan(u, delta, A, B, C, D, None, bias, bool(delta_softplus), h0)
         outputs[0].copy_(y)
         outputs[1].copy_(state)

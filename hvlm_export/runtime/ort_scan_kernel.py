@@ -21,14 +21,14 @@ __all__ = ["selective_scan_numpy", "register_selective_scan_kernel", "kernel_cal
 kernel_calls = [0]
 
 
-def selective_scan_numpy(u, delta, A, B, C, D, delta_bias, delta_softplus: bool):
+def selective_scan_numpy(u, delta, A, B, C, D, delta_bias, initial_state, delta_softplus: bool):
     """The node's contract in numpy, one step at a time (float32): returns (y, last_state)."""
     dt = delta.astype(np.float32) + delta_bias.astype(np.float32)[:, None]
     if delta_softplus:
         dt = np.where(dt > 20.0, dt, np.log1p(np.exp(np.minimum(dt, 20.0))))
     u32, A32, B32, C32 = (x.astype(np.float32) for x in (u, A, B, C))
     batch, dim, length = u.shape
-    h = np.zeros((batch, dim, A.shape[1]), np.float32)
+    h = initial_state.astype(np.float32).copy()
     y = np.empty((batch, dim, length), np.float32)
     for t in range(length):
         h = np.exp(dt[:, :, t, None] * A32) * h + (dt[:, :, t] * u32[:, :, t])[..., None] * B32[:, None, :, t]
@@ -51,13 +51,14 @@ def register_selective_scan_kernel() -> str:
 
     @onnx_op(
         op_type="hvlm::SelectiveScan",
-        inputs=[f32] * 7,
+        inputs=[f32] * 8,
         outputs=[f32, f32],
         attrs={"delta_softplus": PyCustomOpDef.dt_int64, "plugin_namespace": PyCustomOpDef.dt_string,
                "plugin_version": PyCustomOpDef.dt_string},
     )
-    def _selective_scan(u, delta, A, B, C, D, delta_bias, **attrs):
+    def _selective_scan(u, delta, A, B, C, D, delta_bias, initial_state, **attrs):
         kernel_calls[0] += 1
-        return selective_scan_numpy(u, delta, A, B, C, D, delta_bias, bool(attrs.get("delta_softplus", 0)))
+        return selective_scan_numpy(u, delta, A, B, C, D, delta_bias, initial_state,
+                                    bool(attrs.get("delta_softplus", 0)))
 
     return get_library_path()

@@ -48,7 +48,7 @@ def test_one_scan_node_per_mamba_layer(exported, name):
     for node in scans:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert node.op_type == "SelectiveScan"
-        assert attrs == {"delta_softplus": 1, "plugin_namespace": b"hvlm", "plugin_version": b"1"}
+        assert attrs == {"delta_softplus": 1, "plugin_namespace": b"hvlm", "plugin_version": b"2"}
     functions = [(f.domain, f.name) for f in model.functions]
     assert functions == ([("hvlm", "SelectiveScan")] if scans else [])
     for f in model.functions:

@@ -7,8 +7,8 @@ import pytest
 
 from hvlm_export.plugins import selective_scan_logic as logic
 
-GOOD = [(2, 8, 100), (2, 8, 100), (8, 4), (2, 4, 100), (2, 4, 100), (8,), (8,)]
-DYNAMIC = [("?", 8, "?"), ("?", 8, "?"), (8, 4), ("?", 4, "?"), ("?", 4, "?"), (8,), (8,)]
+GOOD = [(2, 8, 100), (2, 8, 100), (8, 4), (2, 4, 100), (2, 4, 100), (8,), (8,), (2, 8, 4)]
+DYNAMIC = [("?", 8, "?"), ("?", 8, "?"), (8, 4), ("?", 4, "?"), ("?", 4, "?"), (8,), (8,), ("?", 8, 4)]
 
 
 def test_identity_matches_an_exported_node(exported):
@@ -46,23 +46,24 @@ def test_bad_shapes(index, shape, match):
 
 
 def test_wrong_input_count():
-    with pytest.raises(logic.PluginInputError, match="7 inputs"):
-        logic.check_input_shapes(GOOD[:6])
+    with pytest.raises(logic.PluginInputError, match="8 inputs"):
+        logic.check_input_shapes(GOOD[:7])
 
 
 @pytest.mark.parametrize("data", ["float32", "float16", "bfloat16"])
 def test_dtypes(data):
     f32 = "float32"
-    ins = [data, data, f32, data, data, f32, f32]
+    ins = [data, data, f32, data, data, f32, f32, f32]
     assert logic.output_dtypes(ins) == (data, f32)
     assert logic.supports_dtypes(ins + [data, f32])
     assert not logic.supports_dtypes(ins + [f32 if data != f32 else "float16", f32])
 
 
 @pytest.mark.parametrize("bad", [
-    ["float16", "float32", "float32", "float16", "float16", "float32", "float32"],   # delta differs from u
-    ["float16", "float16", "float16", "float16", "float16", "float32", "float32"],   # A must be fp32
-    ["int32", "int32", "float32", "int32", "int32", "float32", "float32"],           # not a float type
+    ["float16", "float32", "float32", "float16", "float16", "float32", "float32", "float32"],  # delta differs from u
+    ["float16", "float16", "float16", "float16", "float16", "float32", "float32", "float32"],  # A must be fp32
+    ["float16", "float16", "float32", "float16", "float16", "float32", "float32", "float16"],  # state must be fp32
+    ["int32", "int32", "float32", "int32", "int32", "float32", "float32", "float32"],          # not a float type
 ])
 def test_bad_dtypes(bad):
     assert not logic.supports_dtypes(bad)
@@ -73,7 +74,8 @@ def test_bad_dtypes(bad):
 def test_supports_position_walks_like_tensorrt():
     """TensorRT asks position by position; only consistent prefixes are accepted."""
     chosen = []
-    plan = ["float16", "float16", "float32", "float16", "float16", "float32", "float32", "float16", "float32"]
+    plan = ["float16", "float16", "float32", "float16", "float16", "float32", "float32", "float32", "float16",
+            "float32"]
     for dtype in plan:
         candidates = [d for d in ("float32", "float16", "bfloat16") if logic.supports_position(chosen + [d])]
         assert dtype in candidates

@@ -115,8 +115,11 @@ def test_plugin_kernel_single_pass_and_aot_compiles():
     want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items() if k != "z"}, delta_softplus=True)
     y = torch.full_like(inp["u"], float("nan"))
     state = torch.full((2, 48, 16), float("nan"), device="cuda")
+    h0 = torch.randn(2, 48, 16, device="cuda")
+    want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items() if k != "z"}, delta_softplus=True,
+                                          initial_state=h0.cpu())
     scan_plugin_kernel[(triton.cdiv(48, PLUGIN_BLOCK_D), 2)](
-        inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], 48, 777, 16, y, state,
+        inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], h0, 48, 777, 16, y, state,
         SOFTPLUS=True, BLOCK_D=PLUGIN_BLOCK_D, BLOCK_N=16, BLOCK_T=16)
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
     for dtype in ("float32", "float16", "bfloat16"):

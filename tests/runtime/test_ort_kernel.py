@@ -15,8 +15,9 @@ def test_numpy_kernel_matches_recurrence():
     g = torch.Generator().manual_seed(0)
     u, delta, B, C = (torch.randn(2, *s, generator=g) for s in ((6, 40), (6, 40), (3, 40), (3, 40)))
     A, D, bias = -torch.rand(6, 3, generator=g) * 3, torch.randn(6, generator=g), torch.randn(6, generator=g)
-    want, want_state = scan_reference_f64(u, delta, A, B, C, D, None, bias, True)
-    y, state = selective_scan_numpy(*(t.numpy() for t in (u, delta, A, B, C, D, bias)), True)
+    h0 = torch.randn(2, 6, 3, generator=g)
+    want, want_state = scan_reference_f64(u, delta, A, B, C, D, None, bias, True, initial_state=h0)
+    y, state = selective_scan_numpy(*(t.numpy() for t in (u, delta, A, B, C, D, bias, h0)), True)
     assert np.allclose(y, want.numpy(), rtol=1e-5, atol=1e-5) and np.allclose(state, want_state.numpy(), atol=1e-5)
 
 
