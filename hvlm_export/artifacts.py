@@ -58,6 +58,8 @@ METADATA_KEYS: Mapping[str, str] = {
     "input_shapes": "json",    # {input: example shape}
     "dynamic_axes": "json",    # {tensor: {axis: name}}
     "weights": "str",          # weights file name, beside the .onnx
+    "mode": "str",             # forward | step (a streaming step graph: x, past.* -> y, present.*)
+    "state": "json",           # step graphs: [{name, shape ('batch'/'past' symbolic), dtype, fill}]
 }
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 

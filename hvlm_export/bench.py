@@ -183,7 +183,8 @@ def _cases(device: str, dtype: torch.dtype, names: Iterable[str], mode: str) -> 
     return cases
 
 
-def _check_request(device: str, names: list[str], modes: list[str]) -> None:
+def check_request(device: str, names: list[str], modes: list[str]) -> None:
+    """Refuse unknown cases and modes, and CUDA-only requests without CUDA (typed errors)."""
     valid = case_names()
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -204,7 +205,7 @@ def run_scaling(device: str, dtype: str, lengths: list[int], names: list[str] | 
     from rich.progress import Progress
 
     names, modes = list(names or case_names()), list(modes)
-    _check_request(device, names, modes)
+    check_request(device, names, modes)
     measured = names if BASELINE in names else [*names, BASELINE]
     records = []
     with Progress(transient=True) as progress:

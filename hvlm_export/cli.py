@@ -75,8 +75,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         model_kwargs=overrides or None,
         batch=args.batch,
         seq_len=args.seq_len,
+        mode=args.mode,
     )
-    print(f"exported {model} -> {path} ({args.precision}, opset {args.opset or 'default'}, scan={args.scan})")
+    print(f"exported {model} -> {path} ({args.precision}, opset {args.opset or 'default'}, scan={args.scan}, "
+          f"mode={args.mode})")
     if args.lint:
         _print_lint(path, strict=False)
     if args.validate:
@@ -182,6 +184,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     command = "hvlm-export bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else "hvlm-export bench"
     out = Path(args.out)
+    if args.suite == "scaling":
+        bench.check_request(args.device, list(args.names or bench.case_names()), list(args.modes))
     bench.check_output_dir(out)  # before minutes of measuring, not after
     if args.suite == "onnx":
         rows = bench.run_onnx(args.names, dim=args.dim, length=args.lengths[0] if args.lengths else 2048,
@@ -228,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scan", choices=["custom", "inline"], default="custom",
                    help="Mamba scan as one hvlm::SelectiveScan node (default) or inlined standard ops")
     p.add_argument("--checkpoint", help="state_dict .pt to load (strict) before export")
+    p.add_argument("--mode", choices=["forward", "step"], default="forward",
+                   help="forward (the whole sequence) or step (one streaming step of a causal layer: "
+                        "x, past.* -> y, present.*; docs/STREAMING.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="constructor argument of a registry mechanism, e.g. --set dim=256 (repeatable)")
     p.add_argument("--small", action="store_true", help="use the registry's small test size (dim 64)")

@@ -20,10 +20,11 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("exports")
     cache: dict[tuple, Path] = {}
 
-    def get(name: str, precision: str = "fp32", **kwargs) -> Path:
-        key = (name, precision, tuple(sorted(kwargs.items())))
+    def get(name: str, precision: str = "fp32", overrides: dict | None = None, **kwargs) -> Path:
+        """``overrides``: constructor arguments on top of the registry's small size."""
+        key = (name, precision, tuple(sorted((overrides or {}).items())), tuple(sorted(kwargs.items())))
         if key not in cache:
-            model_kwargs = dict(REGISTRY[name].small) if name in REGISTRY else None
+            model_kwargs = {**REGISTRY[name].small, **(overrides or {})} if name in REGISTRY else None
             model = name if name in REGISTRY else str(CONFIG_DIR / f"{name}.yaml")
             path = root / f"{name}-{precision}-{len(cache)}.onnx"
             with warnings.catch_warnings():

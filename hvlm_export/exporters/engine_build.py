@@ -34,8 +34,12 @@ __all__ = ["Profile", "build_engine", "default_profiles", "parse_shape_arg"]
 
 log = logging.getLogger(__name__)
 
-#: default dynamic-axis ranges (min, opt, max) when no profile is given
-DEFAULT_RANGES = {"batch": (1, 1, 8), "seq": (1, 512, 8192), "mem_seq": (1, 64, 2048)}
+#: default dynamic-axis ranges (min, opt, max) when no profile is given; step graphs: 'chunk'
+#: (tokens per step: decode 1 .. prefill 512) and 'past' (a key/value cache, empty at the start)
+DEFAULT_RANGES = {"batch": (1, 1, 8), "seq": (1, 512, 8192), "mem_seq": (1, 64, 2048), "chunk": (1, 1, 512),
+                  "past": (0, 1024, 8192)}
+#: axes that may be empty (0) in a profile
+_EMPTY_OK = ("past",)
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,7 @@ class Profile:
                 for axis, (got, fixed) in enumerate(zip(shape, dims, strict=True)):
                     if isinstance(fixed, int) and fixed >= 0 and got != fixed:
                         raise BuildError(f"{label} shape of {name!r} has {got} on axis {axis}, which is fixed to {fixed}")
-                    if got < 1:
+                    if got < (0 if fixed in _EMPTY_OK else 1):
                         raise BuildError(f"{label} shape of {name!r} has size {got} < 1 on axis {axis}")
             if not all(a <= b <= c for a, b, c in zip(lo, opt, hi, strict=True)):
                 raise BuildError(f"profile of {name!r} needs min <= opt <= max on every axis, got {lo}, {opt}, {hi}")

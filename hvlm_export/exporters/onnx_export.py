@@ -33,11 +33,19 @@ from torch import nn
 from hvlm_export import __version__
 from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_OP, encode_metadata, weights_path
 from hvlm_export.errors import ExportError, HvlmExportError
-from hvlm_export.exporters import scan_body
+from hvlm_export.exporters import scan_body, step_graph
+from hvlm_export.exporters.tracing import (
+    axis_names,
+    check_dynamic,
+    check_generalises,
+    dynamic_shapes,
+    probe_inputs,
+    trace_inputs,
+)
 from hvlm_export.exporters.translations import translation_table
 from hvlm_export.modules import cast_module
 from hvlm_export.modules.stack import StackConfig
-from hvlm_export.registry import DTYPES, PRECISIONS, ModelSpec, ResolvedModel, resolve_model
+from hvlm_export.registry import DTYPES, PRECISIONS, ResolvedModel, resolve_model
 
 __all__ = ["export_onnx", "OPSETS", "BF16_OPSET"]
 
@@ -47,6 +55,7 @@ BF16_OPSET = 22  # Conv and friends take bfloat16 from opset 22
 #: Opsets the dynamo exporter emits and ONNX Runtime / TensorRT 10-11 all read.
 OPSETS = range(18, 24)
 ScanMode = Literal["custom", "inline"]
+Mode = Literal["forward", "step"]
 Precision = Literal["fp32", "fp16", "bf16"]
 _EXTERNAL_DATA_BYTES = 1 << 30  # parameters above 1 GiB go to an external .data file
 
@@ -64,97 +73,9 @@ def _scan_schema_registered() -> Iterator[None]:
             onnx.defs.deregister_schema(SCAN_OP, 1, SCAN_DOMAIN)
 
 
-def _dynamic_shapes(spec: ModelSpec, dynamic: bool) -> dict[str, dict[int, Any]] | None:
-    """Dim.DYNAMIC for every dynamic axis: torch.export may record benign guards (contiguity
-    checks on padded chunk counts) but errors out rather than specialising a dynamic axis."""
-    if not dynamic:
-        return None
-    return {name: {ax: torch.export.Dim.DYNAMIC for ax in spec.dynamic_axes[name]} for name in spec.inputs}
-
-
-def _trace_inputs(example_inputs: tuple[torch.Tensor, ...], spec: ModelSpec,
-                  kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
-    """The example inputs lengthened for tracing a dynamic graph (the traced graph does not
-    depend on the values):
-
-    * torch.export specialises a dynamic axis whose example size is 0 or 1, so such axes are
-      repeated to size 2;
-    * sizes derived from the sequence length (chunk, block and group counts) can be 1 at a
-      short example length, and tracing then bakes them in (a broadcast of a size-1 axis is
-      indistinguishable from a fixed one): sequence axes are lengthened to the spec's trace
-      length, past every window / chunk / stride of the mechanism.
-    """
-    trace_length = spec.trace_length(kwargs)
-    widened = []
-    for name, tensor in zip(spec.inputs, example_inputs, strict=True):
-        for axis, label in spec.dynamic_axes[name].items():
-            if tensor.shape[axis] == 0:
-                raise ExportError(f"example input {name!r} is empty on axis {axis}")
-            want = max(2, trace_length if label in ("seq", "mem_seq") else 2)
-            if tensor.shape[axis] < want:
-                tensor = tensor.repeat_interleave(-(-want // tensor.shape[axis]), dim=axis).narrow(axis, 0, want)
-        widened.append(tensor)
-    return tuple(widened)
-
-
-def _probe_inputs(traced: tuple[torch.Tensor, ...], spec: ModelSpec,
-                  kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
-    """Inputs one larger on the batch axis and, on sequence axes, more than twice as long as
-    traced and as the spec's trace length (so every chunk/block/group count differs)."""
-    probes = []
-    for name, tensor in zip(spec.inputs, traced, strict=True):
-        for axis in spec.dynamic_axes[name]:
-            longest = max(tensor.shape[axis], spec.trace_length(kwargs))
-            size = tensor.shape[axis] + 1 if axis == 0 else 2 * longest + 3
-            tensor = tensor.repeat_interleave(-(-size // tensor.shape[axis]), dim=axis).narrow(axis, 0, size)
-        probes.append(tensor)
-    return tuple(probes)
-
-
-def _check_generalises(onnx_path: Path, module: nn.Module, probes: tuple[torch.Tensor, ...], spec: ModelSpec,
-                       precision: str, traced_shapes: list[tuple[int, ...]]) -> None:
-    """Run the written graph with ONNX Runtime at other sizes than it was traced at and compare
-    with the module: a size frozen during tracing shows up here, not in a user's deployment.
-    (bf16 graphs are skipped: ONNX Runtime's CPU provider has no bfloat16 MatMul.)"""
-    if precision == "bf16":
-        return
-    import onnxruntime as ort
-
-    shapes = [tuple(p.shape) for p in probes]
-    hint = ("a size derived from a dynamic axis was frozen while tracing at shapes "
-            f"{traced_shapes}; export with a longer example (--seq-len), or report it if the model is one of ours.")
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    try:
-        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        got = session.run(None, {n: p.numpy() for n, p in zip(spec.inputs, probes, strict=True)})[0]
-    except Exception as err:  # ORT raises several types; all mean the graph does not run there
-        raise ExportError(f"the exported {spec.name} graph fails at input shapes {shapes}: "
-                          f"{type(err).__name__}: {str(err)[:400]}", hint) from err
-    with torch.no_grad():
-        want = module(*probes).float().numpy()
-    scale = float(abs(want).max()) or 1.0
-    bound = (1e-3 if precision == "fp32" else 3e-2) * scale  # far above rounding, far below a wrong size
-    err = float(abs(got.astype("float32") - want).max()) if got.shape == want.shape else float("inf")
-    if not err <= bound:
-        raise ExportError(f"the exported {spec.name} graph disagrees with the module at input shapes {shapes}: "
-                          f"max abs difference {err:.3g} (output shape {got.shape} vs {want.shape}, "
-                          f"output max {scale:.3g})", hint)
-
-
-def _axis_names(program: torch.export.ExportedProgram, spec: ModelSpec) -> dict[str, str]:
-    """torch's symbols (s27, ...) -> the spec's axis names (batch, seq, mem_seq)."""
-    user_inputs = set(program.graph_signature.user_inputs)
-    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
-    mapping = {}
-    for node, name in zip(placeholders, spec.inputs, strict=True):
-        shape = node.meta["val"].shape
-        for axis, label in spec.dynamic_axes[name].items():
-            mapping[str(shape[axis])] = label
-    return mapping
-
-
-def _check_options(opset: int | None, precision: str, scan: str) -> None:
+def _check_options(opset: int | None, precision: str, scan: str, mode: str) -> None:
+    if mode not in ("forward", "step"):
+        raise ExportError(f"unknown mode {mode!r}", "valid choices are 'forward', 'step'.")
     if opset is not None and opset not in OPSETS:
         raise ExportError(f"unsupported opset {opset}", f"choose one of {OPSETS.start}..{OPSETS.stop - 1}.")
     if precision not in PRECISIONS:
@@ -205,6 +126,7 @@ def export_onnx(
     batch: int = 2,
     seq_len: int = 48,
     external_data: bool | None = None,
+    mode: Mode = "forward",
 ) -> Path:
     """Export ``model`` to ONNX at ``path`` and return the path.
 
@@ -223,28 +145,35 @@ def export_onnx(
         model_kwargs: constructor overrides for a registry name (e.g. {"dim": 256}).
         batch, seq_len: size of the default example inputs.
         external_data: store weights in ``<name>.data`` (default: when over 1 GiB).
+        mode: 'forward' (the whole sequence) or 'step' (one streaming step of a causal layer:
+            inputs x and past.*, outputs y and present.*; DESIGN.md section 7).
     """
-    _check_options(opset, precision, scan)
+    _check_options(opset, precision, scan, mode)
     path = _check_output_path(path)
     resolved = resolve_model(model, model_kwargs)
     if opset is None:
         opset = max(resolved.spec.opset, BF16_OPSET) if precision == "bf16" else resolved.spec.opset
     module, example_inputs = _prepare(resolved, checkpoint, precision, example_inputs, batch, seq_len)
-
     kwargs = resolved.source.get("kwargs", {})
-    traced = _trace_inputs(example_inputs, resolved.spec, kwargs) if dynamic else example_inputs
-    program = _torch_export(module, traced, resolved.spec, dynamic, opset, precision)
+    spec, target, extra_meta = resolved.spec, module, {"mode": mode}
+    if mode == "step":
+        spec, states = step_graph.step_spec(resolved.spec, module)
+        target, example_inputs = step_graph.StepModule(module), step_graph.step_example(module, example_inputs[0])
+        extra_meta["state"] = step_graph.state_metadata(states, DTYPES[precision])
+
+    traced = trace_inputs(example_inputs, spec, kwargs) if dynamic else example_inputs
+    shapes = dynamic_shapes(spec, dynamic, varargs_from=1 if mode == "step" else None)
+    program = _torch_export(target, traced, spec, shapes, opset, precision)
     ir_model = program.model
     _add_scan_function(ir_model, opset, scan)
-    meta = _metadata(resolved, precision, scan, opset, dynamic, example_inputs, path)
+    meta = {**_metadata(resolved, spec, precision, scan, opset, dynamic, example_inputs, path), **extra_meta}
     ir_model.metadata_props.update(encode_metadata(meta))
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES
     verify = None
     if dynamic:
-        probes = _probe_inputs(traced, resolved.spec, kwargs)
-        traced_shapes = [tuple(t.shape) for t in traced]
-        verify = functools.partial(_check_generalises, module=module, probes=probes, spec=resolved.spec,
-                                   precision=precision, traced_shapes=traced_shapes)
+        probes = step_graph.step_probes(module, traced) if mode == "step" else probe_inputs(traced, spec, kwargs)
+        verify = functools.partial(check_generalises, module=target, probes=probes, spec=spec, precision=precision,
+                                   traced_shapes=[tuple(t.shape) for t in traced])
     _write(ir_model, module, resolved, path, external_data if external_data is not None else big, verify)
     return path
 
@@ -262,12 +191,12 @@ def _load_checkpoint(module: nn.Module, checkpoint: str | os.PathLike) -> None:
         raise ExportError(f"checkpoint {str(checkpoint)!r} does not fit the model: {err}") from err
 
 
-def _torch_export(module, example_inputs, spec, dynamic, opset, precision):
+def _torch_export(module, example_inputs, spec, shapes, opset, precision):
     """torch.export (non-strict), then ONNX translation of that program: no fallback strategies."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            program = torch.export.export(module, example_inputs, dynamic_shapes=_dynamic_shapes(spec, dynamic), strict=False)
+            program = torch.export.export(module, example_inputs, dynamic_shapes=shapes, strict=False)
         except Exception as err:  # torch.export raises many types; all mean "not exportable as is"
             raise ExportError(
                 f"step 1/2 (torch.export) failed for {spec.name}: {type(err).__name__}: {str(err)[:2000]}",
@@ -294,25 +223,10 @@ def _torch_export(module, example_inputs, spec, dynamic, opset, precision):
                 f"step 2/2 (ONNX translation) failed for {spec.name}: {type(err).__name__}: {str(err)[:2000]}",
                 "this is a bug in hvlm-export if the model is one of ours; please report it.",
             ) from err
-    if dynamic:
-        onnx_program.rename_axes(_axis_names(program, spec))
-        _check_dynamic(onnx_program.model, spec)
+    if shapes is not None:
+        onnx_program.rename_axes(axis_names(program, spec))
+        check_dynamic(onnx_program.model, spec)
     return onnx_program
-
-
-def _check_dynamic(model: ir.Model, spec: ModelSpec) -> None:
-    """Every declared dynamic axis of every input and output must still carry its name."""
-    frozen = []
-    for value in [*model.graph.inputs, *model.graph.outputs]:
-        for axis, label in spec.dynamic_axes.get(value.name, {}).items():
-            dim = value.shape[axis] if value.shape is not None else None
-            if not isinstance(dim, ir.SymbolicDim) or dim.value != label:
-                frozen.append(f"{value.name}[{axis}] is {dim!r}, expected {label!r}")
-    if frozen:
-        raise ExportError(
-            "the exported graph does not keep its dynamic axes: " + "; ".join(frozen),
-            "the model has a Python branch or reshape that fixes this size; please report it.",
-        )
 
 
 def _add_scan_function(model: ir.Model, opset: int, scan: ScanMode) -> None:
@@ -329,8 +243,7 @@ def _add_scan_function(model: ir.Model, opset: int, scan: ScanMode) -> None:
         model.opset_imports.pop(SCAN_DOMAIN, None)
 
 
-def _metadata(resolved, precision, scan, opset, dynamic, example_inputs, path) -> dict[str, Any]:
-    spec = resolved.spec
+def _metadata(resolved, spec, precision, scan, opset, dynamic, example_inputs, path) -> dict[str, Any]:
     return {
         "version": __version__,
         "source": resolved.source,

@@ -13,8 +13,9 @@ from hvlm_export.artifacts import ENGINE_SUFFIXES
 from hvlm_export.errors import ArtifactError
 from hvlm_export.runtime.ort_session import OnnxSession
 from hvlm_export.runtime.session import Session, TensorInfo
+from hvlm_export.runtime.stream import Stream
 
-__all__ = ["load", "Session", "TensorInfo", "OnnxSession", "ENGINE_SUFFIXES"]
+__all__ = ["load", "Session", "TensorInfo", "OnnxSession", "Stream", "ENGINE_SUFFIXES"]
 
 
 def load(path: str | os.PathLike, *, providers: list[str] | None = None, scan_kernel: bool = False) -> Session:

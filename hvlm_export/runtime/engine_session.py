@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hvlm_export.artifacts import read_engine_sidecar
+from hvlm_export.artifacts import decode_metadata, read_engine_sidecar
 from hvlm_export.errors import ArtifactError, RuntimeInputError
 from hvlm_export.runtime.session import Session, TensorInfo
 
@@ -41,14 +41,15 @@ class EngineSession(Session):
 
         self._trt, self._torch = trt, torch
         self.path = Path(path)
-        self.metadata = read_engine_sidecar(self.path)
-        built_with = self.metadata.get("tensorrt_version", "?")
+        self.sidecar = read_engine_sidecar(self.path)
+        self.metadata = decode_metadata(self.sidecar.get("onnx_metadata", {}))
+        built_with = self.sidecar.get("tensorrt_version", "?")
         if _major_minor(built_with) != _major_minor(trt.__version__):
             raise ArtifactError(
                 f"{self.path.name} was built with TensorRT {built_with}, this process has {trt.__version__}",
                 "engines are not portable across TensorRT versions; rebuild it with `hvlm-export build`.",
             )
-        if self.metadata.get("plugins"):
+        if self.sidecar.get("plugins"):
             from hvlm_export.plugins import register_plugins
 
             register_plugins(trt)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hvlm_export.artifacts import META_PREFIX, decode_metadata
 from hvlm_export.errors import ArtifactError
 from hvlm_export.runtime.session import Session, TensorInfo
 
@@ -73,6 +74,8 @@ class OnnxSession(Session):
                 "the file may be truncated or corrupt, or use an op/dtype this onnxruntime lacks; re-export it.",
             ) from err
         self.providers = self._session.get_providers()
+        raw = self._session.get_modelmeta().custom_metadata_map
+        self.metadata = decode_metadata({k[len(META_PREFIX):]: v for k, v in raw.items() if k.startswith(META_PREFIX)})
         self.inputs = tuple(TensorInfo(i.name, _dtype(i.type), tuple(i.shape)) for i in self._session.get_inputs())
         self.outputs = tuple(TensorInfo(o.name, _dtype(o.type), tuple(o.shape)) for o in self._session.get_outputs())
 

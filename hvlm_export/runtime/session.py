@@ -23,10 +23,12 @@ class TensorInfo:
 
 
 class Session(abc.ABC):
-    """``run({name: array}) -> {name: array}`` over one loaded artefact."""
+    """``run({name: array}) -> {name: array}`` over one loaded artefact; ``metadata`` is the
+    artefact's decoded hvlm_export metadata (hvlm_export.artifacts; empty if it has none)."""
 
     inputs: tuple[TensorInfo, ...]
     outputs: tuple[TensorInfo, ...]
+    metadata: dict
 
     @property
     def input_names(self) -> list[str]:

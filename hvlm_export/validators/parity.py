@@ -23,6 +23,7 @@ from hvlm_export.registry import ModelSpec, Tolerance
 from hvlm_export.validators.compare import compare
 from hvlm_export.validators.reference import load_reference
 from hvlm_export.validators.report import Case, Report
+from hvlm_export.validators.streaming import run_stream_cases
 
 __all__ = ["validate", "default_shapes", "BACKENDS"]
 
@@ -100,10 +101,11 @@ def _grid_profile(spec: ModelSpec, shapes: Sequence[Shape], dim: int):
 
 
 def _engine_for(artifact: Path, profile, workdir: Path) -> Path:
-    """Build a TensorRT engine for an .onnx artefact into ``workdir`` (three-way validation)."""
+    """Build a TensorRT engine for an .onnx artefact into ``workdir`` (three-way validation;
+    ``profile`` None: the builder's default profiles)."""
     from hvlm_export.exporters.engine_build import build_engine
 
-    return build_engine(artifact, workdir / (artifact.stem + ".engine"), profiles=[profile])
+    return build_engine(artifact, workdir / (artifact.stem + ".engine"), profiles=[profile] if profile else None)
 
 
 def _open_backends(artifact: Path, backends: Sequence[str], providers, report: Report,
@@ -183,22 +185,30 @@ def validate(
     tol = _resolve_tolerances(spec, precision, tolerances)
     report = Report(spec.name, str(path), precision)
     shapes = [dict(s) for s in shapes]
+    streaming = meta.get("mode") == "step"
     with tempfile.TemporaryDirectory(prefix="hvlm-validate-") as workdir:
-        sessions = _open_backends(path, list(backends or BACKENDS), providers, report,
-                                  _grid_profile(spec, shapes, reference.dim), Path(workdir))
-        _run_cases(report, sessions, reference, shapes, tol, seed)
+        profile = None if streaming else _grid_profile(spec, shapes, reference.dim)  # step graphs: build's defaults
+        sessions = _open_backends(path, list(backends or BACKENDS), providers, report, profile, Path(workdir))
+        _require_a_backend(report, sessions)
+        if streaming:
+            run_stream_cases(report, sessions, reference, shapes, tol, seed, _inputs, _eager)
+        else:
+            _run_cases(report, sessions, reference, shapes, tol, seed)
     return report
+
+
+def _require_a_backend(report: Report, sessions: dict[str, Any]) -> None:
+    if not sessions:
+        raise ValidationError(
+            f"no backend could run {Path(report.artifact).name!r}: "
+            + "; ".join(f"{b}: {r}" for b, r in report.skipped.items()),
+            "ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul/Conv; validate bf16 with the CUDA "
+            "provider or a TensorRT engine (docs/EXPORT.md lists what runs where).",
+        )
 
 
 def _run_cases(report: Report, sessions: dict[str, Any], reference, shapes, tol, seed: int) -> None:
     spec = reference.spec
-    path = Path(report.artifact)
-    if not sessions:
-        raise ValidationError(
-            f"no backend could run {path.name!r}: " + "; ".join(f"{b}: {r}" for b, r in report.skipped.items()),
-            "ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul/Conv; validate bf16 with the CUDA "
-            "provider or a TensorRT engine (docs/EXPORT.md lists what runs where).",
-        )
     dtype = next(iter(sessions.values())).inputs[0].dtype
     for i, shape in enumerate(shapes):
         feed = _inputs(spec, reference.dim, shape, seed + i, dtype)

@@ -36,6 +36,21 @@ def test_export_validate_run(tmp_path, capsys):
         assert data["y"].shape == (2, 11, 32)
 
 
+def test_export_step_graph_and_validate(tmp_path, capsys):
+    out = tmp_path / "lg.onnx"
+    assert main(["export", "local_global", "-o", str(out), "--small", "--set", "causal=true", "--mode", "step",
+                 "--validate", "--seq-lens", "5", "40", "--batch-sizes", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "mode=step" in text and "PASSED | local_global" in text and "chunks:tokens" in text
+
+
+def test_bench_rejects_unknown_case_before_measuring(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "hvlm_export.cli", "bench", "--names", "bogus", "--out",
+                             str(tmp_path / "b")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "unknown benchmark case(s) ['bogus']" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
+
+
 def test_flags_reach_the_api(tmp_path, monkeypatch):
     seen = {}
 
@@ -45,10 +60,11 @@ def test_flags_reach_the_api(tmp_path, monkeypatch):
 
     monkeypatch.setattr("hvlm_export.exporters.onnx_export.export_onnx", fake_export)
     argv = ["export", "strided", "-o", "m.onnx", "--opset", "19", "--precision", "fp16", "--static", "--batch", "3",
-            "--seq-len", "17", "--scan", "inline", "--checkpoint", "c.pt", "--set", "stride=2", "--no-lint"]
+            "--seq-len", "17", "--scan", "inline", "--checkpoint", "c.pt", "--set", "stride=2", "--no-lint",
+            "--mode", "step"]
     assert main(argv) == 0
     assert seen == dict(model="strided", path="m.onnx", dynamic=False, opset=19, precision="fp16", scan="inline",
-                        checkpoint="c.pt", model_kwargs={"stride": 2}, batch=3, seq_len=17)
+                        checkpoint="c.pt", model_kwargs={"stride": 2}, batch=3, seq_len=17, mode="step")
 
 
 def test_validate_tolerance_flags(exported, tmp_path):

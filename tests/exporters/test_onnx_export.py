@@ -120,7 +120,7 @@ def test_a_size_frozen_while_tracing_is_caught(tmp_path, monkeypatch):
     from hvlm_export.errors import ExportError
     from hvlm_export.exporters import onnx_export as onnx_exporter
 
-    monkeypatch.setattr(onnx_exporter, "_trace_inputs", lambda inputs, spec, kwargs: inputs)
+    monkeypatch.setattr(onnx_exporter, "trace_inputs", lambda inputs, spec, kwargs: inputs)
     path = tmp_path / "p.onnx"
     with pytest.raises(ExportError, match="frozen while tracing"):
         export_onnx("performer", path, model_kwargs={"dim": 64, "num_heads": 4, "chunk_size": 128}, seq_len=48)

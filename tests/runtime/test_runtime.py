@@ -83,3 +83,27 @@ def test_onnx_path_imports_neither_torch_nor_tensorrt(exported, tmp_path):
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_streaming_imports_neither_torch_nor_tensorrt(exported):
+    """Prefill and decode through a step graph with Stream in an interpreter without torch."""
+    path = exported("mamba", mode="step")
+    script = textwrap.dedent(f"""
+        import sys
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "tensorrt"):
+                    raise ImportError("blocked: " + name)
+        sys.meta_path.insert(0, Block())
+        import numpy as np
+        import hvlm_export.runtime as rt
+        stream = rt.Stream(rt.load({str(path)!r}), batch_size=1)
+        y = stream.feed(np.ones((1, 6, 64), np.float32))
+        for _ in range(3):
+            y = stream.feed(np.ones((1, 1, 64), np.float32))
+        assert y.shape == (1, 1, 64) and stream.position == 9
+        assert "torch" not in sys.modules and "tensorrt" not in sys.modules
+        print("ok")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr

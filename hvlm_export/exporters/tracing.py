@@ -1,0 +1,144 @@
+"""Tracing a dynamic graph and proving it generalises (used by every export).
+
+* :func:`dynamic_shapes` / :func:`axis_names`: ``torch.export.Dim.DYNAMIC`` on the spec's
+  dynamic axes, and torch's symbols mapped back to the spec's axis names;
+* :func:`trace_inputs`: example inputs lengthened past every window / chunk / stride, since
+  torch.export bakes in a size that is 0 or 1 while tracing (also a derived count);
+* :func:`check_dynamic`: every declared dynamic axis of the ONNX graph is still symbolic;
+* :func:`check_generalises`: the written graph run by ONNX Runtime at other shapes than it
+  was traced at, compared with the module, before the file is moved into place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx_ir as ir
+import torch
+from torch import nn
+
+from hvlm_export.errors import ExportError
+from hvlm_export.registry import ModelSpec
+
+__all__ = ["dynamic_shapes", "axis_names", "trace_inputs", "probe_inputs", "check_dynamic", "check_generalises"]
+
+#: axis names that follow the sequence (lengthened to the trace length while tracing)
+SEQUENCE_AXES = ("seq", "mem_seq", "chunk")
+
+
+def dynamic_shapes(spec: ModelSpec, dynamic: bool, varargs_from: int | None = None) -> tuple | None:
+    """Dim.DYNAMIC for every dynamic axis, one dict per positional input (inputs from
+    ``varargs_from`` on grouped into one tuple, for a ``forward(x, *rest)``): torch.export may
+    record benign guards (contiguity checks on padded chunk counts) but errors out rather
+    than specialising a dynamic axis."""
+    if not dynamic:
+        return None
+    shapes = tuple({ax: torch.export.Dim.DYNAMIC for ax in spec.dynamic_axes.get(name, {})} for name in spec.inputs)
+    return shapes if varargs_from is None else (*shapes[:varargs_from], shapes[varargs_from:])
+
+
+def axis_names(program: torch.export.ExportedProgram, spec: ModelSpec) -> dict[str, str]:
+    """torch's symbols (s27, ...) -> the spec's axis names (batch, seq, mem_seq, ...)."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
+    mapping = {}
+    for node, name in zip(placeholders, spec.inputs, strict=True):
+        shape = node.meta["val"].shape
+        for axis, label in spec.dynamic_axes.get(name, {}).items():
+            if label is not None:
+                mapping[str(shape[axis])] = label
+    return mapping
+
+
+def trace_inputs(example_inputs: tuple[torch.Tensor, ...], spec: ModelSpec,
+                 kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+    """The example inputs lengthened for tracing a dynamic graph (the traced graph does not
+    depend on the values):
+
+    * torch.export specialises a dynamic axis whose example size is 0 or 1, so such axes are
+      repeated to size 2;
+    * sizes derived from the sequence length (chunk, block and group counts) can be 1 at a
+      short example length, and tracing then bakes them in (a broadcast of a size-1 axis is
+      indistinguishable from a fixed one): sequence axes are lengthened to the spec's trace
+      length, past every window / chunk / stride of the mechanism.
+    """
+    trace_length = spec.trace_length(kwargs)
+    widened = []
+    for name, tensor in zip(spec.inputs, example_inputs, strict=True):
+        for axis, label in spec.dynamic_axes.get(name, {}).items():
+            if tensor.shape[axis] == 0:
+                raise ExportError(f"example input {name!r} is empty on axis {axis}")
+            want = max(2, trace_length if label in SEQUENCE_AXES else 2)
+            if tensor.shape[axis] < want:
+                tensor = tensor.repeat_interleave(-(-want // tensor.shape[axis]), dim=axis).narrow(axis, 0, want)
+        widened.append(tensor)
+    return tuple(widened)
+
+
+def probe_inputs(traced: tuple[torch.Tensor, ...], spec: ModelSpec,
+                 kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, ...]:
+    """Inputs one larger on the batch axis and, on sequence axes, more than twice as long as
+    traced and as the spec's trace length (so every chunk/block/group count differs)."""
+    probes = []
+    for name, tensor in zip(spec.inputs, traced, strict=True):
+        for axis in spec.dynamic_axes.get(name, {}):
+            longest = max(tensor.shape[axis], spec.trace_length(kwargs))
+            size = tensor.shape[axis] + 1 if axis == 0 else 2 * longest + 3
+            tensor = tensor.repeat_interleave(-(-size // tensor.shape[axis]), dim=axis).narrow(axis, 0, size)
+        probes.append(tensor)
+    return tuple(probes)
+
+
+def check_dynamic(model: ir.Model, spec: ModelSpec) -> None:
+    """Every declared dynamic axis of every input and output must still be symbolic and carry
+    its name (an axis declared with the name None only needs to be symbolic: a size computed
+    from others, such as a key/value cache after a step)."""
+    frozen = []
+    for value in [*model.graph.inputs, *model.graph.outputs]:
+        for axis, label in spec.dynamic_axes.get(value.name, {}).items():
+            dim = value.shape[axis] if value.shape is not None else None
+            if not isinstance(dim, ir.SymbolicDim) or (label is not None and dim.value != label):
+                frozen.append(f"{value.name}[{axis}] is {dim!r}, expected {label or 'symbolic'!r}")
+    if frozen:
+        raise ExportError(
+            "the exported graph does not keep its dynamic axes: " + "; ".join(frozen),
+            "the model has a Python branch or reshape that fixes this size; please report it.",
+        )
+
+
+def check_generalises(onnx_path: Path, module: nn.Module, probes: Sequence[torch.Tensor], spec: ModelSpec,
+                      precision: str, traced_shapes: list[tuple[int, ...]]) -> None:
+    """Run the written graph with ONNX Runtime at other sizes than it was traced at and compare
+    every output with the module's: a size frozen during tracing shows up here, not in a user's
+    deployment. (bf16 graphs are skipped: ONNX Runtime's CPU provider has no bfloat16 MatMul.)"""
+    if precision == "bf16":
+        return
+    import onnxruntime as ort
+
+    shapes = [tuple(p.shape) for p in probes]
+    hint = ("a size derived from a dynamic axis was frozen while tracing at shapes "
+            f"{traced_shapes}; export with a longer example (--seq-len), or report it if the model is one of ours.")
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    try:
+        session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        got = session.run(None, {n: p.numpy() for n, p in zip(spec.inputs, probes, strict=True)})
+    except Exception as err:  # ORT raises several types; all mean the graph does not run there
+        raise ExportError(f"the exported {spec.name} graph fails at input shapes {shapes}: "
+                          f"{type(err).__name__}: {str(err)[:400]}", hint) from err
+    with torch.no_grad():
+        want = module(*probes)
+    want = want if isinstance(want, tuple) else (want,)
+    for name, g, w in zip(spec.outputs, got, want, strict=True):
+        w = w.float().numpy() if w.is_floating_point() else w.numpy()
+        scale = float(np.abs(w).max()) if w.size else 1.0
+        bound = (1e-3 if precision == "fp32" else 3e-2) * (scale or 1.0)  # far above rounding, below a wrong size
+        err = float(np.abs(g.astype(np.float64) - w).max()) if g.shape == w.shape and w.size else (
+            0.0 if g.shape == w.shape else float("inf"))
+        if not err <= bound:
+            raise ExportError(f"the exported {spec.name} graph disagrees with the module on {name!r} at input shapes "
+                              f"{shapes}: max abs difference {err:.3g} (shape {g.shape} vs {w.shape}, "
+                              f"max {scale:.3g})", hint)
