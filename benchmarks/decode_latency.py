@@ -7,8 +7,10 @@ strided attention keeps a growing key/value cache and is shown for contrast.
 
     python benchmarks/decode_latency.py --device cuda --dtype fp16     # eager CUDA
     python benchmarks/decode_latency.py --device cpu --dtype fp32      # eager CPU
+    python benchmarks/decode_latency.py --onnx                         # ONNX Runtime CPU step graphs
 
-(ONNX Runtime step graphs: ``--onnx`` once step export exists, see docs/STREAMING.md.)
+``--onnx`` exports each layer as a step graph (``mode="step"``) and times ``runtime.Stream``:
+the prompt is fed as one chunk, then 1-token feeds are timed on copies of that state.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,26 +66,60 @@ def decode_ms(layer, position: int, device: str, dtype: torch.dtype, repeats: in
     return statistics.median(times)
 
 
+def onnx_decode_ms(layer, position: int, repeats: int, workdir: Path) -> float:
+    """The same measurement through an exported step graph and ONNX Runtime (CPU, fp32)."""
+    import numpy as np
+
+    from hvlm_export import runtime
+    from hvlm_export.exporters.onnx_export import export_onnx
+
+    path = workdir / f"{type(layer).__name__}-{id(layer)}.onnx"
+    if not path.exists():
+        export_onnx(layer, path, mode="step")
+    stream = runtime.Stream(runtime.load(path, providers=["CPUExecutionProvider"]), batch_size=1)
+    rng = np.random.default_rng(0)
+    if position:
+        stream.feed(rng.standard_normal((1, position, 768)).astype(np.float32))
+    prefix_state, token = stream.state, rng.standard_normal((1, 1, 768)).astype(np.float32)
+    times = []
+    for i in range(repeats + 3):
+        stream._state = dict(prefix_state)  # every timed step sees `position`
+        t0 = time.perf_counter()
+        stream.feed(token)
+        if i >= 3:  # warm-up
+            times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16"])
     p.add_argument("--positions", type=int, nargs="+", default=[100, 10000])
     p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--onnx", action="store_true", help="time exported step graphs in ONNX Runtime (CPU, fp32)")
     p.add_argument("--out")
     args = p.parse_args()
+    if args.onnx and (args.device, args.dtype) != ("cpu", "fp32"):
+        p.error("--onnx runs ONNX Runtime on the CPU in fp32")
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[args.dtype]
     rows = []
     for name, make in LAYERS.items():
         torch.manual_seed(0)
         layer = cast_module(make().to(args.device), dtype).eval()
         # the far position first, so warm-up effects cannot favour it
-        times = {pos: decode_ms(layer, pos, args.device, dtype, args.repeats) for pos in reversed(args.positions)}
+        if args.onnx:
+            with tempfile.TemporaryDirectory() as tmp:
+                times = {pos: onnx_decode_ms(layer, pos, args.repeats, Path(tmp)) for pos in reversed(args.positions)}
+        else:
+            times = {pos: decode_ms(layer, pos, args.device, dtype, args.repeats) for pos in reversed(args.positions)}
         rows.append({"name": name, **{f"ms_at_{pos}": t for pos, t in times.items()},
                      "ratio_last_first": times[args.positions[-1]] / times[args.positions[0]]})
         print(name, {k: round(v, 4) for k, v in rows[-1].items() if k != "name"}, flush=True)
     if args.out:
-        Path(args.out).write_text(json.dumps({"device": args.device, "dtype": args.dtype, "rows": rows}, indent=2))
+        backend = "onnxruntime" if args.onnx else "eager"
+        Path(args.out).write_text(json.dumps({"device": args.device, "dtype": args.dtype, "backend": backend,
+                                              "rows": rows}, indent=2))
     print("| layer | " + " | ".join(f"ms at {p}" for p in args.positions) + " | ratio |")
     print("|---|" + "---|" * (len(args.positions) + 1))
     for r in rows:
