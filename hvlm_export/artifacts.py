@@ -60,6 +60,7 @@ METADATA_KEYS: Mapping[str, str] = {
     "weights": "str",          # weights file name, beside the .onnx
     "mode": "str",             # forward | step (a streaming step graph: x, past.* -> y, present.*)
     "state": "json",           # step graphs: [{name, shape ('batch'/'past' symbolic), dtype, fill}]
+    "seed": "json",            # seed the weights were built with (null: a user's module)
 }
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 

@@ -76,6 +76,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         batch=args.batch,
         seq_len=args.seq_len,
         mode=args.mode,
+        seed=args.seed,
     )
     print(f"exported {model} -> {path} ({args.precision}, opset {args.opset or 'default'}, scan={args.scan}, "
           f"mode={args.mode})")
@@ -115,7 +116,8 @@ def _run_validate(path: Path, args: argparse.Namespace) -> int:
     from hvlm_export.validators.parity import validate
 
     tolerances = (args.atol, args.rtol) if args.atol is not None or args.rtol is not None else None
-    report = validate(path, shapes=_shapes(args), tolerances=tolerances, backends=args.backends, seed=args.seed)
+    report = validate(path, shapes=_shapes(args), tolerances=tolerances, backends=args.backends,
+                      seed=args.input_seed)
     console = _console()
     console.print(report.table())
     if args.report:
@@ -201,7 +203,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_validate_args(p: argparse.ArgumentParser) -> None:
+def _add_validate_args(p: argparse.ArgumentParser, for_export: bool = False) -> None:
     g = p.add_argument_group("validation")
     g.add_argument("--seq-lens", type=int, nargs="+", help="sequence lengths (default: the mechanism's grid)")
     g.add_argument("--batch-sizes", type=int, nargs="+", help="batch sizes (default: 1 and 3)")
@@ -209,7 +211,8 @@ def _add_validate_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--atol", type=float, help="absolute tolerance (default: the registry's for the precision)")
     g.add_argument("--rtol", type=float, help="relative tolerance (default: the registry's for the precision)")
     g.add_argument("--backends", nargs="+", choices=["onnxruntime", "tensorrt"], help="default: all available")
-    g.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    names = ["--input-seed"] if for_export else ["--input-seed", "--seed"]
+    g.add_argument(*names, dest="input_seed", type=int, default=0, help="seed of the random validation inputs (default 0)")
     g.add_argument("--report", help="write the JSON report here")
 
 
@@ -239,8 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constructor argument of a registry mechanism, e.g. --set dim=256 (repeatable)")
     p.add_argument("--small", action="store_true", help="use the registry's small test size (dim 64)")
     p.add_argument("--no-lint", dest="lint", action="store_false", help="skip the TensorRT-compatibility lint")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the weights (default 0): every precision and mode of one seed is the same model")
     p.add_argument("--validate", action="store_true", help="validate the export right away")
-    _add_validate_args(p)
+    _add_validate_args(p, for_export=True)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("validate", help="compare an exported model against eager PyTorch")

@@ -14,3 +14,10 @@ def test_attention_examples_run():
                             text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "PASSED | mamba" in result.stdout and "stack of 3 blocks: (2, 1024, 256)" in result.stdout
+
+
+def test_streaming_example_generates_without_torch():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "streaming.py")], capture_output=True,
+                            text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ok: generated without torch" in result.stdout and "position 40" in result.stdout

@@ -127,6 +127,7 @@ def export_onnx(
     seq_len: int = 48,
     external_data: bool | None = None,
     mode: Mode = "forward",
+    seed: int = 0,
 ) -> Path:
     """Export ``model`` to ONNX at ``path`` and return the path.
 
@@ -147,10 +148,15 @@ def export_onnx(
         external_data: store weights in ``<name>.data`` (default: when over 1 GiB).
         mode: 'forward' (the whole sequence) or 'step' (one streaming step of a causal layer:
             inputs x and past.*, outputs y and present.*; DESIGN.md section 7).
+        seed: seed of the weights a registry name or config is built with (default 0), so
+            that every precision and mode of one seed holds the same model; the global torch
+            RNG is left as it was. Not used for an nn.Module (it has its weights).
     """
     _check_options(opset, precision, scan, mode)
     path = _check_output_path(path)
-    resolved = resolve_model(model, model_kwargs)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        resolved = resolve_model(model, model_kwargs)
     if opset is None:
         opset = max(resolved.spec.opset, BF16_OPSET) if precision == "bf16" else resolved.spec.opset
     module, example_inputs = _prepare(resolved, checkpoint, precision, example_inputs, batch, seq_len)
@@ -166,6 +172,7 @@ def export_onnx(
     program = _torch_export(target, traced, spec, shapes, opset, precision)
     ir_model = program.model
     _add_scan_function(ir_model, opset, scan)
+    extra_meta["seed"] = None if isinstance(model, nn.Module) else seed
     meta = {**_metadata(resolved, spec, precision, scan, opset, dynamic, example_inputs, path), **extra_meta}
     ir_model.metadata_props.update(encode_metadata(meta))
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES

@@ -64,7 +64,7 @@ def test_flags_reach_the_api(tmp_path, monkeypatch):
             "--mode", "step"]
     assert main(argv) == 0
     assert seen == dict(model="strided", path="m.onnx", dynamic=False, opset=19, precision="fp16", scan="inline",
-                        checkpoint="c.pt", model_kwargs={"stride": 2}, batch=3, seq_len=17, mode="step")
+                        checkpoint="c.pt", model_kwargs={"stride": 2}, batch=3, seq_len=17, mode="step", seed=0)
 
 
 def test_validate_tolerance_flags(exported, tmp_path):
