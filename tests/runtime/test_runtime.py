@@ -63,47 +63,46 @@ def test_bad_files(tmp_path, exported):
         runtime.load(exported("strided"), providers=["NoSuchExecutionProvider"])
 
 
-def test_onnx_path_imports_neither_torch_nor_tensorrt(exported, tmp_path):
-    """Run an export in a fresh interpreter where importing torch or tensorrt raises."""
-    path = exported("mamba")
-    script = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "tensorrt"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
-        import numpy as np
-        import hvlm_export.runtime as rt
-        s = rt.load({str(path)!r})
-        y = s.run({{"x": np.ones((1, 5, 64), np.float32)}})["y"]
-        assert y.shape == (1, 5, 64)
+_BLOCK_TORCH = textwrap.dedent("""
+    import sys
+    class Block:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("torch", "tensorrt"):
+                raise ImportError("blocked: " + name)
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def _run_without_torch(body: str) -> None:
+    """Run ``body`` in a fresh interpreter where importing torch or tensorrt raises; it must
+    print 'ok' and leave both out of sys.modules."""
+    script = _BLOCK_TORCH + textwrap.dedent(body) + textwrap.dedent("""
         assert "torch" not in sys.modules and "tensorrt" not in sys.modules
         print("ok")
     """)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_onnx_path_imports_neither_torch_nor_tensorrt(exported):
+    """Run an export in a fresh interpreter where importing torch or tensorrt raises."""
+    _run_without_torch(f"""
+        import numpy as np
+        import hvlm_export.runtime as rt
+        s = rt.load({str(exported("mamba"))!r})
+        y = s.run({{"x": np.ones((1, 5, 64), np.float32)}})["y"]
+        assert y.shape == (1, 5, 64)
+    """)
 
 
 def test_streaming_imports_neither_torch_nor_tensorrt(exported):
     """Prefill and decode through a step graph with Stream in an interpreter without torch."""
-    path = exported("mamba", mode="step")
-    script = textwrap.dedent(f"""
-        import sys
-        class Block:
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("torch", "tensorrt"):
-                    raise ImportError("blocked: " + name)
-        sys.meta_path.insert(0, Block())
+    _run_without_torch(f"""
         import numpy as np
         import hvlm_export.runtime as rt
-        stream = rt.Stream(rt.load({str(path)!r}), batch_size=1)
+        stream = rt.Stream(rt.load({str(exported("mamba", mode="step"))!r}), batch_size=1)
         y = stream.feed(np.ones((1, 6, 64), np.float32))
         for _ in range(3):
             y = stream.feed(np.ones((1, 1, 64), np.float32))
         assert y.shape == (1, 1, 64) and stream.position == 9
-        assert "torch" not in sys.modules and "tensorrt" not in sys.modules
-        print("ok")
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
