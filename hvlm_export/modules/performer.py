@@ -308,7 +308,8 @@ def causal_favor(
     vc = torch.cat([v, torch.ones_like(v[..., :1])], -1).view(b, h, nc, c, d1)  # [v, 1]: numerator, denominator
     running = _running_max(lc, max(1, math.ceil(math.log2(c))))  # (B, H, nc, c): max of l in the chunk up to t
     tri = torch.ones(nc, nc, dtype=torch.bool, device=qf.device).tril()
-    m_end = torch.where(tri, running[..., None, -1], _NEG).amax(-1)  # running max at each chunk end (B, H, nc)
+    # running max over every key up to each chunk's end (B, H, nc): row c, columns c' <= c
+    m_end = torch.where(tri, running[..., -1][..., None, :], _NEG).amax(-1)
     frame0 = torch.full_like(m_end[..., 0], _NEG) if state is None else state[1].to(m_end.dtype)
     m_end = torch.maximum(m_end, frame0[..., None])
     m_prev = torch.cat([frame0[..., None], m_end[..., :-1]], dim=-1)  # frame of everything before chunk c

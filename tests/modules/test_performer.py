@@ -114,3 +114,18 @@ def test_causal_output_never_sees_the_future(kernel, chunk):
         y[:, 25:] *= scale
         moved = (layer(y)[:, :25] - base).abs().max().item()
         assert moved <= 1e-6 * base.abs().max().item(), f"scale {scale}: past outputs moved by {moved:.3g}"
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_float32_stays_finite_and_exact_at_large_inputs(causal):
+    """Inputs 30-300x unit scale spread the key log-weights over thousands: every frame the
+    chunked sums use must stay within exp's range (a per-chunk, not running, frame gave NaN)."""
+    layer = PerformerAttention(dim=64, num_heads=4, causal=causal, chunk_size=16)
+    x = _x(3, 35, 64, seed=5)
+    for scale in (30.0, 300.0):
+        with torch.no_grad():
+            got = layer.float()(x.float() * scale).double()
+            want = layer.double()(x * scale)
+        assert torch.isfinite(got).all(), f"scale {scale}: non-finite output"
+        rel = ((got - want).norm() / want.norm()).item()
+        assert rel < 1e-5, f"scale {scale}: float32 vs float64 relative error {rel:.3g}"
