@@ -33,6 +33,7 @@ __all__ = [
     "SCAN_INPUTS",
     "SCAN_OUTPUTS",
     "weights_path",
+    "check_writable",
     "engine_sidecar_path",
     "encode_metadata",
     "decode_metadata",
@@ -123,6 +124,21 @@ def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:
     except Exception as err:  # protobuf DecodeError and friends
         raise ArtifactError(f"{str(path)!r} is not a readable ONNX file: {err}", "re-export it.") from err
     return metadata_of(model)
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """``path`` if a file can be written there; else ArtifactError saying why (checked
+    before a long run, so nothing is computed only to fail at the end)."""
+    path = Path(path)
+    parent = path.parent
+    if path.is_dir():
+        raise ArtifactError(f"{what} {str(path)!r} is a directory", "give a file name.")
+    if not parent.is_dir():
+        raise ArtifactError(f"the directory of the {what} {str(parent)!r} does not exist", "create it first.")
+    if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ArtifactError(f"cannot write the {what} {str(path)!r}: permission denied",
+                            "choose a writable location.")
+    return path
 
 
 def write_atomic(path: Path, data: bytes) -> None:

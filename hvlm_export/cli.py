@@ -112,12 +112,35 @@ def _shapes(args: argparse.Namespace) -> list[dict] | None:
     return shapes
 
 
+def _tolerances(args: argparse.Namespace) -> dict | None:
+    """--tol KEY=VALUE limits, plus --atol/--rtol as element-wise limits."""
+    from hvlm_export.errors import ValidationError
+
+    fields = {}
+    for item in args.tol:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError(item)
+            fields[key.strip()] = float(value)
+        except ValueError:
+            raise ValidationError(f"--tol expects KEY=NUMBER, got {item!r}",
+                                  "keys: nrmse, gain, offset, peak, atol, rtol (docs/EXPORT.md, Tolerances).") from None
+    if args.atol is not None:
+        fields["atol"] = args.atol
+    if args.rtol is not None:
+        fields["rtol"] = args.rtol
+    return fields or None
+
+
 def _run_validate(path: Path, args: argparse.Namespace) -> int:
+    from hvlm_export.artifacts import check_writable
     from hvlm_export.validators.parity import validate
 
-    tolerances = (args.atol, args.rtol) if args.atol is not None or args.rtol is not None else None
-    report = validate(path, shapes=_shapes(args), tolerances=tolerances, backends=args.backends,
-                      seed=args.input_seed)
+    if args.report:
+        check_writable(args.report, "report")  # before the run, not after it
+    report = validate(path, shapes=_shapes(args), tolerances=_tolerances(args), backends=args.backends,
+                      seed=args.input_seed, input_scales=args.input_scales)
     console = _console()
     console.print(report.table())
     if args.report:
@@ -208,8 +231,13 @@ def _add_validate_args(p: argparse.ArgumentParser, for_export: bool = False) -> 
     g.add_argument("--seq-lens", type=int, nargs="+", help="sequence lengths (default: the mechanism's grid)")
     g.add_argument("--batch-sizes", type=int, nargs="+", help="batch sizes (default: 1 and 3)")
     g.add_argument("--mem-lens", type=int, nargs="+", help="memory lengths for cross-memory models")
-    g.add_argument("--atol", type=float, help="absolute tolerance (default: the registry's for the precision)")
-    g.add_argument("--rtol", type=float, help="relative tolerance (default: the registry's for the precision)")
+    g.add_argument("--tol", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one limit of the scale-aware rule: nrmse, gain, offset, peak (relative to the "
+                        "reference's magnitude; docs/EXPORT.md), atol, rtol (repeatable)")
+    g.add_argument("--atol", type=float, help="add an element-wise |error| <= atol + rtol*|expected| limit")
+    g.add_argument("--rtol", type=float, help="relative part of the element-wise limit (with --atol)")
+    g.add_argument("--input-scales", type=float, nargs="+", default=[1.0, 30.0], metavar="S",
+                   help="input magnitudes to validate at (default 1 30: a large scale catches fp16/bf16 overflow)")
     g.add_argument("--backends", nargs="+", choices=["onnxruntime", "tensorrt"], help="default: all available")
     names = ["--input-seed"] if for_export else ["--input-seed", "--seed"]
     g.add_argument(*names, dest="input_seed", type=int, default=0, help="seed of the random validation inputs (default 0)")

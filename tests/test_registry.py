@@ -22,9 +22,13 @@ def test_unknown_name_lists_valid_ones():
 @pytest.mark.parametrize("name", DESIGN_NAMES)
 def test_spec_is_complete(name):
     spec = registry.get(name)
-    assert set(spec.tolerances) == set(registry.PRECISIONS)
+    assert set(spec.tolerances) == set(spec.large_input_tolerances) == set(registry.PRECISIONS)
     for precision, tol in spec.tolerances.items():
-        assert 0 < tol.atol < 1 and 0 < tol.rtol < 1, precision
+        large = spec.large_input_tolerances[precision]
+        for key in ("nrmse", "gain", "offset", "peak"):
+            assert 0 < getattr(tol, key) <= getattr(large, key) <= 1, (precision, key)
+        assert tol.gain < 0.01 and tol.offset < 0.02, "a 1% gain must fail in every precision"
+        assert tol.atol is None and tol.rtol is None, "element-wise limits are the user's opt-in"
     assert spec.inputs[0] == "x" and spec.outputs == ("y",)
     assert set(spec.dynamic_axes) == {*spec.inputs, "y"}
     lengths = spec.lengths(spec.kwargs(small=True))

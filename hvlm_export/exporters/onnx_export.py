@@ -220,9 +220,10 @@ def _torch_export(module, example_inputs, spec, shapes, opset, precision):
                 output_names=list(spec.outputs),
                 opset_version=opset,
                 custom_translation_table=translation_table(precision),
-                optimize=True,
+                optimize=False,  # optimized below, parameters kept as they are
                 verbose=False,
             )
+            _optimize(onnx_program.model)
         except HvlmExportError:
             raise
         except Exception as err:  # torch.onnx raises many exception types, all fatal here
@@ -234,6 +235,46 @@ def _torch_export(module, example_inputs, spec, shapes, opset, precision):
         onnx_program.rename_axes(axis_names(program, spec))
         check_dynamic(onnx_program.model, spec)
     return onnx_program
+
+
+def _optimize(model: ir.Model) -> None:
+    """The exporter's default optimisation (constant folding, rewrites, CSE, cleanup) minus
+    two steps that lose parameters: no op reading an initializer is folded, and equal
+    initializers are not merged (two LayerNorms at their init values would share one name).
+    Every state_dict entry the graph reads stays an initializer of its name and value
+    (TensorRT refit and readers of the graph go by name); ONNX Runtime and TensorRT fold a
+    weight's Transpose or Mamba's -exp(A_log) when they load the graph."""
+    import onnxscript.optimizer
+    import onnxscript.rewriter
+    from onnx_ir.passes import common
+
+    def reads_state(node: ir.Node) -> bool | None:
+        return False if any(v is not None and v.is_initializer() for v in node.inputs) else None
+
+    state = dict(model.graph.initializers)  # the program's parameters, buffers and constants
+    common.InlinePass()(model)
+    for _ in range(2):
+        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=reads_state)
+        onnxscript.rewriter.rewrite(model)
+        common.RemoveUnusedNodesPass()(model)
+    ir.passes.Sequential(
+        common.RemoveUnusedFunctionsPass(),
+        common.RemoveUnusedOpsetsPass(),
+        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+    )(model)
+    uses = {name: list(value.uses()) for name, value in state.items() if name in model.graph.initializers}
+    common.DeduplicateInitializersPass()(model)  # merges the folded constants (then CSE merges nodes)
+    for name, value_uses in uses.items():  # ... but not state entries that merely hold equal values
+        value = state[name]
+        if name not in model.graph.initializers:
+            model.graph.register_initializer(value)
+        for node, index in value_uses:
+            node.replace_input_with(index, value)
+    ir.passes.Sequential(
+        common.CommonSubexpressionEliminationPass(),
+        common.OutputFixPass(),
+        common.NameFixPass(),
+    )(model)
 
 
 def _add_scan_function(model: ir.Model, opset: int, scan: ScanMode) -> None:

@@ -12,6 +12,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from dataclasses import fields, replace
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ import torch
 from torch import nn
 
 from hvlm_export.errors import ArtifactError, HvlmExportError, ValidationError
-from hvlm_export.registry import ModelSpec, Tolerance
+from hvlm_export.registry import INPUT_SCALES, ModelSpec, Tolerance
 from hvlm_export.validators.compare import compare
 from hvlm_export.validators.reference import load_reference
 from hvlm_export.validators.report import Case, Report
@@ -31,7 +32,8 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("onnxruntime", "tensorrt")
 Shape = Mapping[str, int]  # {"batch": B, "seq": L[, "mem": M]}
-Tolerances = Tolerance | tuple[float, float] | Mapping[str, Tolerance | tuple[float, float]]
+Tolerances = Tolerance | tuple[float, float] | Mapping[str, Any]
+_TOLERANCE_FIELDS = tuple(f.name for f in fields(Tolerance))
 
 
 def default_shapes(spec: ModelSpec, kwargs: Mapping[str, Any], export_seq: int | None) -> list[dict[str, int]]:
@@ -50,33 +52,61 @@ def default_shapes(spec: ModelSpec, kwargs: Mapping[str, Any], export_seq: int |
     return shapes
 
 
-def _resolve_tolerances(spec: ModelSpec, precision: str, override: Tolerances | None) -> dict[str, Tolerance]:
-    base = spec.tolerances[precision]
-    table = {name: base for name in spec.outputs}
+def _override(base: Tolerance, value: Tolerance | tuple | Mapping[str, float] | None) -> Tolerance:
+    if value is None:
+        return base
+    if isinstance(value, Tolerance):
+        return value
+    if isinstance(value, tuple):  # (atol, rtol): element-wise limits on top of the scale-aware rule
+        atol, rtol = value
+        return replace(base, atol=base.atol if atol is None else atol, rtol=base.rtol if rtol is None else rtol)
+    unknown = set(value) - set(_TOLERANCE_FIELDS)
+    if unknown:
+        raise ValidationError(f"unknown tolerance keys {sorted(unknown)}", f"valid keys are {', '.join(_TOLERANCE_FIELDS)}.")
+    bad = {k: v for k, v in value.items() if not isinstance(v, (int, float)) or v < 0 or v != v}
+    if bad:
+        raise ValidationError(f"tolerances must be numbers >= 0, got {bad}")
+    return replace(base, **{k: float(v) for k, v in value.items()})
+
+
+def _resolve_tolerances(spec: ModelSpec, precision: str, override: Tolerances | None) -> dict[str, tuple[Tolerance, Tolerance]]:
+    """output -> (the rule at unit input scale, the rule at large input scales)."""
+    unit, large = spec.tolerances[precision], spec.large_input_tolerances[precision]
     if override is None:
-        return table
-    if isinstance(override, (Tolerance, tuple)):
+        return {name: (unit, large) for name in spec.outputs}
+    if isinstance(override, (Tolerance, tuple)) or (override and set(override) <= set(_TOLERANCE_FIELDS)):
         override = {"": override}
-    default = override.get("")
-    for name in spec.outputs:
-        value = override.get(name, default)
-        if isinstance(value, Tolerance):
-            table[name] = value
-        elif value is not None:  # (atol, rtol); a None keeps the registry's value
-            atol, rtol = value
-            table[name] = Tolerance(base.atol if atol is None else atol, base.rtol if rtol is None else rtol)
     unknown = set(override) - {"", *spec.outputs}
     if unknown:
         raise ValidationError(f"tolerances name unknown outputs {sorted(unknown)}", f"outputs are {list(spec.outputs)}.")
+    table = {}
+    for name in spec.outputs:
+        value = override.get(name, override.get(""))
+        table[name] = (_override(unit, value), _override(large, value))
     return table
 
 
 def _inputs(spec: ModelSpec, dim: int, shape: Shape, seed: int, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Standard normal inputs times the shape's ``scale`` (default 1), in the graph's dtype."""
     rng = np.random.default_rng(seed)
-    feed = {"x": rng.standard_normal((shape["batch"], shape["seq"], dim), dtype=np.float32)}
+    scale = np.float32(shape.get("scale", 1.0))
+    feed = {"x": rng.standard_normal((shape["batch"], shape["seq"], dim), dtype=np.float32) * scale}
     if "memory" in spec.inputs:
-        feed["memory"] = rng.standard_normal((shape["batch"], shape.get("mem", 8), dim), dtype=np.float32)
+        feed["memory"] = rng.standard_normal((shape["batch"], shape.get("mem", 8), dim), dtype=np.float32) * scale
     return {k: v.astype(dtype) for k, v in feed.items()}
+
+
+def _tolerance(tol: Mapping[str, tuple[Tolerance, Tolerance]], name: str, shape: Shape) -> Tolerance:
+    """The rule of output ``name`` at this shape's input scale (above 1: the large-input rule)."""
+    return tol[name][shape.get("scale", 1.0) > 1.0]
+
+
+def _residual(spec: ModelSpec, feed: Mapping[str, np.ndarray], shape: Shape) -> np.ndarray | None:
+    """The input a residual block adds back, for judging what the block computes. At large
+    scales the residual swamps the branch in reduced precision: judged on the output."""
+    if spec.residual is None or shape.get("scale", 1.0) > 1.0:
+        return None
+    return np.asarray(feed[spec.residual], dtype=np.float32)
 
 
 @torch.no_grad()
@@ -147,6 +177,7 @@ def validate(
     backends: Sequence[str] | None = None,
     seed: int = 0,
     providers: list[str] | None = None,
+    input_scales: Sequence[float] = INPUT_SCALES,
 ) -> Report:
     """Run eager and each backend on the same inputs over a shape grid; return the Report.
 
@@ -154,14 +185,20 @@ def validate(
         model_or_path: the exported file (the eager reference is rebuilt from it), or the
             eager module itself (then ``artifact`` is the file).
         artifact: the .onnx / engine file when ``model_or_path`` is a module.
-        shapes: dicts {"batch": B, "seq": L[, "mem": M]}; default :func:`default_shapes`.
-        tolerances: Tolerance (all outputs), {output: Tolerance}, or (atol, rtol) tuples
-            where None keeps the registry's value; default the registry's for the
-            artefact's precision.
+        shapes: dicts {"batch": B, "seq": L[, "mem": M][, "scale": s]}; default
+            :func:`default_shapes`. A shape without a scale runs at each of ``input_scales``.
+        tolerances: default the registry's scale-aware rules for the artefact's precision
+            (``Tolerance``, docs/EXPORT.md). Override with a Tolerance (replaces the rule),
+            a dict of its fields such as ``{"nrmse": 1e-3}`` (replaces those limits), or an
+            (atol, rtol) tuple (adds an element-wise limit; None keeps the rule's value);
+            each either for every output or in a dict keyed by output name.
         backends: subset of ("onnxruntime", "tensorrt"); default both (unavailable ones are
             listed in ``report.skipped`` with the reason).
         seed: input seed (each shape gets seed + its index).
         providers: ONNX Runtime providers.
+        input_scales: input magnitudes of the grid (default 1 and 30: unit inputs, and large
+            ones that overflow a reduced-precision graph that has no headroom). Scales above
+            1 use the spec's large-input rule.
 
     Returns:
         The Report (truthy iff every case passed).
@@ -184,17 +221,28 @@ def validate(
     precision = meta["precision"]
     tol = _resolve_tolerances(spec, precision, tolerances)
     report = Report(spec.name, str(path), precision)
-    shapes = [dict(s) for s in shapes]
+    shapes = _with_scales(shapes, input_scales)
     streaming = meta.get("mode") == "step"
     with tempfile.TemporaryDirectory(prefix="hvlm-validate-") as workdir:
         profile = None if streaming else _grid_profile(spec, shapes, reference.dim)  # step graphs: build's defaults
         sessions = _open_backends(path, list(backends or BACKENDS), providers, report, profile, Path(workdir))
         _require_a_backend(report, sessions)
         if streaming:
-            run_stream_cases(report, sessions, reference, shapes, tol, seed, _inputs, _eager)
+            run_stream_cases(report, sessions, reference, shapes, tol, seed, _inputs, _eager, _tolerance, _residual)
         else:
             _run_cases(report, sessions, reference, shapes, tol, seed)
     return report
+
+
+def _with_scales(shapes: Iterable[Shape], scales: Sequence[float]) -> list[dict]:
+    scales = list(scales)
+    if not scales or any(not isinstance(v, (int, float)) or not v > 0 or v == float("inf") for v in scales):
+        raise ValidationError(f"input scales must be finite numbers > 0, got {scales}")
+    out = []
+    for shape in shapes:
+        shape = dict(shape)
+        out += [shape] if "scale" in shape else [{**shape, "scale": float(v)} for v in scales]
+    return out
 
 
 def _require_a_backend(report: Report, sessions: dict[str, Any]) -> None:
@@ -214,7 +262,7 @@ def _run_cases(report: Report, sessions: dict[str, Any], reference, shapes, tol,
         feed = _inputs(spec, reference.dim, shape, seed + i, dtype)
         expected = _eager(reference.module, spec, feed)
         for backend, session in sessions.items():
-            case = Case(backend, {n: tuple(a.shape) for n, a in feed.items()})
+            case = Case(backend, {n: tuple(a.shape) for n, a in feed.items()}, scale=shape["scale"])
             try:
                 actual = session.run(feed)
             except HvlmExportError as err:
@@ -223,7 +271,8 @@ def _run_cases(report: Report, sessions: dict[str, Any], reference, shapes, tol,
                 case.error = f"{type(err).__name__}: {str(err)[:300]}"
             else:
                 for name in spec.outputs:
-                    case.outputs[name] = compare(np.asarray(actual[name]).astype(np.float32), expected[name], tol[name])
+                    case.outputs[name] = compare(np.asarray(actual[name]).astype(np.float32), expected[name],
+                                                 _tolerance(tol, name, shape), _residual(spec, feed, shape))
             report.cases.append(case)
             log.info("%s %s: %s", backend, case.shape, "PASSED" if case.passed else "FAILED")
 

@@ -38,8 +38,10 @@ def chunkings(length: int, seed: int) -> dict[str, list[int]]:
     return out
 
 
-def run_stream_cases(report: Report, sessions: dict[str, Any], reference, shapes, tol, seed: int, inputs, eager) -> None:
-    """One case per backend, shape and chunking (see the module docstring)."""
+def run_stream_cases(report: Report, sessions: dict[str, Any], reference, shapes, tol, seed: int, inputs, eager,
+                     rule, residual) -> None:
+    """One case per backend, shape and chunking (see the module docstring); ``rule(tol,
+    name, shape)`` and ``residual(spec, feed, shape)`` pick the pass rule as parity does."""
     from hvlm_export.runtime import Stream
 
     spec = reference.spec
@@ -50,7 +52,8 @@ def run_stream_cases(report: Report, sessions: dict[str, Any], reference, shapes
         x = feed["x"]
         for label, sizes in chunkings(x.shape[1], seed + i).items():
             for backend, session in sessions.items():
-                case = Case(backend, {"x": tuple(x.shape), f"chunks:{label}": tuple(sizes[:8])})
+                case = Case(backend, {"x": tuple(x.shape), f"chunks:{label}": tuple(sizes[:8])},
+                            scale=shape.get("scale", 1.0))
                 try:
                     stream, outs, start = Stream(session, x.shape[0]), [], 0
                     for size in sizes:
@@ -62,6 +65,6 @@ def run_stream_cases(report: Report, sessions: dict[str, Any], reference, shapes
                     case.error = f"{type(err).__name__}: {str(err)[:300]}"
                 else:
                     got = np.concatenate(outs, axis=1).astype(np.float32)
-                    case.outputs["y"] = compare(got, expected, tol["y"])
+                    case.outputs["y"] = compare(got, expected, rule(tol, "y", shape), residual(spec, feed, shape))
                 report.cases.append(case)
                 log.info("%s %s: %s", backend, case.shape, "PASSED" if case.passed else "FAILED")
