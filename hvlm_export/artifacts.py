@@ -14,6 +14,7 @@ Imports neither torch nor tensorrt (the ONNX runtime path uses this module).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +34,8 @@ __all__ = [
     "SCAN_INPUTS",
     "SCAN_OUTPUTS",
     "weights_path",
+    "sha256_of",
+    "read_weights_bytes",
     "check_writable",
     "engine_sidecar_path",
     "encode_metadata",
@@ -50,7 +53,7 @@ META_PREFIX = "hvlm_export."
 METADATA_KEYS: Mapping[str, str] = {
     "version": "str",          # hvlm-export version that wrote the file
     "torch": "str",            # torch version used to export
-    "source": "json",          # {"kind": "registry"|"config"|"module", ...}: how to rebuild the eager model
+    "source": "json",          # {"kind": "registry"|"config"|"callable"|"module", ...}: how to rebuild the eager model
     "mechanism": "str",        # registry name (or config / class name)
     "precision": "str",        # fp32 | fp16 | bf16
     "scan": "str",             # custom | inline
@@ -58,7 +61,9 @@ METADATA_KEYS: Mapping[str, str] = {
     "dynamic": "json",         # bool: batch/sequence axes dynamic
     "input_shapes": "json",    # {input: example shape}
     "dynamic_axes": "json",    # {tensor: {axis: name}}
-    "weights": "str",          # weights file name, beside the .onnx
+    "weights": "str",          # weights file name (safetensors), beside the .onnx
+    "weights_sha256": "str",   # its SHA-256: a changed or truncated weights file is refused
+    "outputs": "json",         # [output names]
     "mode": "str",             # forward | step (a streaming step graph: x, past.* -> y, present.*)
     "state": "json",           # step graphs: [{name, shape ('batch'/'past' symbolic), dtype, fill}]
     "seed": "json",            # seed the weights were built with (null: a user's module)
@@ -74,9 +79,32 @@ SCAN_OUTPUTS = ("y", "last_state")
 
 
 def weights_path(onnx_path: str | os.PathLike) -> Path:
-    """The weights file written beside an exported ``.onnx``."""
+    """The weights file written beside an exported ``.onnx`` (safetensors: never unpickled)."""
     path = Path(onnx_path)
-    return path.with_name(path.stem + ".weights.pt")
+    return path.with_name(path.stem + ".weights.safetensors")
+
+
+def sha256_of(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_weights_bytes(path: Path, meta: Mapping[str, Any]) -> bytes:
+    """The weights file's bytes, checked against the hash in ``meta`` (ArtifactError if they
+    differ: a tampered, truncated or foreign weights file is not loaded)."""
+    if path.suffix != ".safetensors":
+        raise ArtifactError(f"{path.name!r} is not a safetensors weights file (older exports pickled their weights, "
+                            "which hvlm-export no longer loads)", "re-export the model with this version.")
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"cannot read the weights file {str(path)!r}: {err}") from err
+    want = meta.get("weights_sha256")
+    if want is None:
+        raise ArtifactError(f"the metadata has no weights hash for {path.name!r}", "re-export the model.")
+    if sha256_of(data) != want:
+        raise ArtifactError(f"weights file {path.name!r} does not match the model it sits beside (SHA-256 differs: "
+                            "changed, truncated or from another export)", "re-export the model, or restore the file.")
+    return data
 
 
 def engine_sidecar_path(engine_path: str | os.PathLike) -> Path:

@@ -252,10 +252,7 @@ def run_onnx(names: list[str] | None = None, dim: int = 256, length: int = 2048,
     from hvlm_export.runtime import load
     from hvlm_export.validators.reference import load_reference
 
-    names = list(names or REGISTRY)
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        raise BenchError(f"unknown mechanism(s) {unknown}", f"valid names are {', '.join(REGISTRY)}.")
+    names = check_onnx_names(names)
     rows = []
     for name in names:
         spec = REGISTRY[name]
@@ -282,6 +279,15 @@ def machine() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
     return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def check_onnx_names(names: list[str] | None) -> list[str]:
+    """The onnx suite's mechanisms (default all); BenchError naming the unknown ones."""
+    names = list(names or REGISTRY)
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise BenchError(f"unknown mechanism(s) {unknown}", f"valid names are {', '.join(REGISTRY)}.")
+    return names
 
 
 def check_output_dir(out: Path) -> None:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import logging
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from hvlm_export.errors import ArtifactError, ExportError, HvlmExportError, RuntimeInputError
+from hvlm_export.errors import ExportError, HvlmExportError, RuntimeInputError
 
 __all__ = ["main", "build_parser"]
 
@@ -77,6 +75,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         seq_len=args.seq_len,
         mode=args.mode,
         seed=args.seed,
+        example_shapes=args.example_shape or None,
     )
     print(f"exported {model} -> {path} ({args.precision}, opset {args.opset or 'default'}, scan={args.scan}, "
           f"mode={args.mode})")
@@ -88,12 +87,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _print_lint(path: Path, strict: bool) -> int:
-    from hvlm_export.validators.trt_lint import format_findings, lint_tensorrt
+    from hvlm_export.validators.trt_lint import format_findings, lint_failed, lint_tensorrt
 
     findings = lint_tensorrt(path)
-    print(format_findings(findings, path))
-    errors = [f for f in findings if f.severity == "error"]
-    return 1 if errors or (strict and findings) else 0
+    print(format_findings(findings, path, strict))
+    return 1 if lint_failed(findings, strict) else 0
 
 
 def _cmd_lint(args: argparse.Namespace) -> int:
@@ -155,10 +153,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    import io
+
     import numpy as np
 
     from hvlm_export import runtime
+    from hvlm_export.artifacts import check_writable, write_atomic
 
+    out = check_writable(args.outputs, "outputs file")
     session = runtime.load(args.model)
     try:
         with np.load(args.inputs) as data:
@@ -168,19 +170,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as err:
         raise RuntimeInputError(f"inputs file {args.inputs!r} is not a readable .npz: {err}") from err
     outputs = session.run(feed)
-    out = Path(args.outputs)
-    if not out.parent.is_dir():
-        raise ArtifactError(f"output directory {str(out.parent)!r} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz")
-    os.close(fd)
-    try:
-        np.savez(tmp, **outputs)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buffer = io.BytesIO()
+    np.savez(buffer, **outputs)
+    write_atomic(out, buffer.getvalue())
     shapes = ", ".join(f"{k}{list(v.shape)}" for k, v in outputs.items())
     print(f"wrote {out}: {shapes}")
+    for name, value in outputs.items():
+        value = np.asarray(value)
+        bad = int(value.size - np.isfinite(value.astype(np.float32)).sum())
+        if bad:
+            print(f"hvlm-export run: warning: output {name!r} has {bad} non-finite values of {value.size} "
+                  f"({int(np.isnan(value.astype(np.float32)).sum())} NaN): overflow in the graph's precision? "
+                  "`hvlm-export validate --input-scales` finds the input range that overflows.", file=sys.stderr)
     return 0
 
 
@@ -211,6 +212,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.suite == "scaling":
         bench.check_request(args.device, list(args.names or bench.case_names()), list(args.modes))
+    else:
+        bench.check_onnx_names(args.names)
     bench.check_output_dir(out)  # before minutes of measuring, not after
     if args.suite == "onnx":
         rows = bench.run_onnx(args.names, dim=args.dim, length=args.lengths[0] if args.lengths else 2048,
@@ -253,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("export", help="export a mechanism or config to ONNX")
-    p.add_argument("model", help="registry name (see `list`) or a config .yaml")
+    p.add_argument("model", help="registry name (see `list`), a config .yaml, or your own module as "
+                                 "package.module:callable (a class or factory; --set passes its arguments)")
     p.add_argument("-o", "--output", required=True, help="the .onnx file to write")
     p.add_argument("--opset", type=int, help="ONNX opset, 18..23 (default 20)")
     p.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="graph types (default fp32)")
@@ -267,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward (the whole sequence) or step (one streaming step of a causal layer: "
                         "x, past.* -> y, present.*; docs/STREAMING.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="constructor argument of a registry mechanism, e.g. --set dim=256 (repeatable)")
+                   help="constructor argument of a registry mechanism or of your callable, e.g. --set dim=256 "
+                        "(repeatable)")
+    p.add_argument("--example-shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                   help="an input of your own module, named after its forward's parameter: sizes, letters for "
+                        "dynamic axes (B batch, L sequence), e.g. x=B,L,256 (repeat for each input)")
     p.add_argument("--small", action="store_true", help="use the registry's small test size (dim 64)")
     p.add_argument("--no-lint", dest="lint", action="store_false", help="skip the TensorRT-compatibility lint")
     p.add_argument("--seed", type=int, default=0,
@@ -323,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("onnxscript", "onnx_ir", "torch"):  # -v is about hvlm-export's steps, not every library's
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return args.func(args)
     except HvlmExportError as err:

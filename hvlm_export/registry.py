@@ -30,6 +30,7 @@ from hvlm_export.modules import (
     StridedAttention,
 )
 from hvlm_export.modules.stack import AttentionStack, StackConfig, build_stack, load_config
+from hvlm_export.user_models import build_module, is_import_path
 
 __all__ = [
     "Tolerance",
@@ -46,6 +47,8 @@ __all__ = [
     "names",
     "spec_for_config",
     "spec_for_module",
+    "spec_for_user_module",
+    "USER_MODULE",
     "resolve_model",
     "default_dynamic_axes",
 ]
@@ -326,7 +329,20 @@ def spec_for_module(module: nn.Module) -> ModelSpec:
     for spec in REGISTRY.values():
         if type(module) is spec.factory:
             return spec
-    return ModelSpec(type(module).__name__, "user module", type(module))
+    return ModelSpec(type(module).__name__, USER_MODULE, type(module))
+
+
+#: the summary of a spec made for a user's own module
+USER_MODULE = "user module"
+
+
+def spec_for_user_module(module: nn.Module, inputs: tuple[str, ...], outputs: tuple[str, ...],
+                         dynamic_axes: Mapping[str, Mapping[int, str]]) -> ModelSpec:
+    """A spec for a user's module: its input and output names and the inputs' dynamic axes
+    (:mod:`hvlm_export.user_models` derives them from example shapes and the signature)."""
+    axes = {name: {int(a): label for a, label in dynamic_axes.get(name, {}).items()} for name in inputs}
+    return ModelSpec(type(module).__name__, USER_MODULE, type(module), inputs=tuple(inputs),
+                     outputs=tuple(outputs), dynamic_axes=axes)
 
 
 @dataclass
@@ -348,6 +364,10 @@ def resolve_model(
     if isinstance(model, nn.Module):
         spec = spec_for_module(model)
         return ResolvedModel(model, spec, {"kind": "module", "class": f"{type(model).__module__}.{type(model).__qualname__}"})
+    if is_import_path(model) and model not in REGISTRY:
+        kwargs = dict(model_kwargs or {})
+        module = build_module(model, kwargs)
+        return ResolvedModel(module, spec_for_module(module), {"kind": "callable", "target": model, "kwargs": kwargs})
     if isinstance(model, str) and model in REGISTRY:
         spec = get(model)
         kwargs = spec.kwargs(model_kwargs, small=small)
@@ -363,4 +383,5 @@ def resolve_model(
             raise ExportError("model_kwargs apply to registry names, not to configs", "edit the config instead.")
         spec = spec_for_config(model)
         return ResolvedModel(spec.factory(), spec, {"kind": "config", "config": spec.config.to_dict()})
-    raise ExportError(f"cannot export a {type(model).__name__}", "pass an nn.Module, a registry name or a config path.")
+    raise ExportError(f"cannot export a {type(model).__name__}",
+                      "pass an nn.Module, a registry name, a config path or package.module:callable.")

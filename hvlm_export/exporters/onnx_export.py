@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,9 +32,10 @@ import torch
 from torch import nn
 
 from hvlm_export import __version__
-from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_OP, encode_metadata, weights_path
+from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_OP, encode_metadata, sha256_of, weights_path
 from hvlm_export.errors import ExportError, HvlmExportError
 from hvlm_export.exporters import scan_body, step_graph
+from hvlm_export.exporters.graph_passes import optimize_keeping_state, quiet_exporter_logs
 from hvlm_export.exporters.tracing import (
     axis_names,
     check_dynamic,
@@ -41,11 +43,12 @@ from hvlm_export.exporters.tracing import (
     dynamic_shapes,
     probe_inputs,
     trace_inputs,
+    user_spec,
 )
 from hvlm_export.exporters.translations import translation_table
 from hvlm_export.modules import cast_module
 from hvlm_export.modules.stack import StackConfig
-from hvlm_export.registry import DTYPES, PRECISIONS, ResolvedModel, resolve_model
+from hvlm_export.registry import DTYPES, PRECISIONS, USER_MODULE, ResolvedModel, resolve_model
 
 __all__ = ["export_onnx", "OPSETS", "BF16_OPSET"]
 
@@ -104,7 +107,7 @@ def _prepare(resolved: ResolvedModel, checkpoint, precision: str, example_inputs
     module = cast_module(module.eval(), dtype)
     if example_inputs is None:
         example_inputs = resolved.spec.example_inputs(module, batch=batch, seq_len=seq_len, dtype=dtype)
-    example_inputs = tuple(t.to(dtype) for t in example_inputs)
+    example_inputs = tuple(t.to(dtype) if t.is_floating_point() else t for t in example_inputs)
     if len(example_inputs) != len(resolved.spec.inputs):
         raise ExportError(
             f"{resolved.spec.name} takes inputs {resolved.spec.inputs}, got {len(example_inputs)} example tensors"
@@ -128,13 +131,16 @@ def export_onnx(
     external_data: bool | None = None,
     mode: Mode = "forward",
     seed: int = 0,
+    example_shapes: Sequence[str] | Mapping[str, Sequence[int | str]] | None = None,
 ) -> Path:
     """Export ``model`` to ONNX at ``path`` and return the path.
 
     Args:
-        model: an nn.Module, a registry name (``hvlm-export list``) or a config YAML/dict.
-        path: the .onnx file to write; weights go beside it as ``<stem>.weights.pt``.
-        example_inputs: tensors (x[, memory]); default random of (batch, seq_len).
+        model: an nn.Module, a registry name (``hvlm-export list``), a config YAML/dict, or
+            ``"package.module:callable"`` (called with ``model_kwargs``; recorded in the file,
+            so ``validate`` rebuilds it by importing it again).
+        path: the .onnx file; weights go beside it (``<stem>.weights.safetensors``, hashed).
+        example_inputs: tensors in the forward's order; default random of (batch, seq_len).
         dynamic: batch and sequence axes dynamic (default) or fixed to the example shape.
         opset: default-domain opset (default: the spec's, 20, or 22 for bf16 where Conv
             first takes bfloat16; 18..23).
@@ -151,12 +157,14 @@ def export_onnx(
         seed: seed of the weights a registry name or config is built with (default 0), so
             that every precision and mode of one seed holds the same model; the global torch
             RNG is left as it was. Not used for an nn.Module (it has its weights).
+        example_shapes: a user module's inputs by forward parameter, ``["x=B,L,256"]`` or
+            ``{"x": ["B", "L", 256]}``: letters are dynamic axes (B batch, L sequence; sizes
+            ``batch``/``seq_len``), numbers only: axes 0 and 1. Tuple outputs: y0, y1, ...
     """
     _check_options(opset, precision, scan, mode)
     path = _check_output_path(path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        resolved = resolve_model(model, model_kwargs)
+    resolved, example_inputs = _resolve(model, model_kwargs, seed, example_inputs, example_shapes, batch, seq_len,
+                                        dynamic)
     if opset is None:
         opset = max(resolved.spec.opset, BF16_OPSET) if precision == "bf16" else resolved.spec.opset
     module, example_inputs = _prepare(resolved, checkpoint, precision, example_inputs, batch, seq_len)
@@ -169,10 +177,13 @@ def export_onnx(
 
     traced = trace_inputs(example_inputs, spec, kwargs) if dynamic else example_inputs
     shapes = dynamic_shapes(spec, dynamic, varargs_from=1 if mode == "step" else None)
-    program = _torch_export(target, traced, spec, shapes, opset, precision)
+    with quiet_exporter_logs():
+        program = _torch_export(target, traced, spec, shapes, opset, precision)
     ir_model = program.model
     _add_scan_function(ir_model, opset, scan)
     extra_meta["seed"] = None if isinstance(model, nn.Module) else seed
+    weights = weights_bytes(module)
+    extra_meta["weights_sha256"] = sha256_of(weights)
     meta = {**_metadata(resolved, spec, precision, scan, opset, dynamic, example_inputs, path), **extra_meta}
     ir_model.metadata_props.update(encode_metadata(meta))
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES
@@ -181,13 +192,41 @@ def export_onnx(
         probes = step_graph.step_probes(module, traced) if mode == "step" else probe_inputs(traced, spec, kwargs)
         verify = functools.partial(check_generalises, module=target, probes=probes, spec=spec, precision=precision,
                                    traced_shapes=[tuple(t.shape) for t in traced])
-    _write(ir_model, module, resolved, path, external_data if external_data is not None else big, verify)
+    _write(ir_model, weights, path, external_data if external_data is not None else big, verify)
     return path
+
+
+def _resolve(model, model_kwargs, seed: int, example_inputs, example_shapes, batch: int, seq_len: int,
+             dynamic: bool) -> tuple[ResolvedModel, tuple[torch.Tensor, ...] | None]:
+    """The model built with ``seed`` (the caller's RNG untouched) and, for a user's module,
+    its spec and example inputs."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        resolved = resolve_model(model, model_kwargs)
+        if resolved.spec.summary == USER_MODULE:
+            resolved.spec, example_inputs = user_spec(resolved.module, example_inputs, example_shapes, batch, seq_len,
+                                                      dynamic, seed)
+        elif example_shapes:
+            raise ExportError(f"example shapes are for your own modules; {resolved.spec.name} knows its inputs "
+                              f"{resolved.spec.inputs}", "use --batch / --seq-len to size them.")
+    return resolved, example_inputs
+
+
+def weights_bytes(module: nn.Module) -> bytes:
+    """The module's state_dict as safetensors bytes (tied tensors stored once per name)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous().clone() for k, v in module.state_dict().items()})
 
 
 def _load_checkpoint(module: nn.Module, checkpoint: str | os.PathLike) -> None:
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if str(checkpoint).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(checkpoint)
+        else:  # weights_only: torch's restricted unpickler, no code runs
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except FileNotFoundError as err:
         raise ExportError(f"checkpoint {str(checkpoint)!r} does not exist") from err
     except Exception as err:  # torch raises several types for a bad file
@@ -200,15 +239,14 @@ def _load_checkpoint(module: nn.Module, checkpoint: str | os.PathLike) -> None:
 
 def _torch_export(module, example_inputs, spec, shapes, opset, precision):
     """torch.export (non-strict), then ONNX translation of that program: no fallback strategies."""
-    with warnings.catch_warnings():
+    stderr = io.StringIO()  # torch.export prints the partial graph of a failure to stderr, twice
+    with warnings.catch_warnings(), contextlib.redirect_stderr(stderr):
         warnings.simplefilter("ignore", FutureWarning)
         try:
             program = torch.export.export(module, example_inputs, dynamic_shapes=shapes, strict=False)
         except Exception as err:  # torch.export raises many types; all mean "not exportable as is"
-            raise ExportError(
-                f"step 1/2 (torch.export) failed for {spec.name}: {type(err).__name__}: {str(err)[:2000]}",
-                "a module of ours failing here is a bug in hvlm-export; please report it.",
-            ) from err
+            log.debug("torch.export output:\n%s", stderr.getvalue())
+            raise _trace_error(spec, err) from err
     with _scan_schema_registered(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -223,7 +261,7 @@ def _torch_export(module, example_inputs, spec, shapes, opset, precision):
                 optimize=False,  # optimized below, parameters kept as they are
                 verbose=False,
             )
-            _optimize(onnx_program.model)
+            optimize_keeping_state(onnx_program.model)
         except HvlmExportError:
             raise
         except Exception as err:  # torch.onnx raises many exception types, all fatal here
@@ -237,44 +275,20 @@ def _torch_export(module, example_inputs, spec, shapes, opset, precision):
     return onnx_program
 
 
-def _optimize(model: ir.Model) -> None:
-    """The exporter's default optimisation (constant folding, rewrites, CSE, cleanup) minus
-    two steps that lose parameters: no op reading an initializer is folded, and equal
-    initializers are not merged (two LayerNorms at their init values would share one name).
-    Every state_dict entry the graph reads stays an initializer of its name and value
-    (TensorRT refit and readers of the graph go by name); ONNX Runtime and TensorRT fold a
-    weight's Transpose or Mamba's -exp(A_log) when they load the graph."""
-    import onnxscript.optimizer
-    import onnxscript.rewriter
-    from onnx_ir.passes import common
-
-    def reads_state(node: ir.Node) -> bool | None:
-        return False if any(v is not None and v.is_initializer() for v in node.inputs) else None
-
-    state = dict(model.graph.initializers)  # the program's parameters, buffers and constants
-    common.InlinePass()(model)
-    for _ in range(2):
-        onnxscript.optimizer.fold_constants(model, onnx_shape_inference=True, should_fold=reads_state)
-        onnxscript.rewriter.rewrite(model)
-        common.RemoveUnusedNodesPass()(model)
-    ir.passes.Sequential(
-        common.RemoveUnusedFunctionsPass(),
-        common.RemoveUnusedOpsetsPass(),
-        common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
-    )(model)
-    uses = {name: list(value.uses()) for name, value in state.items() if name in model.graph.initializers}
-    common.DeduplicateInitializersPass()(model)  # merges the folded constants (then CSE merges nodes)
-    for name, value_uses in uses.items():  # ... but not state entries that merely hold equal values
-        value = state[name]
-        if name not in model.graph.initializers:
-            model.graph.register_initializer(value)
-        for node, index in value_uses:
-            node.replace_input_with(index, value)
-    ir.passes.Sequential(
-        common.CommonSubexpressionEliminationPass(),
-        common.OutputFixPass(),
-        common.NameFixPass(),
-    )(model)
+def _trace_error(spec, err: Exception) -> ExportError:
+    """torch.export's failure, condensed: its first paragraph and where in the code it came from."""
+    text = str(err)
+    summary = text.split("\n\n")[0].strip()[:600]
+    where = ""
+    if "The following call raised this error:" in text:
+        where = text.split("The following call raised this error:", 1)[1].strip().split("\n\n")[0]
+        where = "\n" + "\n".join(line.rstrip() for line in where.splitlines()[:4])
+    message = f"step 1/2 (torch.export) cannot trace {spec.name}: {type(err).__name__}: {summary}{where}"
+    if spec.summary == USER_MODULE:
+        return ExportError(message, "the cause is in the module's code: Python control flow or shapes that depend on "
+                           "tensor values (if on a value, .item(), float(t)) cannot be exported; use torch.where / "
+                           "torch.cond, or move it out of forward (https://pytorch.org/docs/stable/export.html).")
+    return ExportError(message, "a module of ours failing here is a bug in hvlm-export; please report it.")
 
 
 def _add_scan_function(model: ir.Model, opset: int, scan: ScanMode) -> None:
@@ -303,11 +317,12 @@ def _metadata(resolved, spec, precision, scan, opset, dynamic, example_inputs, p
         "input_shapes": {n: list(t.shape) for n, t in zip(spec.inputs, example_inputs, strict=True)},
         "dynamic_axes": spec.dynamic_axes,
         "weights": weights_path(path).name,
+        "outputs": list(spec.outputs),
         "torch": torch.__version__,
     }
 
 
-def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Path, external: bool,
+def _write(model: ir.Model, weights_data: bytes, path: Path, external: bool,
            verify: Callable[[Path], None] | None = None) -> None:
     """Write model (+ .data) and weights into a temp dir, check (and ``verify(tmp_path)``),
     then move them into place: nothing is left behind when a check fails."""
@@ -320,8 +335,7 @@ def _write(model: ir.Model, module: nn.Module, resolved: ResolvedModel, path: Pa
         tmp_model = Path(tmp) / path.name
         data_name = path.name + ".data"
         ir.save(model, tmp_model, external_data=data_name if external else None)
-        payload = module if resolved.source["kind"] == "module" else module.state_dict()
-        torch.save(payload, Path(tmp) / weights.name)
+        (Path(tmp) / weights.name).write_bytes(weights_data)
         try:
             onnx.checker.check_model(str(tmp_model), full_check=True)
             onnx.shape_inference.infer_shapes_path(str(tmp_model), str(Path(tmp) / "inferred.onnx"))

@@ -21,12 +21,47 @@ import torch
 from torch import nn
 
 from hvlm_export.errors import ExportError
-from hvlm_export.registry import ModelSpec
+from hvlm_export.registry import ModelSpec, spec_for_user_module
+from hvlm_export.user_models import example_shapes as concrete_shapes
+from hvlm_export.user_models import input_names, output_names, parse_example_shape
 
-__all__ = ["dynamic_shapes", "axis_names", "trace_inputs", "probe_inputs", "check_dynamic", "check_generalises"]
+__all__ = ["user_spec", "dynamic_shapes", "axis_names", "trace_inputs", "probe_inputs", "check_dynamic", "check_generalises"]
 
 #: axis names that follow the sequence (lengthened to the trace length while tracing)
 SEQUENCE_AXES = ("seq", "mem_seq", "chunk")
+
+
+def user_spec(module: nn.Module, example_inputs: tuple[torch.Tensor, ...] | None,
+              example_shapes: Sequence[str] | Mapping[str, Sequence[int | str]] | None, batch: int, seq_len: int,
+              dynamic: bool, seed: int = 0) -> tuple[ModelSpec, tuple[torch.Tensor, ...]]:
+    """The spec of a user's own module and its (float32) example inputs, from example tensors
+    (named after the forward's parameters; axes 0 and 1 dynamic), example shapes
+    (``["x=B,L,256", ...]`` or ``{"x": ["B", "L", 256]}``: letters are dynamic axes) or, for a
+    module with an int ``dim``, one (batch, seq_len, dim) input."""
+    if example_inputs is not None and example_shapes:
+        raise ExportError("give example_inputs or example_shapes, not both")
+    if example_shapes:
+        parsed = dict(parse_example_shape(t) for t in example_shapes) if not isinstance(example_shapes, Mapping) \
+            else {k: list(v) for k, v in example_shapes.items()}
+        names = input_names(module, list(parsed))
+        shapes, axes = concrete_shapes({n: parsed[n] for n in names}, batch, seq_len, dynamic)
+        gen = torch.Generator().manual_seed(seed)
+        example_inputs = tuple(torch.randn(shapes[n], generator=gen) for n in names)
+    elif example_inputs is not None:
+        names = input_names(module, None, len(example_inputs))
+        _, axes = concrete_shapes({n: list(t.shape) for n, t in zip(names, example_inputs, strict=True)}, batch,
+                                  seq_len, dynamic)
+    elif isinstance(getattr(module, "dim", None), int):
+        names = input_names(module, None, 1)
+        shapes, axes = concrete_shapes({names[0]: ["B", "L", module.dim]}, batch, seq_len, dynamic)
+        example_inputs = (torch.randn(shapes[names[0]], generator=torch.Generator().manual_seed(seed)),)
+    else:
+        raise ExportError(f"cannot tell the inputs of {type(module).__name__} (it has no int attribute 'dim')",
+                          "give example shapes: --example-shape x=B,L,256 (letters are dynamic axes), or "
+                          "example_inputs in Python.")
+    example_inputs = tuple(t.float() if t.is_floating_point() else t for t in example_inputs)
+    spec = spec_for_user_module(module, names, output_names(module, example_inputs), axes)
+    return spec, example_inputs
 
 
 def dynamic_shapes(spec: ModelSpec, dynamic: bool, varargs_from: int | None = None) -> tuple | None:

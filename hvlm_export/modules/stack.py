@@ -74,8 +74,17 @@ class StackConfig:
             raise ConfigError(f"field 'mlp_ratio' must be a positive number, got {self.mlp_ratio!r}")
         if not self.blocks:
             raise ConfigError("field 'blocks' must list at least one block")
-        if self.memory and not any(b.attention_type == "cross_memory" for b in self.blocks):
+        if not isinstance(self.memory, bool):
+            raise ConfigError(f"field 'memory' must be true or false, got {self.memory!r}")
+        cross = [i for i, b in enumerate(self.blocks) if b.attention_type == "cross_memory"]
+        if self.memory and not cross:
             raise ConfigError("field 'memory' is true but no block has attention_type 'cross_memory'")
+        if cross and not self.memory:
+            raise ConfigError(
+                f"blocks {cross} are cross_memory but field 'memory' is false: they would attend to the sequence "
+                "itself (self-attention), not to a memory",
+                "set 'memory: true' (the model then takes a memory input), or use attention_type 'local_global' "
+                "or 'strided' for self-attention.")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

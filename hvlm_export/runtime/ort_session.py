@@ -24,6 +24,17 @@ _ORT_TYPES = {
 }
 
 
+def _load_hint(message: str) -> str:
+    """What to do about an ONNX Runtime load failure, by its cause."""
+    if "SelectiveScan" in message and "not a registered function" in message:
+        return ("the SelectiveScan function body is missing (onnx.version_converter and some tools drop "
+                "model-local functions); `hvlm-export lint` shows it. Re-export with --opset N instead.")
+    if "bfloat16" in message or "BFloat16" in message or "tensor(bfloat16)" in message:
+        return ("ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul/Conv; run bf16 with the CUDA "
+                "provider or a TensorRT engine.")
+    return "the file may be truncated or corrupt, or use an op/dtype this onnxruntime lacks; re-export it."
+
+
 def default_providers() -> list[str]:
     import onnxruntime as ort
 
@@ -69,10 +80,8 @@ class OnnxSession(Session):
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as err:  # ORT raises InvalidGraph, Fail, NoSuchFile, ...: all mean "unusable"
-            raise ArtifactError(
-                f"ONNX Runtime cannot load {self.path.name!r}: {type(err).__name__}: {str(err)[:500]}",
-                "the file may be truncated or corrupt, or use an op/dtype this onnxruntime lacks; re-export it.",
-            ) from err
+            raise ArtifactError(f"ONNX Runtime cannot load {self.path.name!r}: {type(err).__name__}: {str(err)[:500]}",
+                                _load_hint(str(err))) from err
         self.providers = self._session.get_providers()
         raw = self._session.get_modelmeta().custom_metadata_map
         self.metadata = decode_metadata({k[len(META_PREFIX):]: v for k, v in raw.items() if k.startswith(META_PREFIX)})

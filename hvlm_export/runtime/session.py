@@ -71,12 +71,19 @@ class Session(abc.ABC):
             for axis, (got, want) in enumerate(zip(value.shape, info.shape, strict=True)):
                 if isinstance(want, int) and got != want:
                     raise RuntimeInputError(
-                        f"input {info.name!r} has size {got} on axis {axis}, the model was exported with a fixed "
-                        f"{want} there {_fmt(info.shape)}",
-                        "re-export with dynamic axes (the default) to feed other sizes.",
-                    )
+                        f"input {info.name!r} has size {got} on axis {axis}, the model takes {want} there "
+                        f"{_fmt(info.shape)}", self._fixed_axis_hint(info.name, axis, want))
             if any(s == 0 for s in value.shape[:2]):
                 raise RuntimeInputError(f"input {info.name!r} has an empty batch or sequence axis: {value.shape}")
+
+    def _fixed_axis_hint(self, name: str, axis: int, want: int) -> str:
+        """A batch/sequence axis fixed by a static export, or a width fixed by the weights."""
+        dynamic = (getattr(self, "metadata", None) or {}).get("dynamic_axes") or {}
+        axes = {int(a) for a in dynamic.get(name, {})}
+        if axis in axes:
+            return "this file was exported with fixed shapes (--static); re-export without it to feed other sizes."
+        return (f"axis {axis} of {name!r} is not a dynamic axis (the model's width or a state size, fixed by its "
+                f"weights): feed {want} there.")
 
     def __repr__(self) -> str:
         ins = ", ".join(f"{t.name}{_fmt(t.shape)}:{t.dtype}" for t in self.inputs)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from hvlm_export.errors import ArtifactError, HvlmExportError, ValidationError
-from hvlm_export.registry import INPUT_SCALES, ModelSpec, Tolerance
+from hvlm_export.registry import INPUT_SCALES, ModelSpec, Tolerance, default_dynamic_axes
 from hvlm_export.validators.compare import compare
 from hvlm_export.validators.reference import load_reference
 from hvlm_export.validators.report import Case, Report
@@ -36,18 +36,29 @@ Tolerances = Tolerance | tuple[float, float] | Mapping[str, Any]
 _TOLERANCE_FIELDS = tuple(f.name for f in fields(Tolerance))
 
 
+def _case_key(label: str) -> str:
+    """The grid key of a dynamic axis: batch, seq, mem (a memory's length) or the axis name."""
+    return {"mem_seq": "mem"}.get(label, label)
+
+
+def _extra_axes(spec: ModelSpec) -> list[str]:
+    """Grid keys of the inputs' dynamic axes other than batch and seq (mem for a memory)."""
+    keys = {_case_key(label) for name in spec.inputs for label in spec.dynamic_axes.get(name, {}).values()}
+    return sorted(keys - {"batch", "seq"})
+
+
 def default_shapes(spec: ModelSpec, kwargs: Mapping[str, Any], export_seq: int | None) -> list[dict[str, int]]:
-    """Batch 1 and 3 x the spec's critical lengths, plus lengths unlike the export length."""
+    """Batch 1 and 3 x the spec's critical lengths, plus lengths unlike the export length
+    (other sequence axes, such as a memory's, get sizes unlike the sequence's)."""
     lengths = set(spec.lengths(kwargs))
     if export_seq is not None:
         lengths |= {export_seq + 5, max(1, export_seq // 2 - 1)}
     lengths.discard(export_seq)
     shapes = []
     for i, length in enumerate(sorted(lengths)):
-        batch = 3 if i % 2 else 1
-        shape = {"batch": batch, "seq": length}
-        if "memory" in spec.inputs:
-            shape["mem"] = (length % 7) + 2 + 8 * (i % 2)
+        shape = {"batch": 3 if i % 2 else 1, "seq": length}
+        for key in _extra_axes(spec):
+            shape[key] = (length % 7) + 2 + 8 * (i % 2)
         shapes.append(shape)
     return shapes
 
@@ -74,7 +85,8 @@ def _resolve_tolerances(spec: ModelSpec, precision: str, override: Tolerances | 
     unit, large = spec.tolerances[precision], spec.large_input_tolerances[precision]
     if override is None:
         return {name: (unit, large) for name in spec.outputs}
-    if isinstance(override, (Tolerance, tuple)) or (override and set(override) <= set(_TOLERANCE_FIELDS)):
+    numbers = isinstance(override, Mapping) and all(isinstance(v, (int, float)) for v in override.values())
+    if isinstance(override, (Tolerance, tuple)) or numbers:  # one rule for every output
         override = {"": override}
     unknown = set(override) - {"", *spec.outputs}
     if unknown:
@@ -86,14 +98,20 @@ def _resolve_tolerances(spec: ModelSpec, precision: str, override: Tolerances | 
     return table
 
 
-def _inputs(spec: ModelSpec, dim: int, shape: Shape, seed: int, dtype: np.dtype) -> dict[str, np.ndarray]:
-    """Standard normal inputs times the shape's ``scale`` (default 1), in the graph's dtype."""
+def _inputs(spec: ModelSpec, base: Mapping[str, Sequence[int]], shape: Shape, seed: int,
+            dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Standard normal inputs times the shape's ``scale`` (default 1), in the graph's dtype:
+    each input's example shape ``base[name]`` with its dynamic axes sized by the grid shape."""
     rng = np.random.default_rng(seed)
     scale = np.float32(shape.get("scale", 1.0))
-    feed = {"x": rng.standard_normal((shape["batch"], shape["seq"], dim), dtype=np.float32) * scale}
-    if "memory" in spec.inputs:
-        feed["memory"] = rng.standard_normal((shape["batch"], shape.get("mem", 8), dim), dtype=np.float32) * scale
-    return {k: v.astype(dtype) for k, v in feed.items()}
+    feed = {}
+    for name in spec.inputs:
+        dims = list(base[name])
+        for axis, label in spec.dynamic_axes.get(name, {}).items():
+            key = _case_key(label)
+            dims[int(axis)] = shape.get(key, shape.get("mem", 8) if key == "mem" else shape["seq"])
+        feed[name] = (rng.standard_normal(dims, dtype=np.float32) * scale).astype(dtype)
+    return feed
 
 
 def _tolerance(tol: Mapping[str, tuple[Tolerance, Tolerance]], name: str, shape: Shape) -> Tolerance:
@@ -112,21 +130,23 @@ def _residual(spec: ModelSpec, feed: Mapping[str, np.ndarray], shape: Shape) -> 
 @torch.no_grad()
 def _eager(module: nn.Module, spec: ModelSpec, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     args = [torch.from_numpy(np.asarray(feed[n], dtype=np.float32)) for n in spec.inputs]
-    return {spec.outputs[0]: module(*args).numpy()}
+    out = module(*args)
+    out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
+    return {name: t.float().numpy() for name, t in zip(spec.outputs, out, strict=True)}
 
 
-def _grid_profile(spec: ModelSpec, shapes: Sequence[Shape], dim: int):
+def _grid_profile(spec: ModelSpec, shapes: Sequence[Shape], base: Mapping[str, Sequence[int]]):
     """One TensorRT profile spanning every shape of the validation grid."""
     from hvlm_export.exporters.engine_build import Profile
 
-    def span(key: str, default: int = 1) -> tuple[int, int]:
-        values = [s.get(key, default) for s in shapes]
-        return min(values), max(values)
-
-    (b0, b1), (l0, l1), (m0, m1) = span("batch"), span("seq"), span("mem", 8)
-    profile = {"x": ((b0, l0, dim), (b1, l1, dim), (b1, l1, dim))}
-    if "memory" in spec.inputs:
-        profile["memory"] = ((b0, m0, dim), (b1, m1, dim), (b1, m1, dim))
+    profile = {}
+    for name in spec.inputs:
+        lo, hi = list(base[name]), list(base[name])
+        for axis, label in spec.dynamic_axes.get(name, {}).items():
+            key = _case_key(label)
+            values = [s.get(key, s.get("mem", 8) if key == "mem" else s["seq"]) for s in shapes]
+            lo[int(axis)], hi[int(axis)] = min(values), max(values)
+        profile[name] = (tuple(lo), tuple(hi), tuple(hi))
     return Profile(profile)
 
 
@@ -164,7 +184,7 @@ def _open_backends(artifact: Path, backends: Sequence[str], providers, report: R
             try:
                 sessions[backend] = runtime.load(artifact, providers=providers)
             except ArtifactError as err:  # e.g. ONNX Runtime CPU has no bfloat16 MatMul kernel
-                report.skipped[backend] = f"cannot load: {err.message}"
+                report.skipped[backend] = f"cannot load: {err.message}" + (f" ({err.note})" if err.note else "")
     return sessions
 
 
@@ -214,17 +234,17 @@ def validate(
     spec, meta = reference.spec, reference.meta
     if shapes is None:
         if meta.get("dynamic") is False:
-            dims = meta["input_shapes"]
-            shapes = [{"batch": dims["x"][0], "seq": dims["x"][1], **({"mem": dims["memory"][1]} if "memory" in dims else {})}]
+            shapes = [_export_shape(spec, meta["input_shapes"])]
         else:
-            shapes = default_shapes(spec, reference.kwargs, meta["input_shapes"]["x"][1])
+            first = meta["input_shapes"][spec.inputs[0]]
+            shapes = default_shapes(spec, reference.kwargs, first[1] if len(first) > 1 else None)
     precision = meta["precision"]
     tol = _resolve_tolerances(spec, precision, tolerances)
     report = Report(spec.name, str(path), precision)
     shapes = _with_scales(shapes, input_scales)
     streaming = meta.get("mode") == "step"
     with tempfile.TemporaryDirectory(prefix="hvlm-validate-") as workdir:
-        profile = None if streaming else _grid_profile(spec, shapes, reference.dim)  # step graphs: build's defaults
+        profile = None if streaming else _grid_profile(spec, shapes, meta["input_shapes"])  # step: build's defaults
         sessions = _open_backends(path, list(backends or BACKENDS), providers, report, profile, Path(workdir))
         _require_a_backend(report, sessions)
         if streaming:
@@ -232,6 +252,16 @@ def validate(
         else:
             _run_cases(report, sessions, reference, shapes, tol, seed)
     return report
+
+
+def _export_shape(spec: ModelSpec, base: Mapping[str, Sequence[int]]) -> dict[str, int]:
+    """The grid shape of the export's own input shapes (a static graph runs only there)."""
+    shape = {}
+    for name in spec.inputs:
+        for axis, label in default_dynamic_axes((name,), ()).get(name, {}).items():
+            if axis < len(base[name]):
+                shape.setdefault(_case_key(label), base[name][axis])
+    return shape
 
 
 def _with_scales(shapes: Iterable[Shape], scales: Sequence[float]) -> list[dict]:
@@ -246,20 +276,22 @@ def _with_scales(shapes: Iterable[Shape], scales: Sequence[float]) -> list[dict]
 
 
 def _require_a_backend(report: Report, sessions: dict[str, Any]) -> None:
-    if not sessions:
-        raise ValidationError(
-            f"no backend could run {Path(report.artifact).name!r}: "
-            + "; ".join(f"{b}: {r}" for b, r in report.skipped.items()),
-            "ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul/Conv; validate bf16 with the CUDA "
-            "provider or a TensorRT engine (docs/EXPORT.md lists what runs where).",
-        )
+    if sessions:
+        return
+    if report.precision == "bf16":
+        hint = ("ONNX Runtime's CPU provider has no bfloat16 kernels for MatMul/Conv; validate bf16 with the CUDA "
+                "provider or a TensorRT engine (docs/EXPORT.md lists what runs where).")
+    else:
+        hint = "each backend's reason is given above; `hvlm-export lint FILE` checks the graph."
+    raise ValidationError(f"no backend could run {Path(report.artifact).name!r}: "
+                          + "; ".join(f"{b}: {r}" for b, r in report.skipped.items()), hint)
 
 
 def _run_cases(report: Report, sessions: dict[str, Any], reference, shapes, tol, seed: int) -> None:
     spec = reference.spec
     dtype = next(iter(sessions.values())).inputs[0].dtype
     for i, shape in enumerate(shapes):
-        feed = _inputs(spec, reference.dim, shape, seed + i, dtype)
+        feed = _inputs(spec, reference.meta["input_shapes"], shape, seed + i, dtype)
         expected = _eager(reference.module, spec, feed)
         for backend, session in sessions.items():
             case = Case(backend, {n: tuple(a.shape) for n, a in feed.items()}, scale=shape["scale"])

@@ -10,14 +10,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from hvlm_export.artifacts import read_metadata
+from hvlm_export.artifacts import read_metadata, read_weights_bytes
 from hvlm_export.errors import ArtifactError, ValidationError
-from hvlm_export.registry import ModelSpec, get, spec_for_config, spec_for_module
+from hvlm_export.registry import USER_MODULE, ModelSpec, get, spec_for_config, spec_for_module, spec_for_user_module
+from hvlm_export.user_models import build_module, input_names
 
 __all__ = ["Reference", "load_reference"]
 
 #: metadata an artefact needs for its reference to be rebuilt
-_REQUIRED = ("source", "precision", "input_shapes", "weights")
+_REQUIRED = ("source", "precision", "input_shapes", "weights", "weights_sha256")
 
 
 @dataclass
@@ -29,7 +30,8 @@ class Reference:
 
     @property
     def dim(self) -> int:
-        return int(self.meta["input_shapes"]["x"][-1])
+        """The width of the first input (the last axis of x for every mechanism)."""
+        return int(next(iter(self.meta["input_shapes"].values()))[-1])
 
 
 def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
@@ -42,6 +44,42 @@ def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
     if missing:
         raise ValidationError(f"{path.name!r} lacks the metadata {missing} (written by an older hvlm-export?)",
                               "re-export the model with this version.")
+
+
+def _load_state(path: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The exported weights: safetensors bytes checked against the metadata's hash first, so
+    nothing of a changed or truncated file is used (and nothing is ever unpickled)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    weights = Path(meta["weights_dir"]) / meta["weights"]
+    if not weights.is_file():
+        raise ArtifactError(f"weights file {weights.name!r} beside {path.name!r} is missing", "re-export the model.")
+    data = read_weights_bytes(weights, meta)
+    try:
+        return load(data)
+    except SafetensorError as err:
+        raise ArtifactError(f"weights file {weights.name!r} is not readable safetensors: {err}") from err
+
+
+def _rebuild(path: Path, meta: dict[str, Any], spec: ModelSpec | None) -> nn.Module:
+    source = meta["source"]
+    kwargs = dict(source.get("kwargs", {}))
+    if source["kind"] == "callable":
+        module = build_module(source["target"], kwargs, error=ValidationError)
+    elif source["kind"] == "module":
+        raise ValidationError(
+            f"{path.name!r} was exported from an instance of {source.get('class', 'a module')}, which the file "
+            "cannot rebuild", "pass the module: validate(module, file), or export through an import path "
+            "(hvlm-export export package.module:callable) so validate can rebuild it.")
+    else:
+        module = spec.factory(**kwargs)
+    try:
+        module.load_state_dict(_load_state(path, meta), strict=True)
+    except RuntimeError as err:
+        raise ValidationError(f"the weights beside {path.name!r} do not fit the rebuilt model: {str(err)[:400]}",
+                              "the code the file was exported from has changed; re-export the model.") from err
+    return module
 
 
 def load_reference(path: str | os.PathLike, module: nn.Module | None = None) -> Reference:
@@ -57,15 +95,10 @@ def load_reference(path: str | os.PathLike, module: nn.Module | None = None) -> 
     elif source["kind"] == "config":
         spec = spec_for_config(source["config"])
     if module is None:
-        weights = Path(meta["weights_dir"]) / meta["weights"]
-        if not weights.is_file():
-            raise ArtifactError(f"weights file {weights.name!r} beside {path.name!r} is missing", "re-export the model.")
-        if source["kind"] == "module":
-            # a pickled module written by export_onnx itself: trusted like the .onnx next to it
-            module = torch.load(weights, map_location="cpu", weights_only=False)
-        else:
-            module = spec.factory(**kwargs)
-            module.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
+        module = _rebuild(path, meta, spec)
     if spec is None:
         spec = spec_for_module(module)
+        if spec.summary == USER_MODULE:
+            inputs = input_names(module, list(meta["input_shapes"]))  # the forward's order
+            spec = spec_for_user_module(module, inputs, tuple(meta.get("outputs", ("y",))), meta["dynamic_axes"])
     return Reference(module.float().eval(), spec, kwargs, meta)

@@ -47,7 +47,7 @@ def run_stream_cases(report: Report, sessions: dict[str, Any], reference, shapes
     spec = reference.spec
     dtype = next(iter(sessions.values())).inputs[0].dtype
     for i, shape in enumerate(shapes):
-        feed = inputs(spec, reference.dim, shape, seed + i, dtype)
+        feed = inputs(spec, reference.meta["input_shapes"], shape, seed + i, dtype)
         expected = eager(reference.module, spec, feed)["y"]
         x = feed["x"]
         for label, sizes in chunkings(x.shape[1], seed + i).items():

@@ -19,6 +19,7 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
+from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_OP
 from hvlm_export.errors import ArtifactError
 
 __all__ = ["Finding", "lint_tensorrt", "lint_model", "format_findings", "RULES"]
@@ -94,8 +95,14 @@ def lint_tensorrt(path_or_model: str | os.PathLike | onnx.ModelProto) -> list[Fi
         model = onnx.load(str(path), load_external_data=False)
     except FileNotFoundError as err:
         raise ArtifactError(f"{str(path)!r} does not exist") from err
+    except IsADirectoryError as err:
+        raise ArtifactError(f"{str(path)!r} is a directory, not an ONNX file") from err
     except Exception as err:  # protobuf DecodeError and friends
         raise ArtifactError(f"{str(path)!r} is not a readable ONNX file: {err}") from err
+    if not model.ir_version or not model.graph.node:  # an empty file parses as an empty ModelProto
+        size = path.stat().st_size
+        raise ArtifactError(f"{str(path)!r} is not an ONNX model ({size} bytes{', empty' if not size else ''}: "
+                            "no IR version or no graph)", "was the export interrupted? Export again.")
     return lint_model(model)
 
 
@@ -195,7 +202,12 @@ def _check_custom(node, name, function_names) -> list[Finding]:
     ns = _attr(node, "plugin_namespace")
     ns = ns.decode() if isinstance(ns, bytes) else ns
     out = []
-    if not has_fn and ns is None:
+    if (node.domain, node.op_type) == (SCAN_DOMAIN, SCAN_OP) and not has_fn:
+        out.append(Finding("scan-function", "error", name, node.op_type,
+                           f"the {SCAN_DOMAIN}::{SCAN_OP} function body is missing (a tool that does not keep "
+                           "model-local functions, such as onnx.version_converter, dropped it): ONNX Runtime "
+                           "cannot run the file and TensorRT needs the plugin; re-export with --opset N instead"))
+    elif not has_fn and ns is None:
         out.append(Finding("custom-op", "error", name, node.op_type,
                            f"custom node {node.domain}::{node.op_type} has no local function and no plugin_namespace "
                            "attribute; the parser can only import it through a plugin found by name + domain", "10.x, 11.x"))
@@ -238,11 +250,18 @@ def _check_types(model: onnx.ModelProto) -> list[Finding]:
     return out
 
 
-def format_findings(findings: list[Finding], path: str | os.PathLike | None = None) -> str:
-    """One line per finding, then a summary line."""
+def lint_failed(findings: list[Finding], strict: bool = False) -> bool:
+    """Errors fail; with ``strict``, warnings too (notes never do)."""
+    return any(f.severity == "error" or (strict and f.severity == "warning") for f in findings)
+
+
+def format_findings(findings: list[Finding], path: str | os.PathLike | None = None, strict: bool = False) -> str:
+    """One line per finding, then a summary line whose verdict is :func:`lint_failed`'s."""
     where = f"{Path(path).name}: " if path else ""
     counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
     lines = [str(f) for f in findings if f.severity != "info"] + [str(f) for f in findings if f.severity == "info"]
-    status = "FAILED" if counts["error"] else "PASSED"
+    status = "FAILED" if lint_failed(findings, strict) else "PASSED"
+    if strict and not counts["error"] and counts["warning"]:
+        status += " (--strict: warnings fail)"
     lines.append(f"{status} | TensorRT lint | {where}{counts['error']} errors, {counts['warning']} warnings, {counts['info']} notes")
     return "\n".join(lines)

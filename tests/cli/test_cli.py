@@ -27,7 +27,7 @@ def test_export_validate_run(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "TensorRT lint" in text and "PASSED | mamba" in text
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["passed"] and len(report["cases"]) == 4
+    assert report["passed"] and len(report["cases"]) == 8 and {c["input_scale"] for c in report["cases"]} == {1, 30}
     assert {tuple(c["shape"]["x"]) for c in report["cases"]} == {(1, 3, 32), (1, 33, 32), (2, 3, 32), (2, 33, 32)}
 
     np.savez(tmp_path / "in.npz", x=np.ones((2, 11, 32), np.float32))
@@ -64,7 +64,8 @@ def test_flags_reach_the_api(tmp_path, monkeypatch):
             "--mode", "step"]
     assert main(argv) == 0
     assert seen == dict(model="strided", path="m.onnx", dynamic=False, opset=19, precision="fp16", scan="inline",
-                        checkpoint="c.pt", model_kwargs={"stride": 2}, batch=3, seq_len=17, mode="step", seed=0)
+                        checkpoint="c.pt", model_kwargs={"stride": 2}, batch=3, seq_len=17, mode="step", seed=0,
+                        example_shapes=None)
 
 
 def test_validate_tolerance_flags(exported, tmp_path):

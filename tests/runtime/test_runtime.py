@@ -38,7 +38,7 @@ def test_contract(session):
         ({**_feed(), "mask": np.zeros(1)}, "unexpected \\['mask'\\]"),
         (_feed(dtype=np.float64), "dtype float64"),
         ({"x": _feed()["x"][0], "memory": _feed()["memory"]}, "rank 2"),
-        (_feed(dim=32), "fixed 64"),
+        (_feed(dim=32), "takes 64 there(.|\n)*not a dynamic axis"),
         ({"x": _feed()["x"].tolist(), "memory": _feed()["memory"]}, "numpy array"),
         (_feed(length=0), "empty"),
     ],
@@ -46,6 +46,14 @@ def test_contract(session):
 def test_bad_inputs(session, feed, match):
     with pytest.raises(RuntimeInputError, match=match):
         session.run(feed)
+
+
+def test_static_export_hint_says_static(exported):
+    session = runtime.load(exported("strided", dynamic=False, batch=2, seq_len=24))
+    with pytest.raises(RuntimeInputError, match="takes 24 there(.|\n)*--static"):
+        session.run({"x": np.zeros((2, 25, 64), np.float32)})
+    with pytest.raises(RuntimeInputError, match="not a dynamic axis"):
+        session.run({"x": np.zeros((2, 24, 32), np.float32)})
 
 
 def test_bad_files(tmp_path, exported):
