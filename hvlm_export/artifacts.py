@@ -41,6 +41,9 @@ __all__ = [
     "encode_metadata",
     "decode_metadata",
     "metadata_of",
+    "metadata_doc_string",
+    "props_from_doc_string",
+    "strip_prefix",
     "read_onnx_metadata",
     "write_engine_sidecar",
     "read_engine_sidecar",
@@ -136,9 +139,37 @@ def decode_metadata(raw: Mapping[str, str]) -> dict[str, Any]:
     return out
 
 
+#: the graph doc_string of an export starts with this, then the metadata_props as JSON: tools
+#: that rewrite a model (onnx-graphsurgeon, polygraphy sanitize) drop metadata_props but keep it
+DOC_PREFIX = "hvlm-export metadata (copy of the hvlm_export.* metadata_props): "
+
+
+def metadata_doc_string(props: Mapping[str, str]) -> str:
+    """The graph doc_string carrying a copy of the ``hvlm_export.*`` metadata_props."""
+    return DOC_PREFIX + json.dumps(dict(props), sort_keys=True)
+
+
+def props_from_doc_string(doc: str) -> dict[str, str]:
+    """The metadata_props copy in a graph doc_string (empty if there is none or it is damaged)."""
+    if not doc or not doc.startswith(DOC_PREFIX):
+        return {}
+    try:
+        props = json.loads(doc[len(DOC_PREFIX):])
+    except json.JSONDecodeError:
+        return {}
+    return {k: v for k, v in props.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(props, dict) else {}
+
+
+def strip_prefix(props: Mapping[str, str]) -> dict[str, str]:
+    """The ``hvlm_export.*`` entries of ``props``, prefix stripped."""
+    return {k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)}
+
+
 def metadata_of(model: Any) -> dict[str, str]:
-    """The ``hvlm_export.*`` metadata strings of a loaded onnx.ModelProto, prefix stripped."""
-    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+    """The ``hvlm_export.*`` metadata strings of a loaded onnx.ModelProto, prefix stripped
+    (from the graph doc_string copy when a tool dropped the metadata_props)."""
+    found = strip_prefix({p.key: p.value for p in model.metadata_props})
+    return found or strip_prefix(props_from_doc_string(model.graph.doc_string))
 
 
 def read_onnx_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -138,7 +138,7 @@ def _run_validate(path: Path, args: argparse.Namespace) -> int:
     if args.report:
         check_writable(args.report, "report")  # before the run, not after it
     report = validate(path, shapes=_shapes(args), tolerances=_tolerances(args), backends=args.backends,
-                      seed=args.input_seed, input_scales=args.input_scales)
+                      seed=args.input_seed, input_scales=args.input_scales, source=getattr(args, "source", None))
     console = _console()
     console.print(report.table())
     if args.report:
@@ -286,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="compare an exported model against eager PyTorch")
     p.add_argument("model", help="an exported .onnx (or engine) file")
+    p.add_argument("--source", metavar="ORIGINAL.onnx",
+                   help="for a processed copy (polygraphy, onnx-graphsurgeon, onnxsim drop the metadata): the export "
+                        "it was made from, whose metadata and weights rebuild the reference")
     _add_validate_args(p)
     p.set_defaults(func=_cmd_validate)
 
@@ -294,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", required=True, help=".npz with one array per graph input")
     p.add_argument("--outputs", required=True, help=".npz to write")
     p.set_defaults(func=_cmd_run)
+    _add_tool_commands(sub)
+    return parser
 
+
+def _add_tool_commands(sub) -> None:
+    """build, bench and lint."""
     p = sub.add_parser("build", help="build a TensorRT engine from an exported ONNX file")
     p.add_argument("model", help="an .onnx file written by `export`")
     p.add_argument("-o", "--output", required=True, help="the engine file to write")
@@ -325,7 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="an .onnx file")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
     p.set_defaults(func=_cmd_lint)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import onnxscript.optimizer
 import onnxscript.rewriter
 from onnx_ir.passes import common
 
-__all__ = ["optimize_keeping_state", "quiet_exporter_logs"]
+__all__ = ["optimize_keeping_state", "quiet_exporter_logs", "strip_initializer_prefix"]
 
 #: loggers that talk during an export about nothing the user can act on: torchvision ops not
 #: registered (never used here), sympy failing to print a guard ("Failed to reduce
@@ -69,3 +69,15 @@ def optimize_keeping_state(model: ir.Model) -> None:
         common.OutputFixPass(),
         common.NameFixPass(),
     )(model)
+
+
+def strip_initializer_prefix(model: ir.Model, prefix: str) -> None:
+    """Rename initializers ``prefix + name`` to ``name`` (a wrapper module's attribute path,
+    such as the step graph's ``layer.``), so every graph of one model uses its state_dict names."""
+    for old in [n for n in model.graph.initializers if n.startswith(prefix)]:
+        new = old[len(prefix):]
+        if new in model.graph.initializers:
+            continue
+        value = model.graph.initializers.pop(old)
+        value.name = new
+        model.graph.register_initializer(value)

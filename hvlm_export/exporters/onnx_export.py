@@ -32,10 +32,18 @@ import torch
 from torch import nn
 
 from hvlm_export import __version__
-from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_OP, encode_metadata, sha256_of, weights_path
+from hvlm_export.artifacts import (
+    SCAN_DOMAIN,
+    SCAN_INPUTS,
+    SCAN_OP,
+    encode_metadata,
+    metadata_doc_string,
+    sha256_of,
+    weights_path,
+)
 from hvlm_export.errors import ExportError, HvlmExportError
 from hvlm_export.exporters import scan_body, step_graph
-from hvlm_export.exporters.graph_passes import optimize_keeping_state, quiet_exporter_logs
+from hvlm_export.exporters.graph_passes import optimize_keeping_state, quiet_exporter_logs, strip_initializer_prefix
 from hvlm_export.exporters.tracing import (
     axis_names,
     check_dynamic,
@@ -180,12 +188,13 @@ def export_onnx(
     with quiet_exporter_logs():
         program = _torch_export(target, traced, spec, shapes, opset, precision)
     ir_model = program.model
+    if mode == "step":
+        strip_initializer_prefix(ir_model, "layer.")  # StepModule's attribute: the forward graph's names
     _add_scan_function(ir_model, opset, scan)
     extra_meta["seed"] = None if isinstance(model, nn.Module) else seed
     weights = weights_bytes(module)
     extra_meta["weights_sha256"] = sha256_of(weights)
-    meta = {**_metadata(resolved, spec, precision, scan, opset, dynamic, example_inputs, path), **extra_meta}
-    ir_model.metadata_props.update(encode_metadata(meta))
+    _stamp(ir_model, {**_metadata(resolved, spec, precision, scan, opset, dynamic, example_inputs, path), **extra_meta})
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > _EXTERNAL_DATA_BYTES
     verify = None
     if dynamic:
@@ -194,6 +203,14 @@ def export_onnx(
                                    traced_shapes=[tuple(t.shape) for t in traced])
     _write(ir_model, weights, path, external_data if external_data is not None else big, verify)
     return path
+
+
+def _stamp(ir_model, meta: dict[str, Any]) -> None:
+    """Write the metadata into metadata_props and, as a copy that survives tools which drop
+    metadata_props, into the graph's doc_string."""
+    props = encode_metadata(meta)
+    ir_model.metadata_props.update(props)
+    ir_model.graph.doc_string = metadata_doc_string(props)
 
 
 def _resolve(model, model_kwargs, seed: int, example_inputs, example_shapes, batch: int, seq_len: int,
@@ -296,12 +313,20 @@ def _add_scan_function(model: ir.Model, opset: int, scan: ScanMode) -> None:
     if not uses_scan:
         model.opset_imports.pop(SCAN_DOMAIN, None)
         return
+    for node in model.graph.all_nodes():  # the node's outputs get shapes (tools cannot infer them)
+        if node.domain == SCAN_DOMAIN:
+            y, last = node.outputs
+            y.shape, y.dtype = y.shape or node.inputs[0].shape, y.dtype or node.inputs[0].dtype
+            last.shape = last.shape or node.inputs[SCAN_INPUTS.index("initial_state")].shape
+            last.dtype = last.dtype or ir.DataType.FLOAT
     fn = ir.serde.deserialize_function(scan_body.scan_function(opset))
     model.functions[fn.identifier()] = fn
     model.opset_imports[SCAN_DOMAIN] = 1
     if scan == "inline":
         ir.passes.common.InlinePass()(model)
         ir.passes.common.RemoveUnusedFunctionsPass()(model)
+        # the body's Constant(value_int=...) nodes as initializers: shape-inference tools read those
+        ir.passes.common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
         model.opset_imports.pop(SCAN_DOMAIN, None)
 
 

@@ -90,7 +90,7 @@ def _to_2d_transposed(g: _Body, x: str, rows: str) -> str:
     return g.op("Transpose", flat, perm=[1, 0])
 
 
-def _steps(g: _Body, x: str, pad: str, nc: str, b: str, chunk: str) -> str:
+def _steps(g: _Body, x: str, pad: str, nc: str, b: str, chunk_1d: str) -> str:
     """(b, k, L) -> (nc, T, b, k): pad L to nc * T, then chunk-major with channels innermost.
 
     Channels (k) go innermost so that every broadcast in the body runs over long contiguous
@@ -100,7 +100,10 @@ def _steps(g: _Body, x: str, pad: str, nc: str, b: str, chunk: str) -> str:
     pads = g.op("Concat", g.const([0, 0, 0, 0, 0]), g.op("Unsqueeze", pad, g.const([0])), axis=0)
     k = g.op("Gather", g.op("Shape", x), g.const(1), axis=0)
     t_major = _to_2d_transposed(g, g.op("Pad", x, pads), g.op("Mul", b, k))  # (nc * T, b * k)
-    shape = g.op("Concat", *(g.op("Unsqueeze", s, g.const([0])) for s in (nc, chunk, b, k)), axis=0)
+    nc_1d, b_1d, k_1d = (g.op("Unsqueeze", s, g.const([0])) for s in (nc, b, k))
+    # no op on constants alone anywhere in the body (the chunk is a 1-D constant as is): constant
+    # folders that recurse into functions (onnx-graphsurgeon, polygraphy) then leave it alone
+    shape = g.op("Concat", nc_1d, chunk_1d, b_1d, k_1d, axis=0)
     return g.op("Reshape", t_major, shape)
 
 
@@ -118,12 +121,13 @@ class _Layout:
         shape_u = g.op("Shape", "u")
         self.b, self.d, self.length = (g.op("Gather", shape_u, g.const(i), axis=0) for i in range(3))
         self.t = g.const(chunk)
+        self.t_1d = g.const([chunk])
         self.pad = g.op("Mod", g.op("Sub", self.t, g.op("Mod", self.length, self.t)), self.t)
         self.nc = g.op("Div", g.op("Add", self.length, self.pad), self.t)
         self.nc_1d = g.op("Unsqueeze", self.nc, g.const([0]))
 
     def steps(self, g: _Body, x: str) -> str:
-        return _steps(g, x, self.pad, self.nc, self.b, self.t)
+        return _steps(g, x, self.pad, self.nc, self.b, self.t_1d)
 
 
 def _discretized(g: _Body) -> tuple[str, str, str, str]:

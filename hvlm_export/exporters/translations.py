@@ -73,8 +73,9 @@ def _sdpa_fp32_softmax(query, key, value, attn_mask=None, dropout_p: float = 0.0
     if attn_mask is not None and attn_mask.dtype == ir.DataType.BOOL:
         scores = op.Add(scores, op.Where(attn_mask, op.Constant(value_float=0.0),
                                          op.Constant(value_float=float("-inf"))))
-        row_ok = op.Cast(op.ReduceMax(op.Cast(attn_mask, to=_FLOAT), op.Constant(value_ints=[-1]), keepdims=1),
-                         to=_BOOL)
+        # ReduceSum, not ReduceMax: onnxruntime's symbolic shape inference has no ReduceMax rule
+        row_ok = op.Greater(op.ReduceSum(op.Cast(attn_mask, to=_FLOAT), op.Constant(value_ints=[-1]), keepdims=1),
+                            op.Constant(value_float=0.0))
     elif attn_mask is not None:
         scores = op.Add(scores, op.Cast(attn_mask, to=_FLOAT))
     if is_causal:
@@ -87,6 +88,16 @@ def _sdpa_fp32_softmax(query, key, value, attn_mask=None, dropout_p: float = 0.0
     return out
 
 
+def _amax(self, dim, keepdim: bool = False):
+    """amax over one axis as TopK(k=1): the same values, and a shape onnxruntime's symbolic
+    shape inference can follow (it has no rule for ReduceMax with its axes as an input)."""
+    dims = list(dim) if isinstance(dim, (list, tuple)) else [dim]
+    if len(dims) != 1:
+        return op.ReduceMax(self, op.Constant(value_ints=dims), keepdims=int(keepdim))
+    values, _ = op.TopK(self, op.Constant(value_ints=[1]), axis=dims[0], largest=1, sorted=1)
+    return values if keepdim else op.Squeeze(values, op.Constant(value_ints=dims))
+
+
 def translation_table(precision: str) -> dict[Callable, Callable]:
     """The custom_translation_table for torch.onnx.export at ``precision``."""
     import hvlm_export.ops  # noqa: F401  (registers torch.ops.hvlm)
@@ -95,4 +106,5 @@ def translation_table(precision: str) -> dict[Callable, Callable]:
     return {
         torch.ops.hvlm.selective_scan.default: _selective_scan,
         torch.ops.aten.scaled_dot_product_attention.default: _sdpa_fp32_softmax,
+        torch.ops.aten.amax.default: _amax,
     }

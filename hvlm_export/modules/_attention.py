@@ -60,6 +60,17 @@ def check_sequence(x: object, dim: int, name: str = "x") -> torch.Tensor:
     return x
 
 
+def crop(t: torch.Tensor, dim: int, length: int | torch.SymInt) -> torch.Tensor:
+    """The first ``length`` entries of ``t`` along ``dim`` (the real tokens of a padded tensor).
+
+    Exported as a Gather of arange(length), not a Slice: shape inference then gives the output
+    exactly the input's sequence axis (onnxruntime's symbolic shape inference cannot prove a
+    padded length such as s * ceil(L / s) >= L, and would give the padded size)."""
+    if torch.compiler.is_exporting():
+        return t.index_select(dim, torch.arange(length, device=t.device))
+    return t.narrow(dim, 0, length)
+
+
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(B, L, E) -> (B, H, L, Dh)."""
     b, length, e = x.shape

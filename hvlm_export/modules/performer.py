@@ -46,6 +46,7 @@ from hvlm_export.modules._streaming import StateSpec
 from hvlm_export.ops.favor import TRITON_AVAILABLE, favor_softmax
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
+    crop,
     check_positive_int,
     check_sequence,
     merge_heads,
@@ -161,14 +162,15 @@ class PerformerAttention(MultiHeadProjections):
         cd = _compute_dtype(x.dtype)
         c = self.chunk_size if state is None else min(self.chunk_size, _STEP_CHUNK)
         # whole chunks; padded rows come after every real query and weigh nothing
-        xp = F.pad(x, (0, 0, 0, (c - length % c) % c))
+        nc = (length + c - 1) // c  # (not (c - L % c) % c: shape inference has no rule for Mod)
+        xp = F.pad(x, (0, 0, 0, nc * c - length))
         q, k, v = self._qkv(xp)  # (B, H, L', Dh)
         qf, _ = self._features(q.to(cd))
         kf, logw = self._features(k.to(cd))
         padding = torch.arange(xp.shape[1], device=x.device) >= length
         start = None if state is None else (state["sums"], state["frame"])
         out, end = causal_favor(qf, kf, logw.masked_fill(padding, _NEG), v.to(cd), c, start)
-        y = self.out_proj(merge_heads(out[:, :, :length].to(x.dtype)))
+        y = self.out_proj(merge_heads(crop(out, 2, length).to(x.dtype)))
         return y, (None if end is None else {"sums": end[0], "frame": end[1]})
 
     def streaming_error(self) -> str | None:
@@ -217,7 +219,7 @@ class PerformerAttention(MultiHeadProjections):
                 top = proj.amax(-1, keepdim=True)
                 # exp(max(s - top, log eps)) / sqrt(m): the floor is applied in place, before exp
                 psi = torch.exp((proj - top).clamp_(min=math.log(_SOFTMAX_EPS)).sub_(0.5 * math.log(m)))
-                half_sq = torch.linalg.vector_norm(_wide(x), dim=-1).square() * (self.head_dim**-0.5 / 2)
+                half_sq = _wide(x).square().sum(-1) * (self.head_dim**-0.5 / 2)
                 return psi.to(x.dtype), top.squeeze(-1) - half_sq
             feats = F.relu(proj) + _RELU_EPS
         top = feats.amax(-1, keepdim=True)

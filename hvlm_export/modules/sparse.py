@@ -23,6 +23,7 @@ from torch import nn
 
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
+    crop,
     check_positive_int,
     check_sequence,
     merge_heads,
@@ -94,10 +95,11 @@ class StridedAttention(MultiHeadProjections):
         # one contiguous copy, read by all three projections (each would copy a permuted view)
         groups = _pad_tokens(x, n * s - length).view(b, n, s, e).permute(2, 0, 1, 3).contiguous()
         q, k, v = (self._group_heads(proj(groups)) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        out = self._attend_causal(q, k, v) if self.causal else self._attend_ragged(q, k, v, (length - (n - 1) * s) * b)
+        # rows of the full groups: written as a sum (shape inference handles sums of symbols)
+        out = self._attend_causal(q, k, v) if self.causal else self._attend_ragged(q, k, v, b * length - b * (n - 1) * s)
         # (s B, H, n, Dh) -> (B, n, s, H, Dh): back to sequence order in one copy
         out = out.reshape(s, b, self.num_heads, n, self.head_dim).permute(1, 3, 0, 2, 4).reshape(b, n * s, e)
-        return self.out_proj(out[:, :length])
+        return self.out_proj(crop(out, 1, length))
 
     def _attend_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full: int) -> torch.Tensor:
         """Non-causal attention over (s * B, H, n, Dh) groups whose first ``full`` rows hold n
@@ -251,7 +253,7 @@ class LocalGlobalAttention(MultiHeadProjections):
         keys, values = (self._windows(proj(x), proj(self.global_tokens), nb) for proj in (self.k_proj, self.v_proj))
         mask = self._mask(length, nb, x.device)[None].expand(b, -1, -1, -1).reshape(b * nb, 1, w, -1)
         out = self._attend(q, keys, values, mask)  # (B nb, H, w, Dh)
-        return out.transpose(1, 2).reshape(b, nb * w, e)[:, :length]
+        return crop(out.transpose(1, 2).reshape(b, nb * w, e), 1, length)
 
     def _windows(self, t: torch.Tensor, glob: torch.Tensor, nb: int) -> torch.Tensor:
         """(B, L, E) keys or values -> (B nb, H, span, Dh): block b's global keys, then the

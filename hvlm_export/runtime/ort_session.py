@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hvlm_export.artifacts import META_PREFIX, decode_metadata
+from hvlm_export.artifacts import decode_metadata, props_from_doc_string, strip_prefix
 from hvlm_export.errors import ArtifactError
 from hvlm_export.runtime.session import Session, TensorInfo
 
@@ -83,8 +83,9 @@ class OnnxSession(Session):
             raise ArtifactError(f"ONNX Runtime cannot load {self.path.name!r}: {type(err).__name__}: {str(err)[:500]}",
                                 _load_hint(str(err))) from err
         self.providers = self._session.get_providers()
-        raw = self._session.get_modelmeta().custom_metadata_map
-        self.metadata = decode_metadata({k[len(META_PREFIX):]: v for k, v in raw.items() if k.startswith(META_PREFIX)})
+        meta = self._session.get_modelmeta()
+        raw = strip_prefix(meta.custom_metadata_map) or strip_prefix(props_from_doc_string(meta.graph_description))
+        self.metadata = decode_metadata(raw)
         self.inputs = tuple(TensorInfo(i.name, _dtype(i.type), tuple(i.shape)) for i in self._session.get_inputs())
         self.outputs = tuple(TensorInfo(o.name, _dtype(o.type), tuple(o.shape)) for o in self._session.get_outputs())
 

@@ -22,7 +22,7 @@ from torch import nn
 from hvlm_export.errors import ArtifactError, HvlmExportError, ValidationError
 from hvlm_export.registry import INPUT_SCALES, ModelSpec, Tolerance, default_dynamic_axes
 from hvlm_export.validators.compare import compare
-from hvlm_export.validators.reference import load_reference
+from hvlm_export.validators.reference import check_same_interface, load_reference
 from hvlm_export.validators.report import Case, Report
 from hvlm_export.validators.streaming import run_stream_cases
 
@@ -198,6 +198,7 @@ def validate(
     seed: int = 0,
     providers: list[str] | None = None,
     input_scales: Sequence[float] = INPUT_SCALES,
+    source: str | os.PathLike | None = None,
 ) -> Report:
     """Run eager and each backend on the same inputs over a shape grid; return the Report.
 
@@ -216,6 +217,9 @@ def validate(
             listed in ``report.skipped`` with the reason).
         seed: input seed (each shape gets seed + its index).
         providers: ONNX Runtime providers.
+        source: the export a processed file was made from (polygraphy, onnx-graphsurgeon and
+            onnxsim drop the metadata): its metadata and weights rebuild the reference, the
+            processed file is what runs. Its inputs must match the source's.
         input_scales: input magnitudes of the grid (default 1 and 30: unit inputs, and large
             ones that overflow a reduced-precision graph that has no headroom). Scales above
             1 use the spec's large-input rule.
@@ -227,10 +231,12 @@ def validate(
         if artifact is None:
             raise ValidationError("validate(module, artifact) needs the artefact to compare against")
         path = Path(artifact)
-        reference = load_reference(path, module=model_or_path)
+        reference = load_reference(source or path, module=model_or_path)
     else:
         path = Path(artifact if artifact is not None else model_or_path)
-        reference = load_reference(path)
+        reference = load_reference(source or path)
+    if source is not None:
+        check_same_interface(path, Path(source))
     spec, meta = reference.spec, reference.meta
     if shapes is None:
         if meta.get("dynamic") is False:

@@ -15,7 +15,7 @@ from hvlm_export.errors import ArtifactError, ValidationError
 from hvlm_export.registry import USER_MODULE, ModelSpec, get, spec_for_config, spec_for_module, spec_for_user_module
 from hvlm_export.user_models import build_module, input_names
 
-__all__ = ["Reference", "load_reference"]
+__all__ = ["Reference", "load_reference", "check_same_interface"]
 
 #: metadata an artefact needs for its reference to be rebuilt
 _REQUIRED = ("source", "precision", "input_shapes", "weights", "weights_sha256")
@@ -37,8 +37,9 @@ class Reference:
 def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
     if "source" not in meta:
         raise ValidationError(
-            f"{path.name!r} was not exported by hvlm-export (no hvlm_export.* metadata)",
-            "pass the eager module: validate(module, artifact).",
+            f"{path.name!r} has no hvlm-export metadata (not exported by hvlm-export, or processed by a tool that "
+            "drops it: polygraphy, onnx-graphsurgeon and onnxsim do)",
+            "validate it against the export it was made from: --source ORIGINAL.onnx (Python: source=...).",
         )
     missing = [k for k in _REQUIRED if k not in meta]
     if missing:
@@ -80,6 +81,27 @@ def _rebuild(path: Path, meta: dict[str, Any], spec: ModelSpec | None) -> nn.Mod
         raise ValidationError(f"the weights beside {path.name!r} do not fit the rebuilt model: {str(err)[:400]}",
                               "the code the file was exported from has changed; re-export the model.") from err
     return module
+
+
+def _graph_inputs(path: Path) -> dict[str, int]:
+    import onnx
+
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as err:  # protobuf errors and friends
+        raise ArtifactError(f"{str(path)!r} is not a readable ONNX file: {err}") from err
+    inits = {i.name for i in graph.initializer}
+    return {v.name: len(v.type.tensor_type.shape.dim) for v in graph.input if v.name not in inits}
+
+
+def check_same_interface(path: Path, source: Path) -> None:
+    """A processed file must take the inputs (names, ranks) of the export it was made from."""
+    if path.suffix in (".engine", ".plan", ".trt"):
+        return  # an engine carries its own metadata (sidecar)
+    got, want = _graph_inputs(path), _graph_inputs(source)
+    if got != want:
+        raise ValidationError(f"{path.name!r} takes inputs {got} (name: rank), its --source {source.name!r} takes "
+                              f"{want}", "--source must be the export this file was made from.")
 
 
 def load_reference(path: str | os.PathLike, module: nn.Module | None = None) -> Reference:
