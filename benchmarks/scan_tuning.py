@@ -1,8 +1,17 @@
-"""Tune and time the Triton selective scan on a GPU (B=1, D=1536, N=16, fp32 unless told).
+"""Check, tune and time the selective scan on a GPU (B=1, D=1536, N=16 unless told).
 
-Prints a table of (block_d, block_t, segments) configurations at L=8192 plus the default
-config across lengths, against the HBM floor (read u, delta, B, C, z once, write y) and the
-sequential eager loop. Usage: python benchmarks/scan_tuning.py [--out DIR]
+Every configuration is first checked against the float64 sequential loop (relative error of
+y and of the final state), then timed with ``triton.testing.do_bench`` (median):
+
+* a sweep of the kernel's configurations (warps, steps per tile, steps per segment) at L=8192;
+* the default configuration over L, fp32 / fp16 / bf16, kernel only and through the op
+  (``torch.ops.hvlm.selective_scan`` with D, z and delta_bias: what MambaLayer calls);
+* channel-contiguous inputs (the (B, L, D) views MambaLayer passes) against L-contiguous ones;
+* the previous kernel (benchmarks/scan_variants.py) at L=8192, for the record;
+* the HBM floor: the bytes that must move (u, delta, z, y over (D, L); B, C over (N, L)) at
+  the copy bandwidth measured in the same run.
+
+Usage: python benchmarks/scan_tuning.py [--out DIR] [--quick]
 """
 
 from __future__ import annotations
@@ -18,75 +27,126 @@ import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import scan_variants  # noqa: E402
+
 from hvlm_export.ops.selective_scan import selective_scan_ref  # noqa: E402
 from hvlm_export.ops.selective_scan_triton import ScanConfig, default_config, selective_scan_triton  # noqa: E402
 
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
-def inputs(length, d=1536, n=16, batch=1, dtype=torch.float32):
+
+def inputs(length, d=1536, n=16, batch=1, dtype=torch.float32, channels_last=False):
+    """Random scan inputs; channels_last lays u / delta / z / B / C out as (B, L, rows) memory."""
     g = torch.Generator(device="cuda").manual_seed(length)
-    r = lambda *s: torch.randn(*s, device="cuda", generator=g, dtype=dtype)  # noqa: E731
-    return dict(u=r(batch, d, length), delta=r(batch, d, length), A=-torch.rand(d, n, device="cuda", generator=g) * 4,
-                B=r(batch, n, length), C=r(batch, n, length), D=torch.ones(d, device="cuda"), z=r(batch, d, length),
-                delta_bias=torch.zeros(d, device="cuda"))
+
+    def r(rows):
+        x = torch.randn(batch, length, rows, device="cuda", generator=g).to(dtype)
+        return x.transpose(1, 2) if channels_last else x.transpose(1, 2).contiguous()
+
+    return dict(u=r(d), delta=r(d) - 1.0, A=-torch.rand(d, n, device="cuda", generator=g) * 8, B=r(n), C=r(n),
+                D=torch.randn(d, device="cuda", generator=g), z=r(d),
+                delta_bias=torch.randn(d, device="cuda", generator=g) * 0.5)
 
 
 def bench(fn):
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
-def hbm_floor_ms(length, d=1536, n=16, itemsize=4, bandwidth=4.0e12):
-    """Bytes that must move (u, delta, z, y over (d, L); B, C over (n, L)) at the measured copy rate."""
+@functools.cache
+def reference(length, d, n, dtype_name, channels_last=False):
+    inp = inputs(length, d, n, dtype=DTYPES[dtype_name], channels_last=channels_last)
+    as64 = {k: v.double() for k, v in inp.items()}
+    return selective_scan_ref(**as64, delta_softplus=True)
+
+
+def error(length, d, n, dtype_name, fn, channels_last=False):
+    """max |out - ref| / max |ref| for y and for the final state."""
+    y_ref, s_ref = reference(length, d, n, dtype_name, channels_last)
+    y, s = fn(**inputs(length, d, n, dtype=DTYPES[dtype_name], channels_last=channels_last), delta_softplus=True)
+    rel = lambda a, b: ((a.double() - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()  # noqa: E731
+    return max(rel(y, y_ref), rel(s, s_ref))
+
+
+def hbm_floor_ms(length, bandwidth, d=1536, n=16, itemsize=4):
     return (4 * d * length + 2 * n * length) * itemsize / bandwidth * 1e3
 
 
+def sweep(rows, quick):
+    configs = [ScanConfig(w, t, s, c) for w in (1, 2) for t in (8, 16) for s in (128, 256, 512)
+               for c in (1, 2)]
+    if quick:
+        configs = configs[::3]
+    configs.append(ScanConfig(1, 16, 1 << 20))  # one pass over L
+    for cfg in configs:
+        fn = functools.partial(selective_scan_triton, config=cfg)
+        err = error(8192, 1536, 16, "fp32", fn)
+        ms = bench(functools.partial(fn, **inputs(8192), delta_softplus=True))
+        rows.append({"table": "sweep", "config": repr(cfg), "L": 8192, "dtype": "fp32", "ms": ms, "rel_err": err})
+        print(f"sweep {cfg}: {ms:.4f} ms, rel err {err:.1e}", flush=True)
+
+
+def over_lengths(rows, bandwidth, lengths):
+    for name, dtype in DTYPES.items():
+        for length in lengths:
+            inp = inputs(length, dtype=dtype)
+            kernel = bench(functools.partial(selective_scan_triton, **inp, delta_softplus=True))
+            op = bench(lambda inp=inp: torch.ops.hvlm.selective_scan(
+                inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"], inp["delta_bias"], True))
+            err = error(length, 1536, 16, name, selective_scan_triton) if length <= 16384 else None
+            rows.append({"table": "lengths", "config": repr(default_config(length, 1536)), "L": length, "dtype": name,
+                         "ms": kernel, "op_ms": op, "rel_err": err,
+                         "floor_ms": hbm_floor_ms(length, bandwidth, itemsize=dtype.itemsize)})
+            print(f"{name} L={length}: kernel {kernel:.4f} ms, op {op:.4f} ms, err {err}", flush=True)
+
+
+def layouts_and_previous(rows):
+    for channels_last in (False, True):
+        for name in ("fp32", "fp16"):
+            inp = inputs(8192, dtype=DTYPES[name], channels_last=channels_last)
+            ms = bench(functools.partial(selective_scan_triton, **inp, delta_softplus=True))
+            err = error(8192, 1536, 16, name, selective_scan_triton, channels_last)
+            rows.append({"table": "layout", "config": "channels contiguous" if channels_last else "L contiguous",
+                         "L": 8192, "dtype": name, "ms": ms, "rel_err": err})
+    old = functools.partial(scan_variants.selective_scan_triton, **inputs(8192), delta_softplus=True)
+    rows.append({"table": "previous", "config": repr(scan_variants.default_config(8192)), "L": 8192, "dtype": "fp32",
+                 "ms": bench(old), "rel_err": error(8192, 1536, 16, "fp32", scan_variants.selective_scan_triton)})
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=".")
+    parser.add_argument("--quick", action="store_true", help="a third of the sweep and fewer lengths")
+    parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
+    parser.add_argument("--no-sweep", action="store_true", help="everything but the configuration sweep")
+    parser.add_argument("--once", action="store_true", help="one call at L=8192, fp32 (to run under a profiler)")
     args = parser.parse_args()
     buffer = torch.empty(1 << 28, device="cuda")
-    copy_ms = bench(buffer.clone)
-    bandwidth = 2 * buffer.numel() * 4 / (copy_ms / 1e3)  # read + write
-    buffer = None
-    rows = []
-    inp = inputs(8192)
-    sweep = [ScanConfig(bd, bt, seg, w) for bd, bt, seg, w in
-             [(32, 16, 32, 4), (64, 16, 32, 4), (64, 32, 32, 4), (128, 16, 32, 4), (32, 32, 16, 2), (64, 16, 64, 4),
-              (16, 16, 64, 2), (128, 32, 16, 8)]]
-    for cfg in sweep:
-        try:
-            ms = bench(functools.partial(selective_scan_triton, **inp, delta_softplus=True, config=cfg))
-        except Exception as err:  # a config the compiler rejects (register pressure) is reported
-            rows.append({"config": repr(cfg), "L": 8192, "ms": None, "error": str(err)[:100]})
-            continue
-        rows.append({"config": repr(cfg), "L": 8192, "ms": ms})
-        print(f"{cfg}: {ms:.4f} ms", flush=True)
-    best = min((r for r in rows if r["ms"] is not None), key=lambda r: r["ms"])
-    lengths = []
-    for length in (1024, 8192, 65536):
-        inp = inputs(length)
-        cfg = default_config(length)
-        ms = bench(functools.partial(selective_scan_triton, **inp, delta_softplus=True, config=cfg))
-        lengths.append({"L": length, "config": repr(cfg), "ms": ms, "hbm_floor_ms": hbm_floor_ms(length, bandwidth=bandwidth)})
-    naive = {}
-    for length in (1024, 8192):
-        inp = inputs(length)
-        naive[length] = bench(functools.partial(selective_scan_ref, **inp, delta_softplus=True)) if length <= 1024 else None
-    torch.cuda.synchronize()
-    inp = inputs(8192)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    selective_scan_ref(**inp, delta_softplus=True)
-    end.record()
-    torch.cuda.synchronize()
-    naive[8192] = start.elapsed_time(end)
-    result = {"device": torch.cuda.get_device_name(), "copy_bandwidth_GBps": bandwidth / 1e9, "sweep_L8192": rows,
-              "best": best, "default_by_length": lengths, "naive_ms": naive}
-    Path(args.out, "scan_tuning.json").write_text(json.dumps(result, indent=2))
-    print(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s; best at L=8192: {best}")
-    print("| L | default config | ms | HBM floor ms | naive ms |")
-    print("|---|---|---|---|---|")
-    for r in lengths:
-        print(f"| {r['L']} | {r['config']} | {r['ms']:.4f} | {r['hbm_floor_ms']:.4f} | {naive.get(r['L'], '-')} |")
+    bandwidth = 2 * buffer.numel() * 4 / (bench(buffer.clone) / 1e3)  # read + write
+    del buffer
+    if args.once:
+        selective_scan_triton(**inputs(8192), delta_softplus=True)
+        torch.cuda.synchronize()
+        return
+    rows: list[dict] = []
+    if not args.no_sweep:
+        sweep(rows, args.quick)
+    if not args.sweep_only:
+        over_lengths(rows, bandwidth, (8192, 65536) if args.quick else (1024, 8192, 16384, 32768, 65536))
+        layouts_and_previous(rows)
+    bad = [r for r in rows if r.get("rel_err") is not None and r["rel_err"] > (1e-4 if r["dtype"] == "fp32" else 1e-2)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scan_tuning-h200.json").write_text(json.dumps({"copy_bandwidth_GBs": bandwidth / 1e9, "rows": rows},
+                                                          indent=1))
+    print(f"\ncopy bandwidth {bandwidth / 1e9:.0f} GB/s")
+    print(f"{'table':9} {'config':42} {'L':>6} {'dtype':5} {'ms':>8} {'op ms':>8} {'floor':>7} {'rel err':>8}")
+    for r in rows:
+        op = f"{r['op_ms']:.4f}" if "op_ms" in r else ""
+        floor = f"{r['floor_ms']:.4f}" if "floor_ms" in r else ""
+        err = f"{r['rel_err']:.1e}" if r.get("rel_err") is not None else ""
+        print(f"{r['table']:9} {r['config']:42} {r['L']:>6} {r['dtype']:5} {r['ms']:8.4f} {op:>8} {floor:>7} {err:>8}")
+    print("CORRECTNESS FAILURES:", bad if bad else "none")
+    sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":

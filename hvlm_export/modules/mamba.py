@@ -17,6 +17,11 @@ so its state_dict loads with ``strict=True``. The forward pass is that block's r
 
 The scan is ``torch.ops.hvlm.selective_scan`` (one node under export) or, with
 ``scan_impl='reference'``, the sequential loop.
+
+CUDA inference (no autograd, not under export) takes a fused path with the same numbers:
+the conv + SiLU as one kernel (``torch.ops.hvlm.causal_conv1d_silu``) on the input
+projection's (B, L, Di) half, and the scan reading x, z, delta, B and C in place as (B, L, .)
+views; training, export and other devices run the path above.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import nn
 
 from hvlm_export.modules._attention import check_positive_int, check_sequence
 from hvlm_export.modules._streaming import StateSpec, Streamable
+from hvlm_export.ops.favor import TRITON_AVAILABLE
 from hvlm_export.ops.selective_scan import selective_scan
 
 __all__ = ["MambaLayer"]
@@ -124,11 +130,25 @@ class MambaLayer(Streamable):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, L, E) -> (B, L, E)."""
         check_sequence(x, self.dim)
+        if self._fused(x):
+            # CUDA inference: conv + SiLU in one kernel on the projection's (B, L, Di) half, and
+            # the scan reads every (B, L, .) tensor in place (no transposed copies)
+            xs, z = self.in_proj(x).chunk(2, dim=-1)
+            xs = torch.ops.hvlm.causal_conv1d_silu(xs, self.conv1d.weight, self.conv1d.bias)
+            return self._ssm(xs.transpose(1, 2), z.transpose(1, 2), None)[0]
         length = x.shape[1]
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2 Di, L)
         xs, z = xz.chunk(2, dim=1)
         xs = self.act(self.conv1d(xs)[..., :length])  # causal: keep the first L outputs
         return self._ssm(xs, z, None)[0]
+
+    def _fused(self, x: torch.Tensor) -> bool:
+        """Whether this call takes the fused CUDA path: inference (no autograd) on CUDA with
+        the fast scan and Triton, not under export. Plain attribute and flag reads, so
+        torch.compile folds it without a graph break."""
+        grad = torch.is_grad_enabled() and (x.requires_grad or self.in_proj.weight.requires_grad)
+        return (x.is_cuda and not grad and self.scan_impl == "op" and TRITON_AVAILABLE
+                and (torch.compiler.is_compiling() or not torch.compiler.is_exporting()))
 
     def _ssm(self, xs: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None):
         """The selective SSM and output projection of the conv output xs (B, Di, L) and gate z,

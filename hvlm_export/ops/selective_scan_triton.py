@@ -1,19 +1,32 @@
-"""CUDA path of ``hvlm::selective_scan``: one Triton scan program, parallel over L.
+"""CUDA path of ``hvlm::selective_scan``: one Gluon (Triton) scan program, parallel over L.
 
-Glossary: B batch, D channels, L length, N state size, S segments of L, T = BLOCK_T steps.
+Glossary: B batch, D channels, L length, N state size, S segments of L, T = ``STEPS`` steps
+per tile, W warps per program.
 
-Algorithm (exact up to float32 rounding; state in float32 registers):
+Design (benchmarks/scan_tuning.py measured it against the earlier Triton variants, which
+now live in benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
 
-* L is cut into S segments of ``SEGMENT_STEPS`` steps (S = ceil(L / 128) by default). One
-  program per (D-block, batch, segment) walks its segment with the (BLOCK_D, N) state in
-  float32 registers: it loads coalesced (BLOCK_D, T) tiles of u / delta (and (N, T) tiles of
-  B / C) and runs the T steps of a tile over the tile's columns in registers.
-* With S > 1: pass 1 computes each segment's end state from zero and its delta sum; a small
-  kernel chains the segments (S steps, from the initial state); pass 2 reruns every segment
-  from its true carry-in and writes y. With S = 1 one pass does everything, starting from the
-  initial state.
+* **One channel per thread, its N states in registers.** A program owns 32 * W channels of
+  one batch row and one segment of L. Every step is N independent exp2 / FMA chains in one
+  thread: no shuffles, no per-step reductions across threads, and the exponent is taken
+  once per (d, n, t), as exp2 of delta * (A log2 e).
+* **Coalesced tiles, staged in shared memory.** u / delta / z are read as (32 W, T) tiles in
+  whichever layout they have in memory (L contiguous, or D contiguous as in MambaLayer,
+  where they are views of the projections' outputs: no copies), softplus(delta + bias) and
+  delta * u are computed on the tile, and the tiles of delta, delta * u, B and C go to shared
+  memory; each step reads its column from there (broadcast reads for B and C). y of a tile
+  collects in registers and is written back as one coalesced tile with D u and the silu(z)
+  gate applied.
+* **Segments.** L is cut into S segments. With S > 1, pass 1 computes each segment's end
+  state from zero and its delta sum, a small kernel chains the segments (S steps from the
+  initial state), and pass 2 reruns every segment from its true carry-in and writes y. With
+  S = 1 one pass does everything from the initial state.
 
-The TensorRT AOT plugin launches the same program as a single pass over the whole L
+Numerics: float32 state and arithmetic whatever the input dtype (fp16 / bf16 are read
+natively); exact up to float32 rounding (the exp2 is the hardware's approximate one, as
+``tl.exp`` is).
+
+The TensorRT AOT plugin launches the same program as one pass over the whole L
 (``scan_plugin_kernel``: TensorRT's ahead-of-time route launches exactly one kernel).
 """
 
@@ -21,175 +34,253 @@ from __future__ import annotations
 
 import torch
 import triton
-import triton.language as tl
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
 
-__all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "PLUGIN_BLOCK_D"]
+__all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "scan_plugin_kernel",
+           "PLUGIN_BLOCK_D", "PLUGIN_WARPS", "PLUGIN_STEPS"]
 
-#: tile sizes of the single-pass kernel that the TensorRT AOT plugin embeds (one segment over L,
-#: so small channel blocks give enough programs)
-PLUGIN_BLOCK_D, PLUGIN_BLOCK_T, PLUGIN_WARPS = 16, 16, 4
+_LOG2E = gl.constexpr(1.4426950408889634)
+#: warps of the single-pass program the TensorRT AOT plugin embeds (32 channels per warp)
+PLUGIN_WARPS = 1
+PLUGIN_BLOCK_D = 32 * PLUGIN_WARPS
+PLUGIN_STEPS = 32
+#: states per program and segments staged at a time in the kernel that chains segments
+_CHAIN_BLOCK, _CHAIN_CHUNK = 128, 32
 _TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 
-@triton.jit
+@gluon.jit
 def _softplus(x):
     # torch.nn.functional.softplus (threshold 20); exp(x) below -15 where log(1 + e^x) rounds to 0
-    return tl.where(x > 20.0, x, tl.where(x < -15.0, tl.exp(x), tl.log(1.0 + tl.exp(x))))
+    return gl.where(x > 20.0, x, gl.where(x < -15.0, gl.exp(x), gl.log(1.0 + gl.exp(x))))
 
 
-@triton.jit
-def _program_state(
-    A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s,
-    HAS_CARRY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """What every program starts from: its channels, A, D, bias and the state entering its
-    segment (the chained carry, or the initial state, else zero)."""
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    dmask = d < dim
-    nmask = n < nstate
-    dn_mask = dmask[:, None] & nmask[None, :]
-    A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=dn_mask, other=0.0).to(tl.float32)
-    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(tl.float32)
-    sn_off = ((pid_b * nseg + pid_s) * dim + d[:, None]) * nstate + n[None, :]
-    if HAS_CARRY:
-        h = tl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
-    else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    return d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h
+@triton.constexpr_function
+def _tile_layout(rows_contiguous, steps, warps):
+    """Layout of a (rows, T) tile read from memory: coalesced along T, or along the rows
+    (channels / states) when those are contiguous."""
+    if rows_contiguous:
+        return gl.BlockedLayout([1, 1], [32, 1], [warps, 1], [0, 1])
+    return gl.BlockedLayout([1, 4], [32 // (steps // 4), steps // 4], [warps, 1], [1, 0])
 
 
-@triton.jit
-def _store_y(y, u, Dv, z_ptr, y_ptr, offsets, mask, HAS_Z: tl.constexpr):
-    """y + D u, gated by silu(z) when given, cast to y's dtype and stored."""
-    y = y + Dv * u
+@gluon.jit
+def _load_tile(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, T: gl.constexpr,
+               ROWS_CONTIGUOUS: gl.constexpr, LC: gl.constexpr):
+    """The (ROWS, T) tile at (row0, t0) as float32 in layout LC (zeros outside the tensor)."""
+    W: gl.constexpr = gl.num_warps()
+    LL: gl.constexpr = _tile_layout(ROWS_CONTIGUOUS, T, W)
+    r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, LL))
+    t = t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LL))
+    mask = gl.expand_dims(r < nrows, 1) & gl.expand_dims(t < length, 0)
+    offsets = gl.expand_dims(r.to(gl.int64) * s_row, 1) + gl.expand_dims(t.to(gl.int64) * s_t, 0)
+    tile = gl.load(base + offsets, mask=mask, other=0.0)
+    return gl.convert_layout(tile.to(gl.float32), LC)
+
+
+@gluon.jit
+def _finish_tile(y, u, Dv, z_base, sz_d, sz_t, y_base, sy_d, sy_t, d0, t0, dim, length, BLOCK_D: gl.constexpr,
+                 T: gl.constexpr, HAS_Z: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, LC: gl.constexpr):
+    """y + D u of a (BLOCK_D, T) tile, gated by silu(z) when given, stored coalesced in y's layout."""
+    y = gl.convert_layout(y, LC) + Dv * u
     if HAS_Z:
-        z = tl.load(z_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
-        y = y * (z / (1.0 + tl.exp(-z)))
-    tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+        z = _load_tile(z_base, sz_d, sz_t, d0, t0, dim, length, BLOCK_D, T, Z_DC, LC)
+        y = y * (z / (1.0 + gl.exp(-z)))
+    LY: gl.constexpr = _tile_layout(Y_DC, T, gl.num_warps())
+    y = gl.convert_layout(y, LY)
+    d_y = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LY))
+    t_y = t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LY))
+    offsets = gl.expand_dims(d_y.to(gl.int64) * sy_d, 1) + gl.expand_dims(t_y.to(gl.int64) * sy_t, 0)
+    gl.store(y_base + offsets, y.to(y_base.dtype.element_ty),
+             mask=gl.expand_dims(d_y < dim, 1) & gl.expand_dims(t_y < length, 0))
 
 
-@triton.jit
+@gluon.jit
 def _scan_program(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
-    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
-    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr, HAS_CARRY: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
+    SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, WRITE_Y: gl.constexpr, HAS_CARRY: gl.constexpr,
+    BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr,
+    U_DC: gl.constexpr, DT_DC: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, BC_NC: gl.constexpr,
 ):
-    """One (D-block, batch, segment) program: coalesced (BLOCK_D, BLOCK_T) tile loads/stores;
-    inside a tile the recurrence runs one step at a time on columns picked out of the register
-    tiles (static loop over BLOCK_T). Stores the segment's end state (and, in pass 1 of a
-    segmented scan, its delta sum)."""
-    d, n, dmask, nmask, dn_mask, A, Dv, bias, sn_off, h = _program_state(
-        A_ptr, D_ptr, bias_ptr, carry_ptr, dim, nstate, nseg, pid_d, pid_b, pid_s, HAS_CARRY, BLOCK_D, BLOCK_N)
-    t = tl.arange(0, BLOCK_T)
-    dt_total = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    row = pid_b * dim * length + d[:, None] * length
-    nrow = pid_b * nstate * length + n[:, None] * length
+    """One (channel block, batch row, segment) program (module docstring). *_DC: that
+    tensor's channels are contiguous in memory (else its steps); BC_NC: B / C's states are.
+    Stores the segment's end state and, without WRITE_Y (pass 1), its delta sum."""
+    W: gl.constexpr = gl.num_warps()
+    BLOCK_D: gl.constexpr = 32 * W * CPT
+    LS: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_N], [32, 1], [W, 1], [1, 0])  # state: CPT channels per thread
+    LR: gl.constexpr = gl.BlockedLayout([CPT, T], [32, 1], [W, 1], [1, 0])  # a tile: the threads' channel rows
+    LC: gl.constexpr = _tile_layout(U_DC, T, W)  # where a tile's elementwise work happens
+    LB: gl.constexpr = _tile_layout(BC_NC, T, W)
+    SH: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+
+    d_s = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LS))
+    n_s = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LS))
+    dn_mask = gl.expand_dims(d_s < dim, 1) & gl.expand_dims(n_s < nstate, 0)
+    A2 = gl.load(A_ptr + gl.expand_dims(d_s, 1) * nstate + gl.expand_dims(n_s, 0), mask=dn_mask, other=0.0) * _LOG2E
+    sn_off = ((pid_b * nseg + pid_s) * dim + gl.expand_dims(d_s, 1)) * nstate + gl.expand_dims(n_s, 0)
+    if HAS_CARRY:
+        h = gl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
+    else:
+        h = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, LS)
+
+    d0 = pid_d * BLOCK_D
+    d_c = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LC))
+    t_c = gl.arange(0, T, layout=gl.SliceLayout(0, LC))
+    bias = gl.expand_dims(gl.load(bias_ptr + d_c, mask=d_c < dim, other=0.0), 1)
+    Dv = gl.expand_dims(gl.load(D_ptr + d_c, mask=d_c < dim, other=0.0), 1)
+    col = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LR)), 0)
+    s_dt = gl.allocate_shared_memory(gl.float32, [BLOCK_D, T], SH)
+    s_du = gl.allocate_shared_memory(gl.float32, [BLOCK_D, T], SH)
+    s_b = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
+    s_c = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
+    dt_total = gl.zeros([BLOCK_D], gl.float32, gl.SliceLayout(1, LC))
+    pid_b = pid_b.to(gl.int64)  # batch offsets may pass 2**31 elements
     start = pid_s * seg_len
-    for t0 in range(start, tl.minimum(start + seg_len, length), BLOCK_T):
-        tt = t0 + t
-        tmask = tt < length
-        m_dt = dmask[:, None] & tmask[None, :]
-        m_nt = nmask[:, None] & tmask[None, :]
-        u = tl.load(u_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32)
-        dt = tl.load(delta_ptr + row + tt[None, :], mask=m_dt, other=0.0).to(tl.float32) + bias[:, None]
+    for t0 in range(start, gl.minimum(start + seg_len, length), T):
+        inside = gl.expand_dims(d_c < dim, 1) & gl.expand_dims(t0 + t_c < length, 0)
+        u = _load_tile(u_ptr + pid_b * su_b, su_d, su_t, d0, t0, dim, length, BLOCK_D, T, U_DC, LC)
+        dt = _load_tile(delta_ptr + pid_b * sd_b, sd_d, sd_t, d0, t0, dim, length, BLOCK_D, T, DT_DC, LC) + bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        dt = tl.where(m_dt, dt, 0.0)  # padding steps: decay 1, no input
-        du = dt * u
-        b_t = tl.trans(tl.load(B_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32))  # (T, N)
-        c_t = tl.trans(tl.load(C_ptr + nrow + tt[None, :], mask=m_nt, other=0.0).to(tl.float32))
-        y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-        for i in tl.static_range(BLOCK_T):
-            pick = (t == i)
-            dt_i = tl.sum(tl.where(pick[None, :], dt, 0.0), axis=1)
-            du_i = tl.sum(tl.where(pick[None, :], du, 0.0), axis=1)
-            b_i = tl.sum(tl.where(pick[:, None], b_t, 0.0), axis=0)
-            h = tl.exp(dt_i[:, None] * A) * h + du_i[:, None] * b_i[None, :]
-            if WRITE_Y:
-                c_i = tl.sum(tl.where(pick[:, None], c_t, 0.0), axis=0)
-                y_i = tl.sum(h * c_i[None, :], axis=1)
-                y = tl.where(pick[None, :], y_i[:, None], y)
-        dt_total += tl.sum(dt, axis=1)
+        dt = gl.where(inside, dt, 0.0)  # padding steps: decay 1, no input
+        dt_total += gl.sum(dt, axis=1)
+        bt = _load_tile(B_ptr + pid_b * sB_b, sB_n, sB_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC, LB)
+        gl.thread_barrier()  # the previous tile's steps are done with the buffers
+        s_dt.store(dt)
+        s_du.store(dt * u)
+        s_b.permute([1, 0]).store(bt)
         if WRITE_Y:
-            _store_y(y, u, Dv[:, None], z_ptr, y_ptr, row + tt[None, :], m_dt, HAS_Z)
-    tl.store(state_ptr + sn_off, h, mask=dn_mask)
+            ct = _load_tile(C_ptr + pid_b * sC_b, sC_n, sC_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC, LB)
+            s_c.permute([1, 0]).store(ct)
+        gl.thread_barrier()
+        y = gl.zeros([BLOCK_D, T], gl.float32, LR)
+        for i in gl.static_range(T):
+            dt_i = s_dt.slice(i, 1, dim=1).load(LS)  # (BLOCK_D, 1): this thread's channel
+            du_i = s_du.slice(i, 1, dim=1).load(LS)
+            b_i = s_b.slice(i, 1, dim=0).load(LS)  # (1, BLOCK_N): the same in every thread
+            h = gl.exp2(dt_i * A2) * h + du_i * b_i
+            if WRITE_Y:
+                c_i = s_c.slice(i, 1, dim=0).load(LS)
+                y_i = gl.convert_layout(gl.sum(h * c_i, axis=1), gl.SliceLayout(1, LR), assert_trivial=True)
+                y = gl.where(col == i, gl.expand_dims(y_i, 1), y)  # register i of the thread's row
+        if WRITE_Y:
+            _finish_tile(y, u, Dv, z_ptr + pid_b * sz_b, sz_d, sz_t, y_ptr + pid_b * sy_b, sy_d, sy_t, d0, t0, dim,
+                         length, BLOCK_D, T, HAS_Z, Z_DC, Y_DC, LC)
+    gl.store(state_ptr + sn_off, h, mask=dn_mask)
     if not WRITE_Y:
-        tl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d, dt_total, mask=dmask)
+        gl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d_c, dt_total, mask=d_c < dim)
 
 
-@triton.jit
+@gluon.jit
 def scan_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr,
-    y_ptr, state_ptr, carry_ptr, dtsum_ptr,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr, dtsum_ptr,
     dim, length, nstate, seg_len, nseg,
-    SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr, WRITE_Y: tl.constexpr,
-    HAS_CARRY: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
+    SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, WRITE_Y: gl.constexpr, HAS_CARRY: gl.constexpr,
+    BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr,
+    U_DC: gl.constexpr, DT_DC: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, BC_NC: gl.constexpr,
 ):
-    """One launch of the (D-block, batch, segment) grid."""
+    """One launch of the (channel block, batch, segment) grid."""
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
-                  dtsum_ptr, dim, length, nstate, seg_len, nseg, tl.program_id(0), tl.program_id(1),
-                  tl.program_id(2), SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_D, BLOCK_N, BLOCK_T)
+                  dtsum_ptr, dim, length, nstate, seg_len, nseg, gl.program_id(0), gl.program_id(1),
+                  gl.program_id(2), su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t,
+                  sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_N, T, CPT,
+                  U_DC, DT_DC, Z_DC, Y_DC, BC_NC)
 
 
-@triton.jit
+@gluon.jit
 def scan_plugin_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, init_ptr,
     dim, length, nstate,
     y_ptr, state_ptr,
-    SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
+    SOFTPLUS: gl.constexpr, BLOCK_N: gl.constexpr, T: gl.constexpr,
 ):
-    """The same program as one pass over the whole L from the initial state, with the
-    TensorRT AOT plugin's argument order (inputs, ints, outputs); grid (D-blocks, batch)."""
+    """The same program as one pass over the whole L from the initial state, for contiguous
+    (B, D, L) / (B, N, L) tensors, with the TensorRT AOT plugin's argument order (inputs,
+    ints, outputs); grid (channel blocks, batch)."""
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, init_ptr,
-                  state_ptr, dim, length, nstate, length, 1, tl.program_id(0), tl.program_id(1), 0,
-                  SOFTPLUS, False, True, True, BLOCK_D, BLOCK_N, BLOCK_T)
+                  state_ptr, dim, length, nstate, length, 1, gl.program_id(0), gl.program_id(1), 0,
+                  dim * length, length, 1, dim * length, length, 1, dim * length, length, 1, dim * length, length, 1,
+                  nstate * length, length, 1, nstate * length, length, 1,
+                  SOFTPLUS, False, True, True, BLOCK_N, T, 1, False, False, False, False, False)
 
 
-@triton.jit
-def chain_segments_kernel(
-    end_ptr, dtsum_ptr, A_ptr, init_ptr, carry_ptr, dim, nstate, nseg,
-    HAS_INIT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    """carry[s] = exp(A * dtsum[s-1]) * carry[s-1] + end[s-1]; carry[0] = initial state (or 0)."""
-    pid_d = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    n = tl.arange(0, BLOCK_N)
-    mask = (d < dim)[:, None] & (n < nstate)[None, :]
-    A = tl.load(A_ptr + d[:, None] * nstate + n[None, :], mask=mask, other=0.0).to(tl.float32)
+@gluon.jit
+def chain_segments_kernel(end_ptr, dtsum_ptr, A_ptr, init_ptr, carry_ptr, dim, nstate, nseg,
+                          HAS_INIT: gl.constexpr, BLOCK: gl.constexpr, CHUNK: gl.constexpr):
+    """carry[s] = exp(A * dtsum[s-1]) * carry[s-1] + end[s-1]; carry[0] = initial state (or 0).
+
+    One program per (BLOCK of the flattened (D, N) states, batch row). The recurrence over
+    segments is sequential, so its inputs are staged CHUNK segments at a time: coalesced
+    (CHUNK, BLOCK) loads into shared memory, then one row per step from there (a step costs
+    a shared-memory read, not a global-memory round trip)."""
+    W: gl.constexpr = gl.num_warps()
+    L2: gl.constexpr = gl.BlockedLayout([1, BLOCK // (32 * W)], [1, 32], [1, W], [1, 0])
+    SH: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    pid_b = gl.program_id(1).to(gl.int64)
+    e = gl.program_id(0) * BLOCK + gl.arange(0, BLOCK, layout=gl.SliceLayout(0, L2))
+    size = dim * nstate
+    row = gl.expand_dims(e, 0)  # (1, BLOCK)
+    emask = row < size
+    A = gl.load(A_ptr + row, mask=emask, other=0.0)
     if HAS_INIT:
-        h = tl.load(init_ptr + (pid_b * dim + d[:, None]) * nstate + n[None, :], mask=mask, other=0.0)
+        h = gl.load(init_ptr + pid_b * size + row, mask=emask, other=0.0)
     else:
-        h = tl.zeros((BLOCK_D, BLOCK_N), dtype=tl.float32)
-    for s in range(nseg):
-        off = ((pid_b * nseg + s) * dim + d[:, None]) * nstate + n[None, :]
-        tl.store(carry_ptr + off, h, mask=mask)
-        dts = tl.load(dtsum_ptr + (pid_b * nseg + s) * dim + d, mask=d < dim, other=0.0)
-        h = tl.exp(A * dts[:, None]) * h + tl.load(end_ptr + off, mask=mask, other=0.0)
+        h = gl.zeros([1, BLOCK], gl.float32, L2)
+    s_end = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK], SH)
+    s_dts = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK], SH)
+    seg = gl.expand_dims(gl.arange(0, CHUNK, layout=gl.SliceLayout(1, L2)), 1)  # (CHUNK, 1)
+    for s0 in range(0, nseg, CHUNK):
+        m = ((s0 + seg) < nseg) & emask
+        base = (pid_b * nseg + s0 + seg) * size
+        end = gl.load(end_ptr + base + row, mask=m, other=0.0)
+        dts = gl.load(dtsum_ptr + (pid_b * nseg + s0 + seg) * dim + row // nstate, mask=m, other=0.0)
+        gl.thread_barrier()
+        s_end.store(end)
+        s_dts.store(dts)
+        gl.thread_barrier()
+        for i in gl.static_range(CHUNK):
+            if s0 + i < nseg:
+                gl.store(carry_ptr + (pid_b * nseg + s0 + i) * size + row, h, mask=emask)
+                dts_i = s_dts.slice(i, 1, dim=0).load(L2)
+                h = gl.exp(A * dts_i) * h + s_end.slice(i, 1, dim=0).load(L2)
 
 
 class ScanConfig:
-    """Tile sizes (channels per program, steps per tile), segment count and warps."""
+    """Warps per program, steps per tile, steps per segment and channels per thread (a
+    program holds 32 * warps * channels channels)."""
 
-    def __init__(self, block_d: int = 64, block_t: int = 16, segments: int = 1, num_warps: int = 4) -> None:
-        self.block_d, self.block_t, self.segments, self.num_warps = block_d, block_t, segments, num_warps
+    def __init__(self, warps: int = 1, steps: int = 16, segment: int = 256, channels: int = 1) -> None:
+        if (warps not in (1, 2, 4, 8) or steps not in (8, 16, 32) or segment < steps or segment % steps
+                or channels not in (1, 2)):
+            raise ValueError(f"ScanConfig: warps in (1, 2, 4, 8), steps in (8, 16, 32), segment a multiple of "
+                             f"steps, channels (per thread) 1 or 2; got warps={warps}, steps={steps}, "
+                             f"segment={segment}, channels={channels}.")
+        self.warps, self.steps, self.segment, self.channels = warps, steps, segment, channels
 
     def __repr__(self) -> str:
-        return f"ScanConfig(block_d={self.block_d}, block_t={self.block_t}, segments={self.segments}, warps={self.num_warps})"
+        return f"ScanConfig(warps={self.warps}, steps={self.steps}, segment={self.segment}, channels={self.channels})"
 
 
-#: steps per segment of the default config: benchmarks/scan_tuning.py found 64 channels,
-#: 16-step tiles and 128-step segments best on an H200 at L=8192 (docs/BENCHMARKS.md)
-SEGMENT_STEPS = 128
+#: programs that keep an H200 busy (about 8 single-warp programs per multiprocessor)
+_TARGET_PROGRAMS = 1024
 
 
-def default_config(length: int) -> ScanConfig:
-    """64 channels per program, 16-step tiles, ceil(L / 128) segments (measured best)."""
-    return ScanConfig(block_d=64, block_t=16, segments=max(1, triton.cdiv(length, SEGMENT_STEPS)), num_warps=4)
+def default_config(length: int, dim: int = 1536, batch: int = 1) -> ScanConfig:
+    """One warp of 32 channels per program, 16-step tiles, 256-step segments: the best of
+    benchmarks/scan_tuning.py's sweep on an H200 (docs/BENCHMARKS.md). Shorter segments
+    (down to 32 steps) where 256 would leave the GPU with fewer than ~1024 programs."""
+    blocks = triton.cdiv(dim, 32) * max(batch, 1)
+    wanted = -(-length * blocks // _TARGET_PROGRAMS)  # segment length giving ~_TARGET_PROGRAMS programs
+    return ScanConfig(warps=1, steps=16, segment=min(256, max(32, -(-wanted // 16) * 16)))
+
+
+def _channels_contiguous(t: torch.Tensor) -> bool:
+    """Whether a (B, rows, L) tensor's rows are its contiguous axis (rather than L)."""
+    return t.shape[2] > 1 and t.stride(1) == 1 and t.stride(2) != 1
 
 
 def selective_scan_triton(
@@ -205,40 +296,43 @@ def selective_scan_triton(
     initial_state: torch.Tensor | None = None,
     config: ScanConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the scan with the Triton kernels; same contract as ``selective_scan_ref``."""
+    """Run the scan with the Gluon kernels; same contract as ``selective_scan_ref``.
+
+    u, delta, z, B and C are read in place with their strides (L-contiguous or channel-
+    contiguous, as the views MambaLayer passes); y gets u's layout.
+    """
     batch, dim, length = u.shape
     nstate = A.shape[1]
-    u, delta, B, C = (t.contiguous() for t in (u, delta, B, C))
     A, D, delta_bias = (t.contiguous().float() for t in (A, D, delta_bias))
-    z = z.contiguous() if z is not None else None
     h0 = initial_state.contiguous().float() if initial_state is not None else None
-    cfg = config or default_config(length)
-    block_n = triton.next_power_of_2(nstate)
-    tiles = triton.cdiv(max(length, 1), cfg.block_t)
-    nseg = max(1, min(cfg.segments, tiles))
-    seg_len = triton.cdiv(tiles, nseg) * cfg.block_t
-    nseg = triton.cdiv(max(length, 1), seg_len)
+    cfg = config or default_config(length, dim, batch)
+    nseg = max(1, triton.cdiv(length, cfg.segment))
     y = torch.empty_like(u)
     state = torch.empty(batch, nseg, dim, nstate, device=u.device, dtype=torch.float32)
     dtsum = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
-    grid = (triton.cdiv(dim, cfg.block_d), batch, nseg)
-    common = dict(dim=dim, length=length, nstate=nstate, seg_len=seg_len, nseg=nseg, SOFTPLUS=bool(delta_softplus),
-                  HAS_Z=z is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n, BLOCK_T=cfg.block_t,
-                  num_warps=cfg.num_warps)
+    if length == 0 or batch == 0 or dim == 0:
+        return y, (h0.clone() if h0 is not None else state.new_zeros(batch, dim, nstate))
+    grid = (triton.cdiv(dim, 32 * cfg.warps * cfg.channels), batch, nseg)
     zz = z if z is not None else u
+    strides = (*u.stride(), *delta.stride(), *zz.stride(), *y.stride(), *B.stride(), *C.stride())
+    common = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, BLOCK_N=triton.next_power_of_2(nstate),
+                  T=cfg.steps, CPT=cfg.channels, U_DC=_channels_contiguous(u), DT_DC=_channels_contiguous(delta),
+                  Z_DC=_channels_contiguous(zz), Y_DC=_channels_contiguous(y), BC_NC=_channels_contiguous(B), num_warps=cfg.warps)
+    ints = (dim, length, nstate, cfg.segment, nseg, *strides)
     if nseg == 1:  # one pass, from the initial state (laid out like a (B, 1, D, N) carry)
         carry = h0 if h0 is not None else state
-        scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, carry, dtsum,
-                          WRITE_Y=True, HAS_CARRY=h0 is not None, **common)
+        scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, carry, dtsum, *ints, WRITE_Y=True,
+                          HAS_CARRY=h0 is not None, **common)
         return y, state[:, 0]
-    scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum,
-                      WRITE_Y=False, HAS_CARRY=False, **common)
+    scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum, *ints, WRITE_Y=False,
+                      HAS_CARRY=False, **common)
     carry = torch.empty_like(state)
-    chain_segments_kernel[grid[:2]](state, dtsum, A, h0 if h0 is not None else state, carry, dim, nstate, nseg,
-                                    HAS_INIT=h0 is not None, BLOCK_D=cfg.block_d, BLOCK_N=block_n)
+    chain_segments_kernel[(triton.cdiv(dim * nstate, _CHAIN_BLOCK), batch)](
+        state, dtsum, A, h0 if h0 is not None else state, carry, dim, nstate, nseg, HAS_INIT=h0 is not None,
+        BLOCK=_CHAIN_BLOCK, CHUNK=_CHAIN_CHUNK, num_warps=1)
     final = torch.empty_like(state)
-    scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum,
-                      WRITE_Y=True, HAS_CARRY=True, **common)
+    scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum, *ints, WRITE_Y=True,
+                      HAS_CARRY=True, **common)
     return y, final[:, -1]
 
 
@@ -247,13 +341,15 @@ def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[
 
     Returns (kernel name, PTX, shared memory bytes, warps). ``dtype`` is the dtype of u,
     delta, B, C and y ('float32', 'float16' or 'bfloat16'); ``block_n`` a power of two >= N.
+    The grid is (ceil(D / PLUGIN_BLOCK_D), B).
     """
+    from triton.experimental.gluon._runtime import GluonASTSource
+
     ptr = _TRITON_PTR[dtype]
     signature = {"u_ptr": ptr, "delta_ptr": ptr, "A_ptr": "*fp32", "B_ptr": ptr, "C_ptr": ptr, "D_ptr": "*fp32",
                  "bias_ptr": "*fp32", "init_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32",
                  "y_ptr": ptr, "state_ptr": "*fp32"}
-    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_D": PLUGIN_BLOCK_D, "BLOCK_N": block_n,
-                  "BLOCK_T": PLUGIN_BLOCK_T}
-    source = triton.compiler.ASTSource(fn=scan_plugin_kernel, signature=signature, constexprs=constexprs)
+    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_N": block_n, "T": PLUGIN_STEPS}
+    source = GluonASTSource(fn=scan_plugin_kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(source, options={"num_warps": PLUGIN_WARPS})
     return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.shared, compiled.metadata.num_warps

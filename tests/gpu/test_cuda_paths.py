@@ -56,29 +56,86 @@ def test_triton_scan_fp32(shape):
     assert _rel(state, want_state) < FP32_REL, f"state rel err {_rel(state, want_state):.3g}"
 
 
-@pytest.mark.parametrize("segments", [1, 2, 5, 64])
-@pytest.mark.parametrize("block_d, block_t", [(4, 16), (8, 32), (16, 64)])
-def test_triton_configs_agree(segments, block_d, block_t):
+@pytest.mark.parametrize("segment", [16, 64, 256, 1 << 20])
+@pytest.mark.parametrize("warps, steps, channels", [(1, 8, 1), (1, 16, 2), (2, 16, 1), (4, 32, 1)])
+def test_triton_configs_agree(segment, warps, steps, channels):
     from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
-    inp = _inputs(2, 45, 16, 3001, seed=segments + block_d)
+    if segment < steps:
+        pytest.skip("a segment holds whole tiles")
+    inp = _inputs(2, 45, 16, 3001, seed=segment + warps)
     want, _ = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
-    y, _ = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(block_d, block_t, segments))
+    y, _ = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(warps, steps, segment, channels))
     assert _rel(y, want) < FP32_REL
 
 
-@pytest.mark.parametrize("segments", [1, 7])
-def test_triton_initial_state(segments):
+@pytest.mark.parametrize("segment", [16, 1 << 20])
+def test_triton_initial_state(segment):
     """Continuing from a state (streaming): single pass and chained segments."""
     from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
-    inp = _inputs(2, 40, 16, 500, seed=segments)
+    inp = _inputs(2, 40, 16, 500, seed=segment % 97)
     h0 = torch.randn(2, 40, 16, device="cuda")
     want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True,
                                           initial_state=h0.cpu())
     y, state = selective_scan_triton(**inp, delta_softplus=True, initial_state=h0,
-                                     config=ScanConfig(16, 16, segments))
+                                     config=ScanConfig(1, 16, segment))
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_triton_scan_reads_channel_contiguous_views(dtype):
+    """MambaLayer passes (B, L, rows) memory as (B, rows, L) views: read in place, same numbers."""
+    from hvlm_export.ops.selective_scan_triton import selective_scan_triton
+
+    inp = _inputs(2, 70, 16, 1000, seed=5, dtype=dtype)
+    views = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v) for k, v in inp.items()}
+    assert views["u"].stride(1) == 1
+    want, want_state = selective_scan_triton(**inp, delta_softplus=True)
+    got, got_state = selective_scan_triton(**views, delta_softplus=True)
+    assert got.stride(1) == 1  # y takes u's layout
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(got, want, **tol)  # other tile layouts: other FMA contractions
+    torch.testing.assert_close(got_state, want_state, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("length", [1, 3, 100, 4097])
+def test_causal_conv1d_silu_matches_conv1d(dtype, length):
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(length)
+    xz = torch.randn(2, length, 2 * 200, generator=g).cuda().to(dtype)
+    x = xz[..., :200]  # a strided view, as MambaLayer passes it
+    w, b = torch.randn(200, 1, 4, generator=g).cuda().to(dtype), torch.randn(200, generator=g).cuda().to(dtype)
+    want = F.silu(F.conv1d(x.float().transpose(1, 2), w.float(), b.float(), padding=3, groups=200)[..., :length])
+    got = torch.ops.hvlm.causal_conv1d_silu(x, w, b)
+    assert got.shape == x.shape and got.is_contiguous() and got.dtype == dtype
+    torch.testing.assert_close(got.float(), want.transpose(1, 2), rtol=1e-2 if dtype == torch.float16 else 1e-5,
+                               atol=1e-2 if dtype == torch.float16 else 1e-5)
+    nobias = torch.ops.hvlm.causal_conv1d_silu(x, w, None)
+    want = F.silu(F.conv1d(x.float().transpose(1, 2), w.float(), None, padding=3, groups=200)[..., :length])
+    torch.testing.assert_close(nobias.float(), want.transpose(1, 2), rtol=1e-2 if dtype == torch.float16 else 1e-5,
+                               atol=1e-2 if dtype == torch.float16 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_mamba_fused_path_matches_training_path(dtype):
+    """Inference on CUDA takes the fused conv and in-place scan; with autograd on it takes
+    the nn.Conv1d path: same numbers, and torch.compile keeps both ops whole."""
+    from hvlm_export.modules import MambaLayer, cast_module
+
+    torch.manual_seed(0)
+    layer = cast_module(MambaLayer(dim=96), dtype).cuda()
+    x = torch.randn(2, 777, 96, device="cuda", dtype=dtype)
+    with torch.no_grad():
+        assert layer._fused(x)
+        fused = layer(x)
+        compiled = torch.compile(layer, fullgraph=True)(x)
+    reference = layer(x.requires_grad_(True))  # autograd on: the unfused path
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(fused, reference.detach(), **tol)
+    torch.testing.assert_close(compiled, fused, **tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -109,7 +166,8 @@ def test_plugin_kernel_single_pass_and_aot_compiles():
     """The kernel the TensorRT AOT plugin embeds: run it, and compile it to PTX as TRT would."""
     import triton
 
-    from hvlm_export.ops.selective_scan_triton import PLUGIN_BLOCK_D, compile_plugin_ptx, scan_plugin_kernel
+    from hvlm_export.ops.selective_scan_triton import (PLUGIN_BLOCK_D, PLUGIN_STEPS, PLUGIN_WARPS,
+                                                      compile_plugin_ptx, scan_plugin_kernel)
 
     inp = _inputs(2, 48, 16, 777, seed=4)
     want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items() if k != "z"}, delta_softplus=True)
@@ -120,11 +178,11 @@ def test_plugin_kernel_single_pass_and_aot_compiles():
                                           initial_state=h0.cpu())
     scan_plugin_kernel[(triton.cdiv(48, PLUGIN_BLOCK_D), 2)](
         inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], h0, 48, 777, 16, y, state,
-        SOFTPLUS=True, BLOCK_D=PLUGIN_BLOCK_D, BLOCK_N=16, BLOCK_T=16)
+        SOFTPLUS=True, BLOCK_N=16, T=PLUGIN_STEPS, num_warps=PLUGIN_WARPS)
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
     for dtype in ("float32", "float16", "bfloat16"):
         name, ptx, shared, warps = compile_plugin_ptx(dtype, 16, True)
-        assert ".entry" in ptx and name in ptx and warps == 4
+        assert ".entry" in ptx and name in ptx and warps == PLUGIN_WARPS
 
 
 # fp32 on CUDA: SDPA's fused kernels and cuBLAS may use TF32-like tensor-core arithmetic for

@@ -1,0 +1,30 @@
+"""``hvlm::causal_conv1d_silu``: MambaLayer's causal depthwise conv and SiLU as one op (CUDA).
+
+    out[b, t, d] = silu(bias[d] + sum_k weight[d, 0, k] * x[b, t - K + 1 + k, d])   (x = 0 before t = 0)
+
+x is (B, L, D) in any strides (MambaLayer passes its half of the input projection's output,
+a view), out is a contiguous (B, L, D) tensor in x's dtype; arithmetic in float32. The op
+wraps one Triton kernel so that ``torch.compile`` treats it as one opaque node (a fake
+implementation gives the shape). There is no CPU kernel and no autograd: MambaLayer calls
+it for CUDA inference only and keeps ``nn.Conv1d`` + SiLU for training, export and other
+devices, which compute the same function.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["causal_conv1d_silu"]
+
+
+@torch.library.custom_op("hvlm::causal_conv1d_silu", mutates_args=(), device_types="cuda")
+def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (B, L, D); weight (D, 1, K); bias (D,) or None. Returns (B, L, D), contiguous."""
+    from hvlm_export.ops.causal_conv_triton import causal_conv1d_silu_triton
+
+    return causal_conv1d_silu_triton(x, weight, bias)
+
+
+@causal_conv1d_silu.register_fake
+def _(x, weight, bias):
+    return x.new_empty(x.shape)
