@@ -20,6 +20,8 @@ FORBIDDEN = {
     "modules": {"exporters", "validators", "runtime", "plugins", "registry", "cli", "bench", "artifacts"},
     "ops": {"modules", "exporters", "validators", "runtime", "plugins", "registry", "cli", "bench"},
     "plugins": {"modules", "exporters", "validators", "runtime", "registry", "cli", "bench"},
+    "user_models": {"modules", "ops", "exporters", "validators", "runtime", "plugins", "registry", "cli", "bench",
+                    "artifacts"},
     "registry": {"exporters", "validators", "runtime", "plugins", "cli", "bench"},
     "exporters": {"validators", "runtime", "cli", "bench"},
     "runtime": {"exporters", "validators", "cli", "bench", "modules", "registry"},
