@@ -66,26 +66,31 @@ def _tile_layout(rows_contiguous, steps, warps):
 
 
 @gluon.jit
-def _load_tile(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, T: gl.constexpr,
-               ROWS_CONTIGUOUS: gl.constexpr, LC: gl.constexpr):
-    """The (ROWS, T) tile at (row0, t0) as float32 in layout LC (zeros outside the tensor)."""
+def _fetch(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, T: gl.constexpr,
+           ROWS_CONTIGUOUS: gl.constexpr):
+    """Issue the load of the (ROWS, T) tile at (row0, t0), in its dtype and its coalesced
+    layout (zeros outside the tensor); the values are used one tile later (a prefetch)."""
     W: gl.constexpr = gl.num_warps()
     LL: gl.constexpr = _tile_layout(ROWS_CONTIGUOUS, T, W)
     r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, LL))
     t = t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LL))
     mask = gl.expand_dims(r < nrows, 1) & gl.expand_dims(t < length, 0)
     offsets = gl.expand_dims(r.to(gl.int64) * s_row, 1) + gl.expand_dims(t.to(gl.int64) * s_t, 0)
-    tile = gl.load(base + offsets, mask=mask, other=0.0)
-    return gl.convert_layout(tile.to(gl.float32), LC)
+    return gl.load(base + offsets, mask=mask, other=0.0)
 
 
 @gluon.jit
-def _finish_tile(y, u, Dv, z_base, sz_d, sz_t, y_base, sy_d, sy_t, d0, t0, dim, length, BLOCK_D: gl.constexpr,
-                 T: gl.constexpr, HAS_Z: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, LC: gl.constexpr):
+def _f32(tile, layout: gl.constexpr):
+    return gl.convert_layout(tile.to(gl.float32), layout)
+
+
+@gluon.jit
+def _finish_tile(y, u, Dv, z_raw, y_base, sy_d, sy_t, d0, t0, dim, length, BLOCK_D: gl.constexpr,
+                 T: gl.constexpr, HAS_Z: gl.constexpr, Y_DC: gl.constexpr, LC: gl.constexpr):
     """y + D u of a (BLOCK_D, T) tile, gated by silu(z) when given, stored coalesced in y's layout."""
     y = gl.convert_layout(y, LC) + Dv * u
     if HAS_Z:
-        z = _load_tile(z_base, sz_d, sz_t, d0, t0, dim, length, BLOCK_D, T, Z_DC, LC)
+        z = _f32(z_raw, LC)
         y = y * (z / (1.0 + gl.exp(-z)))
     LY: gl.constexpr = _tile_layout(Y_DC, T, gl.num_warps())
     y = gl.convert_layout(y, LY)
@@ -94,6 +99,24 @@ def _finish_tile(y, u, Dv, z_base, sz_d, sz_t, y_base, sy_d, sy_t, d0, t0, dim, 
     offsets = gl.expand_dims(d_y.to(gl.int64) * sy_d, 1) + gl.expand_dims(t_y.to(gl.int64) * sy_t, 0)
     gl.store(y_base + offsets, y.to(y_base.dtype.element_ty),
              mask=gl.expand_dims(d_y < dim, 1) & gl.expand_dims(t_y < length, 0))
+
+
+@gluon.jit
+def _fetch_tiles(u_base, d_base, b_base, c_base, z_base, su_d, su_t, sd_d, sd_t, sB_n, sB_t, sC_n, sC_t, sz_d,
+                 sz_t, d0, t0, dim, nstate, length, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, T: gl.constexpr,
+                 WRITE_Y: gl.constexpr, HAS_Z: gl.constexpr, U_DC: gl.constexpr, DT_DC: gl.constexpr,
+                 Z_DC: gl.constexpr, BC_NC: gl.constexpr):
+    """Issue the loads of the tiles at step t0: u, delta, B and, when y is written, C and z
+    (pass 1 and an ungated scan get placeholders they never read)."""
+    u_raw = _fetch(u_base, su_d, su_t, d0, t0, dim, length, BLOCK_D, T, U_DC)
+    d_raw = _fetch(d_base, sd_d, sd_t, d0, t0, dim, length, BLOCK_D, T, DT_DC)
+    b_raw = _fetch(b_base, sB_n, sB_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC)
+    c_raw, z_raw = b_raw, u_raw
+    if WRITE_Y:
+        c_raw = _fetch(c_base, sC_n, sC_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC)
+        if HAS_Z:
+            z_raw = _fetch(z_base, sz_d, sz_t, d0, t0, dim, length, BLOCK_D, T, Z_DC)
+    return u_raw, d_raw, b_raw, c_raw, z_raw
 
 
 @gluon.jit
@@ -125,7 +148,6 @@ def _scan_program(
         h = gl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
     else:
         h = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, LS)
-
     d0 = pid_d * BLOCK_D
     d_c = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LC))
     t_c = gl.arange(0, T, layout=gl.SliceLayout(0, LC))
@@ -137,24 +159,30 @@ def _scan_program(
     s_b = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
     s_c = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
     dt_total = gl.zeros([BLOCK_D], gl.float32, gl.SliceLayout(1, LC))
-    pid_b = pid_b.to(gl.int64)  # batch offsets may pass 2**31 elements
-    start = pid_s * seg_len
+    pid_b, start = pid_b.to(gl.int64), pid_s * seg_len  # batch offsets may pass 2**31 elements
+    # the first tile's loads; each iteration issues the next tile's before its steps run
+    bases = (u_ptr + pid_b * su_b, delta_ptr + pid_b * sd_b, B_ptr + pid_b * sB_b, C_ptr + pid_b * sC_b,
+             z_ptr + pid_b * sz_b)
+    strides = (su_d, su_t, sd_d, sd_t, sB_n, sB_t, sC_n, sC_t, sz_d, sz_t)
+    u_raw, d_raw, b_raw, c_raw, z_raw = _fetch_tiles(*bases, *strides, d0, start, dim, nstate, length, BLOCK_D,
+                                                     BLOCK_N, T, WRITE_Y, HAS_Z, U_DC, DT_DC, Z_DC, BC_NC)
     for t0 in range(start, gl.minimum(start + seg_len, length), T):
         inside = gl.expand_dims(d_c < dim, 1) & gl.expand_dims(t0 + t_c < length, 0)
-        u = _load_tile(u_ptr + pid_b * su_b, su_d, su_t, d0, t0, dim, length, BLOCK_D, T, U_DC, LC)
-        dt = _load_tile(delta_ptr + pid_b * sd_b, sd_d, sd_t, d0, t0, dim, length, BLOCK_D, T, DT_DC, LC) + bias
+        u = _f32(u_raw, LC)
+        dt = _f32(d_raw, LC) + bias
         if SOFTPLUS:
             dt = _softplus(dt)
         dt = gl.where(inside, dt, 0.0)  # padding steps: decay 1, no input
         dt_total += gl.sum(dt, axis=1)
-        bt = _load_tile(B_ptr + pid_b * sB_b, sB_n, sB_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC, LB)
         gl.thread_barrier()  # the previous tile's steps are done with the buffers
         s_dt.store(dt)
         s_du.store(dt * u)
-        s_b.permute([1, 0]).store(bt)
+        s_b.permute([1, 0]).store(_f32(b_raw, LB))
         if WRITE_Y:
-            ct = _load_tile(C_ptr + pid_b * sC_b, sC_n, sC_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC, LB)
-            s_c.permute([1, 0]).store(ct)
+            s_c.permute([1, 0]).store(_f32(c_raw, LB))
+        z_cur = z_raw
+        u_raw, d_raw, b_raw, c_raw, z_raw = _fetch_tiles(*bases, *strides, d0, t0 + T, dim, nstate, length, BLOCK_D,
+                                                         BLOCK_N, T, WRITE_Y, HAS_Z, U_DC, DT_DC, Z_DC, BC_NC)
         gl.thread_barrier()
         y = gl.zeros([BLOCK_D, T], gl.float32, LR)
         for i in gl.static_range(T):
@@ -167,8 +195,8 @@ def _scan_program(
                 y_i = gl.convert_layout(gl.sum(h * c_i, axis=1), gl.SliceLayout(1, LR), assert_trivial=True)
                 y = gl.where(col == i, gl.expand_dims(y_i, 1), y)  # register i of the thread's row
         if WRITE_Y:
-            _finish_tile(y, u, Dv, z_ptr + pid_b * sz_b, sz_d, sz_t, y_ptr + pid_b * sy_b, sy_d, sy_t, d0, t0, dim,
-                         length, BLOCK_D, T, HAS_Z, Z_DC, Y_DC, LC)
+            _finish_tile(y, u, Dv, z_cur, y_ptr + pid_b * sy_b, sy_d, sy_t, d0, t0, dim, length, BLOCK_D, T, HAS_Z,
+                         Y_DC, LC)
     gl.store(state_ptr + sn_off, h, mask=dn_mask)
     if not WRITE_Y:
         gl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d_c, dt_total, mask=d_c < dim)
@@ -270,12 +298,12 @@ _TARGET_PROGRAMS = 1024
 
 
 def default_config(length: int, dim: int = 1536, batch: int = 1) -> ScanConfig:
-    """One warp of 32 channels per program, 16-step tiles, 256-step segments: the best of
+    """One warp of 32 channels per program, 8-step tiles, 128-step segments: the best of
     benchmarks/scan_tuning.py's sweep on an H200 (docs/BENCHMARKS.md). Shorter segments
-    (down to 32 steps) where 256 would leave the GPU with fewer than ~1024 programs."""
+    (down to 32 steps) where 128 would leave the GPU with fewer than ~1024 programs."""
     blocks = triton.cdiv(dim, 32) * max(batch, 1)
     wanted = -(-length * blocks // _TARGET_PROGRAMS)  # segment length giving ~_TARGET_PROGRAMS programs
-    return ScanConfig(warps=1, steps=16, segment=min(256, max(32, -(-wanted // 16) * 16)))
+    return ScanConfig(warps=1, steps=8, segment=min(128, max(32, -(-wanted // 8) * 8)))
 
 
 def _channels_contiguous(t: torch.Tensor) -> bool:
