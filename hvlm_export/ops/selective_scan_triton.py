@@ -44,7 +44,7 @@ _LOG2E = gl.constexpr(1.4426950408889634)
 #: warps of the single-pass program the TensorRT AOT plugin embeds (32 channels per warp)
 PLUGIN_WARPS = 1
 PLUGIN_BLOCK_D = 32 * PLUGIN_WARPS
-PLUGIN_STEPS = 32
+PLUGIN_STEPS = 16
 #: states per program and segments staged at a time in the kernel that chains segments
 _CHAIN_BLOCK, _CHAIN_CHUNK = 128, 32
 _TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
