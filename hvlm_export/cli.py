@@ -94,6 +94,16 @@ def _print_lint(path: Path, strict: bool) -> int:
     return 1 if lint_failed(findings, strict) else 0
 
 
+def _cmd_triton_repo(args: argparse.Namespace) -> int:
+    from hvlm_export.serving import write_repository
+
+    model_dir = write_repository(args.model, args.output, name=args.name, backend=args.backend,
+                                 max_batch_size=args.max_batch_size, instances=args.instances, gpus=args.gpus,
+                                 max_queue_delay_us=args.max_queue_delay_us)
+    print(f"wrote {model_dir}/config.pbtxt and {model_dir}/1/ ({args.backend} backend)")
+    return 0
+
+
 def _cmd_lint(args: argparse.Namespace) -> int:
     return _print_lint(Path(args.model), args.strict)
 
@@ -298,7 +308,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs", required=True, help=".npz to write")
     p.set_defaults(func=_cmd_run)
     _add_tool_commands(sub)
+    _add_serving_commands(sub)
     return parser
+
+
+def _add_serving_commands(sub) -> None:
+    """triton-repo."""
+    p = sub.add_parser("triton-repo", help="write a Triton Inference Server model repository for an export")
+    p.add_argument("model", help="an exported .onnx (an engine from `build` for --backend tensorrt)")
+    p.add_argument("-o", "--output", required=True, help="the repository directory (created if missing)")
+    p.add_argument("--name", help="model name in the repository (default: the file's stem)")
+    p.add_argument("--backend", choices=["onnxruntime", "tensorrt", "python"], default="onnxruntime",
+                   help="Triton backend (default onnxruntime; python serves it through hvlm_export.runtime)")
+    p.add_argument("--max-batch-size", type=int, default=8,
+                   help="largest batch Triton forms (default 8; 0 for a graph exported with --static)")
+    p.add_argument("--instances", type=int, default=1, help="model instances per device (default 1)")
+    p.add_argument("--gpus", type=int, nargs="+", metavar="INDEX",
+                   help="GPUs to place instances on (default: instances on the CPU)")
+    p.add_argument("--max-queue-delay-us", type=int, default=100,
+                   help="how long dynamic batching waits to fill a batch, in microseconds (default 100)")
+    p.set_defaults(func=_cmd_triton_repo)
 
 
 def _add_tool_commands(sub) -> None:

@@ -18,6 +18,7 @@ __all__ = [
     "RuntimeInputError",
     "ArtifactError",
     "BenchError",
+    "ServingError",
 ]
 
 
@@ -63,6 +64,10 @@ class RuntimeInputError(HvlmExportError, ValueError):
 
 class ArtifactError(HvlmExportError):
     """An .onnx / .engine / metadata file is missing, corrupt or unusable."""
+
+
+class ServingError(HvlmExportError):
+    """A model repository or server was asked for with options that cannot work."""
 
 
 class BenchError(HvlmExportError):

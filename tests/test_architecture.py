@@ -26,6 +26,7 @@ FORBIDDEN = {
     "exporters": {"validators", "runtime", "cli", "bench"},
     "runtime": {"exporters", "validators", "cli", "bench", "modules", "registry"},
     "validators": {"cli", "bench"},
+    "serving": {"modules", "ops", "exporters", "validators", "plugins", "registry", "cli", "bench"},
 }
 
 
