@@ -69,24 +69,23 @@ def server(exported):
     assert _shm() <= shm_before, f"left in /dev/shm: {_shm() - shm_before}"
 
 
-def _http(url, x):
-    client = httpclient.InferenceServerClient(url)
+def _infer(client_module, url, x):
+    """One request through a fresh tritonclient (HTTP or gRPC module) for model 'mamba'."""
+    client = client_module.InferenceServerClient(url)
     try:
-        inp = httpclient.InferInput("x", list(x.shape), "FP32")
+        inp = client_module.InferInput("x", list(x.shape), "FP32")
         inp.set_data_from_numpy(x)
         return client.infer("mamba", [inp]).as_numpy("y")
     finally:
         client.close()
+
+
+def _http(url, x):
+    return _infer(httpclient, url, x)
 
 
 def _grpc(url, x):
-    client = grpcclient.InferenceServerClient(url)
-    try:
-        inp = grpcclient.InferInput("x", list(x.shape), "FP32")
-        inp.set_data_from_numpy(x)
-        return client.infer("mamba", [inp]).as_numpy("y")
-    finally:
-        client.close()
+    return _infer(grpcclient, url, x)
 
 
 def test_http_and_grpc_answers_match_the_runtime(server):
