@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvlm_export.modules._streaming import Streamable
+from hvlm_export.ops.favor import TRITON_AVAILABLE
 
 __all__ = [
     "MultiHeadProjections",
@@ -58,6 +59,19 @@ def check_sequence(x: object, dim: int, name: str = "x") -> torch.Tensor:
     if x.shape[-1] != dim:
         raise ValueError(f"{name} must have last dimension {dim} (the layer's dim), got {x.shape[-1]}.")
     return x
+
+
+def autograd_on(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether this call records a graph for backward (through ``x`` or the layer's weights)."""
+    return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
+
+
+def fused_cuda_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a fused Triton kernel may serve this call: CUDA inputs, no autograd, Triton
+    importable, not under torch.export (torch.compile is fine: the kernels are custom ops).
+    Plain attribute and flag reads only, so torch.compile folds it without a graph break."""
+    return (x.is_cuda and not autograd_on(x, weight) and TRITON_AVAILABLE
+            and (torch.compiler.is_compiling() or not torch.compiler.is_exporting()))
 
 
 def crop(t: torch.Tensor, dim: int, length: int | torch.SymInt) -> torch.Tensor:

@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hvlm_export.modules._attention import check_positive_int, check_sequence
+from hvlm_export.modules._attention import check_positive_int, check_sequence, fused_cuda_inference
 from hvlm_export.modules._streaming import StateSpec, Streamable
-from hvlm_export.ops.favor import TRITON_AVAILABLE
 from hvlm_export.ops.selective_scan import selective_scan
 
 __all__ = ["MambaLayer"]
@@ -143,12 +142,9 @@ class MambaLayer(Streamable):
         return self._ssm(xs, z, None)[0]
 
     def _fused(self, x: torch.Tensor) -> bool:
-        """Whether this call takes the fused CUDA path: inference (no autograd) on CUDA with
-        the fast scan and Triton, not under export. Plain attribute and flag reads, so
-        torch.compile folds it without a graph break."""
-        grad = torch.is_grad_enabled() and (x.requires_grad or self.in_proj.weight.requires_grad)
-        return (x.is_cuda and not grad and self.scan_impl == "op" and TRITON_AVAILABLE
-                and (torch.compiler.is_compiling() or not torch.compiler.is_exporting()))
+        """Whether this call takes the fused CUDA path: the fast scan, and inference that a
+        Triton kernel may serve (``fused_cuda_inference``)."""
+        return self.scan_impl == "op" and fused_cuda_inference(x, self.in_proj.weight)
 
     def _ssm(self, xs: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None):
         """The selective SSM and output projection of the conv output xs (B, Di, L) and gate z,

@@ -42,15 +42,17 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from hvlm_export.modules._streaming import StateSpec
-from hvlm_export.ops.favor import TRITON_AVAILABLE, favor_softmax
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
-    crop,
+    autograd_on,
     check_positive_int,
     check_sequence,
+    crop,
+    fused_cuda_inference,
     merge_heads,
 )
+from hvlm_export.modules._streaming import StateSpec
+from hvlm_export.ops.favor import TRITON_AVAILABLE, favor_softmax
 
 __all__ = ["PerformerAttention", "orthogonal_random_features"]
 
@@ -190,11 +192,11 @@ class PerformerAttention(MultiHeadProjections):
         attribute and flag reads only, so torch.compile folds it without a graph break."""
         if self.impl == "torch":
             return False
-        grad = torch.is_grad_enabled() and (x.requires_grad or self.q_proj.weight.requires_grad)
-        fits = self.kernel == "softmax" and not self.causal and x.is_cuda and x.dtype in _HALF and not grad
-        if fits and TRITON_AVAILABLE and (torch.compiler.is_compiling() or not torch.compiler.is_exporting()):
+        fits = self.kernel == "softmax" and not self.causal and x.dtype in _HALF
+        if fits and fused_cuda_inference(x, self.q_proj.weight):
             return True
         if self.impl == "triton":
+            grad = autograd_on(x, self.q_proj.weight)
             raise ValueError(
                 "impl='triton' runs the non-causal 'softmax' kernel on float16/bfloat16 CUDA inputs without "
                 f"autograd (Triton installed: {TRITON_AVAILABLE}); this call has kernel={self.kernel!r}, "

@@ -39,7 +39,9 @@ BACKENDS = ("onnxruntime", "tensorrt", "python")
 _TRITON_TYPES = {onnx.TensorProto.FLOAT: "TYPE_FP32", onnx.TensorProto.FLOAT16: "TYPE_FP16",
                  onnx.TensorProto.BFLOAT16: "TYPE_BF16", onnx.TensorProto.INT64: "TYPE_INT64",
                  onnx.TensorProto.INT32: "TYPE_INT32", onnx.TensorProto.BOOL: "TYPE_BOOL"}
-_NUMPY_TYPES = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+#: numpy dtype of a Triton type, for initial-state files (bf16 has none in numpy)
+_NUMPY_OF_TRITON = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_INT64": np.int64,
+                    "TYPE_INT32": np.int32, "TYPE_BOOL": np.bool_}
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 _MODEL_PY = Path(__file__).with_name("triton_python_model.py")
 
@@ -108,8 +110,10 @@ def _state_block(meta: dict, inputs: Sequence[TensorSpec], model_dir: Path) -> t
         else:
             file = f"{st['name']}.bin"
             (model_dir / "initial_state").mkdir(parents=True, exist_ok=True)
-            value = np.full(dims, st["fill"], dtype=_NUMPY_TYPES[st["dtype"]] if st["dtype"] in _NUMPY_TYPES
-                            else np.float32)
+            if spec.triton_type not in _NUMPY_OF_TRITON:
+                raise ServingError(f"state {past!r} starts at {st['fill']} in {spec.triton_type}, which an initial-state "
+                                   "file cannot hold", "export the step graph in fp32 or fp16.")
+            value = np.full(dims, st["fill"], dtype=_NUMPY_OF_TRITON[spec.triton_type])  # the graph input's type
             (model_dir / "initial_state" / file).write_bytes(value.tobytes())
             init = f'data_file: "{file}"'
         states.append(f'    {{\n      input_name: "{past}"\n      output_name: "{present}"\n'
