@@ -95,9 +95,9 @@ class PerformerAttention(MultiHeadProjections):
         kernel: 'softmax' (FAVOR+), 'relu' or 'elu' (default 'softmax').
         causal: prefix-sum causal attention (default False).
         chunk_size: c, tokens per chunk of the causal sums (default 128).
-        impl: 'auto' (default), 'torch' or 'triton'. 'triton' runs the fused kernel of
-            ``hvlm::favor_softmax`` (hvlm_export.ops.favor): non-causal 'softmax' kernel,
-            float16/bfloat16 CUDA inputs, no autograd; the features never reach memory.
+        impl: 'auto' (default), 'torch' or 'triton'. 'triton' runs the fused kernels of
+            ``hvlm::favor_softmax`` (hvlm_export.ops.favor): 'softmax' kernel (causal or
+            not), float16/bfloat16 CUDA inputs, no autograd; the features never reach memory.
             'auto' picks it exactly when those conditions hold and Triton is installed,
             else the torch path (the one that exports).
     """
@@ -146,7 +146,7 @@ class PerformerAttention(MultiHeadProjections):
         check_sequence(x, self.dim)
         if self._use_triton(x):
             q, k, v = self._qkv(x)
-            return self.out_proj(favor_softmax(q, k, v, self.projection_matrix, _SOFTMAX_EPS))
+            return self.out_proj(favor_softmax(q, k, v, self.projection_matrix, _SOFTMAX_EPS, self.causal))
         if self.causal:
             return self._causal(x, None)[0]
         cd = _compute_dtype(x.dtype)
@@ -192,15 +192,15 @@ class PerformerAttention(MultiHeadProjections):
         attribute and flag reads only, so torch.compile folds it without a graph break."""
         if self.impl == "torch":
             return False
-        fits = self.kernel == "softmax" and not self.causal and x.dtype in _HALF
+        fits = self.kernel == "softmax" and x.dtype in _HALF
         if fits and fused_cuda_inference(x, self.q_proj.weight):
             return True
         if self.impl == "triton":
             grad = autograd_on(x, self.q_proj.weight)
             raise ValueError(
-                "impl='triton' runs the non-causal 'softmax' kernel on float16/bfloat16 CUDA inputs without "
+                "impl='triton' runs the 'softmax' kernel on float16/bfloat16 CUDA inputs without "
                 f"autograd (Triton installed: {TRITON_AVAILABLE}); this call has kernel={self.kernel!r}, "
-                f"causal={self.causal}, {x.dtype} on {x.device}, autograd {'on' if grad else 'off'}.\n"
+                f"{x.dtype} on {x.device}, autograd {'on' if grad else 'off'}.\n"
                 "Note: use impl='auto' to fall back to the torch path in such calls."
             )
         return False
@@ -330,10 +330,14 @@ def causal_favor(
         earlier = _wide(qc) @ state[0][:, :, None].to(_wide(qc).dtype)  # (B, H, nc, c, Dh + 1)
         inter = inter + earlier * torch.exp(frame0[..., None, None] - r)[..., None]
 
-    # inside the chunk: keys j <= t weighted exp(l_j - R_t) / c (masked before exp: no inf)
+    # inside the chunk: keys j <= t weighted exp(l_j - R_t) (masked before exp: no inf); each
+    # query's row is scaled to a max of c^-1/2 before the half-precision product (no subnormal
+    # weights, and its sum over c keys stays below sqrt(c) |v|)
     causal = torch.ones(c, c, dtype=torch.bool, device=qf.device).tril()
-    weights = torch.exp(torch.where(causal, lc[..., None, :] - r[..., :, None] - math.log(c), _NEG))
-    intra = _wide((_wide(qc @ kc.transpose(-2, -1)) * weights).to(cd) @ vc) * c
+    weights = torch.exp(torch.where(causal, lc[..., None, :] - r[..., :, None], _NEG))
+    scores = _wide(qc @ kc.transpose(-2, -1)) * weights
+    row_scale = scores.amax(-1, keepdim=True).clamp_min(1e-30) * c**0.5
+    intra = _wide((scores / row_scale).to(cd) @ vc) * row_scale
     total = (inter + intra).view(b, h, length, d1)  # explicit sizes: export cannot infer -1 here
     out = total[..., :-1] / total[..., -1:]
     if state is None:

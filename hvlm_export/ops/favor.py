@@ -1,4 +1,4 @@
-"""``hvlm::favor_softmax``: fused non-causal FAVOR+ attention as one op (CUDA only).
+"""``hvlm::favor_softmax``: fused FAVOR+ attention (non-causal or causal) as one op (CUDA only).
 
 PerformerAttention calls it for CUDA inference in half precision (``impl='auto'`` or
 ``'triton'``); the op wraps the Triton kernels of ``hvlm_export.ops.favor_triton`` so that
@@ -21,14 +21,14 @@ TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 @torch.library.custom_op("hvlm::favor_softmax", mutates_args=(), device_types="cuda")
 def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
-                  eps: float) -> torch.Tensor:
+                  eps: float, causal: bool = False) -> torch.Tensor:
     """q, k, v (B, H, L, D) half precision; projection (m, D). Returns (B, L, H * D)."""
     from hvlm_export.ops.favor_triton import favor_softmax_triton
 
-    return favor_softmax_triton(q, k, v, projection, eps)
+    return favor_softmax_triton(q, k, v, projection, eps, causal)
 
 
 @favor_softmax.register_fake
-def _(q, k, v, projection, eps):
+def _(q, k, v, projection, eps, causal=False):
     b, h, length, d = q.shape
     return q.new_empty(b, length, h * d)

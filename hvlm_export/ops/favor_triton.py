@@ -1,23 +1,35 @@
-"""Fused FAVOR+ (softmax kernel, non-causal) for CUDA: the feature maps never reach memory.
+"""Fused FAVOR+ (softmax kernel) for CUDA: the feature maps never reach memory.
 
 Glossary: B batch, H heads, L length, D head width (Dh), m random features, T = BLOCK_M
-features per tile. Same numbers as PerformerAttention's torch path (module docstring of
-hvlm_export.modules.performer, "Numerics"), in three launches:
+features per tile, S the key sums [sum psi_j w_j v_j, sum psi_j w_j] (m x D and m).
+Same numbers as PerformerAttention's torch path (module docstring of
+hvlm_export.modules.performer, "Numerics"):
 
 1. ``_row_stats``: for every query and key row, the max over m of its projection x'W^T
    (recomputed tile by tile, never stored); for keys also the log-weight
-   l_j = rowmax_j - |k'_j|^2 / 2. The sequence frame M = max_j l_j is a torch max over L.
-2. ``_key_sums``: one program per (b h, feature tile, split of L) accumulates
-   S = sum_j psi_j exp(l_j - M) v_j and z = sum_j psi_j exp(l_j - M) in float32 registers,
-   psi_j = max(exp(k'_j W^T - rowmax_j), eps); the splits are summed in torch (divided by
-   L, so the half-precision copy that the query pass reads cannot overflow).
-3. ``_query_out``: one program per (b h, block of queries) runs over the feature tiles:
-   phi = max(exp(q'W^T - rowmax), eps), out += phi S, den += phi z, and writes out / den in
-   the (B, L, H * D) layout the output projection reads.
+   l_j = rowmax_j - |k'_j|^2 / 2.
+2. ``_key_sums``: one program per (b h, feature tile, split of L) accumulates S over its
+   split in float32 registers, key j weighted exp(l_j - frame) with the split's frame,
+   psi_j = max(exp(k'_j W^T - rowmax_j), eps).
+3. Non-causal: the frame is M = max_j l_j for every split; the splits are summed in torch
+   (divided by L, so the half-precision copy read next cannot overflow) and ``_query_out``
+   (one program per (b h, block of queries)) runs over the feature tiles:
+   phi = max(exp(q'W^T - rowmax), eps), out += phi S, den += phi z, and writes out / den.
+   Causal: R_t = max_{j <= t} l_j (a cummax), each split (a segment of L) is summed in the
+   frame R at its end, and the exclusive prefix over segments is one small matrix product in
+   torch with weights exp(R_end[s'] - R_end[s - 1]) <= 1. ``_causal_out`` (one program per
+   (b h, segment)) walks its segment in blocks of BLOCK_L tokens, carrying the running S
+   (float32, in a scratch it alone owns) in the frame R at the previous block's end: query t
+   gets phi_t S exp(frame - R_t) plus the block's own keys j <= t weighted exp(l_j - R_t).
+   Nothing computed for query t reads a key after t (keys after t in its block weigh an
+   exact 0), so the output is exactly causal, as the torch path is.
 
-Matmuls are half precision with float32 accumulation; logits, maxima and exp are float32.
-Forward only (no autograd): PerformerAttention uses it for CUDA inference and keeps the
-torch path for training, export and other devices.
+The writes go to the (B, L, H * D) layout the output projection reads. Matmuls run on
+half-precision operands with float32 accumulation (the carried S is unbounded and stays
+float32; its product with the query features reads S / max|S tile|, in [-1, 1]); logits,
+maxima and exp are float32. Forward only (no autograd):
+PerformerAttention uses it for CUDA inference and keeps the torch path for training, export,
+streaming steps and other devices.
 """
 
 from __future__ import annotations
@@ -31,6 +43,9 @@ import triton.language as tl
 __all__ = ["favor_softmax_triton"]
 
 BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
+#: programs of the causal pass (segments x B x H): enough to fill an H200's 132 SMs a few times
+CAUSAL_PROGRAMS, CAUSAL_WARPS, CAUSAL_BLOCK, CAUSAL_BLOCK_M = 256, 4, 64, 32
+_NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
 
 
 @triton.jit
@@ -72,14 +87,14 @@ def _row_stats(
 @triton.jit
 def _key_sums(
     k_ptr, v_ptr, w_ptr, rowmax_ptr, logw_ptr, frame_ptr, s_ptr, z_ptr, H, L, m, log_eps,
-    sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, per_split,
+    sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, per_split, sf_bh, sf_split,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     bh, tile, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // H, bh % H
     d = tl.arange(0, D_PAD)
     m0 = tile * BLOCK_M
-    frame = tl.load(frame_ptr + bh)
+    frame = tl.load(frame_ptr + bh * sf_bh + split * sf_split)
     s_acc = tl.zeros((BLOCK_M, D_PAD), tl.float32)
     z_acc = tl.zeros((BLOCK_M,), tl.float32)
     start = split * per_split
@@ -124,14 +139,70 @@ def _query_out(
     tl.store(optr, out.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < L) & (d[None, :] < D))
 
 
+@triton.jit
+def _causal_out(
+    q_ptr, k_ptr, v_ptr, w_ptr, rowmax_q_ptr, rowmax_k_ptr, logw_ptr, run_ptr, frame_ptr, s_ptr, z_ptr, o_ptr,
+    H, L, m, log_eps, seg, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
+    D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    bh, sg = tl.program_id(0), tl.program_id(1)
+    b, h = bh // H, bh % H
+    d = tl.arange(0, D_PAD)
+    slot = bh * tl.num_programs(1) + sg
+    frame = tl.load(frame_ptr + slot)  # the frame of the carried sums (segment start)
+    s_base, z_base = s_ptr + slot * M_PAD * D_PAD, z_ptr + slot * M_PAD
+    start = sg * seg
+    for l0 in tl.range(start, tl.minimum(start + seg, L), BLOCK_L):
+        rows = l0 + tl.arange(0, BLOCK_L)
+        valid = rows < L
+        q = _load_rows(q_ptr + b * sq_b + h * sq_h, rows, d, sq_l, L, D)
+        k = _load_rows(k_ptr + b * sk_b + h * sk_h, rows, d, sk_l, L, D)
+        v = _load_rows(v_ptr + b * sv_b + h * sv_h, rows, d, sv_l, L, D)
+        rq = tl.load(rowmax_q_ptr + bh * L + rows, mask=valid, other=0.0)
+        rk = tl.load(rowmax_k_ptr + bh * L + rows, mask=valid, other=0.0)
+        lk = tl.load(logw_ptr + bh * L + rows, mask=valid, other=float("-inf"))
+        run = tl.load(run_ptr + bh * L + rows, mask=valid, other=0.0)  # R_t
+        r_end = tl.max(tl.where(valid, run, -1e30), axis=0)  # the frame after this block
+        decay = tl.exp(frame - r_end)
+        wk = tl.exp(lk - r_end)  # <= 1; padding 0
+        scores = tl.zeros((BLOCK_L, BLOCK_L), tl.float32)
+        inter = tl.zeros((BLOCK_L, D_PAD), tl.float32)
+        den = tl.zeros((BLOCK_L,), tl.float32)
+        for m0 in tl.range(0, m, BLOCK_M):
+            proj, f = _proj_tile(q, w_ptr, m0, d, m, D, BLOCK_M)
+            pq = tl.where(f[None, :] < m, tl.exp(tl.maximum(proj - rq[:, None], log_eps)), 0.0)
+            proj, f = _proj_tile(k, w_ptr, m0, d, m, D, BLOCK_M)
+            pk = tl.where((f[None, :] < m) & valid[:, None], tl.exp(tl.maximum(proj - rk[:, None], log_eps)), 0.0)
+            scores += tl.dot(pq.to(q.dtype), tl.trans(pk.to(q.dtype)))
+            s_tile = s_base + f[:, None] * D_PAD + d[None, :]
+            s = tl.load(s_tile)
+            z = tl.load(z_base + f)
+            top = tl.maximum(tl.max(tl.max(tl.abs(s), axis=1), axis=0), 1e-30)  # S / top in [-1, 1]: half-safe
+            inter += tl.dot(pq.to(v.dtype), (s / top).to(v.dtype)) * top
+            den += tl.sum(pq * z[None, :], axis=1)
+            pkw = pk * wk[:, None]
+            tl.store(s_tile, s * decay + tl.dot(tl.trans(pkw.to(v.dtype)), v))
+            tl.store(z_base + f, z * decay + tl.sum(pkw, axis=0))
+        tl.debug_barrier()
+        scale = tl.exp(frame - run)  # <= 1: the carried sums were in the frame before this block
+        causal = (rows[None, :] <= rows[:, None]) & valid[None, :]
+        a = scores * tl.where(causal, tl.exp(lk[None, :] - run[:, None]), 0.0)
+        num = inter * scale[:, None] + tl.dot(a.to(v.dtype), v)
+        out = num / (den * scale + tl.sum(a, axis=1))[:, None]
+        optr = o_ptr + (b * L + rows[:, None]) * (H * D) + h * D + d[None, :]
+        tl.store(optr, out.to(o_ptr.dtype.element_ty), mask=valid[:, None] & (d[None, :] < D))
+        frame = r_end
+
+
 def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
-                         eps: float) -> torch.Tensor:
-    """Non-causal FAVOR+ softmax attention, fused.
+                         eps: float, causal: bool = False) -> torch.Tensor:
+    """FAVOR+ softmax attention, fused (module docstring).
 
     Args:
         q, k, v: (B, H, L, D) float16/bfloat16 on CUDA (any strides with a unit last one).
         projection: (m, D) random features W (unscaled).
         eps: the relative feature floor (features are max(exp(s - rowmax), eps)).
+        causal: query t attends to keys j <= t only.
 
     Returns:
         (B, L, H * D) in q's dtype: the heads already merged for the output projection.
@@ -139,28 +210,63 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
     b, h, length, d = q.shape
     m = projection.shape[0]
     d_pad = max(16, triton.next_power_of_2(d))
-    m_pad = triton.cdiv(m, BLOCK_M) * BLOCK_M
+    block_m = CAUSAL_BLOCK_M if causal else BLOCK_M
+    m_pad = triton.cdiv(m, block_m) * block_m
     w = (projection.float() * d**-0.25).to(q.dtype).contiguous()  # x' W^T = x (W D^-1/4)^T
     bh = b * h
-    dev = q.device
-    rowmax_q = torch.empty(bh, length, device=dev, dtype=torch.float32)
+    rowmax_q = torch.empty(bh, length, device=q.device, dtype=torch.float32)
     rowmax_k, logw = torch.empty_like(rowmax_q), torch.empty_like(rowmax_q)
     grid = (bh, triton.cdiv(length, BLOCK_L))
-    common = dict(D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=BLOCK_M)
+    common = dict(D=d, D_PAD=d_pad, M_PAD=m_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m)
     half_sq_scale = d**-0.5 / 2
-    _row_stats[grid](q, w, rowmax_q, rowmax_q, h, length, m, half_sq_scale, *q.stride()[:3], KEYS=False, **common)
-    _row_stats[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **common)
+    stats = dict(D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m)
+    _row_stats[grid](q, w, rowmax_q, rowmax_q, h, length, m, half_sq_scale, *q.stride()[:3], KEYS=False, **stats)
+    _row_stats[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **stats)
+    out = torch.empty(b, length, h * d, device=q.device, dtype=q.dtype)
+    if causal:
+        running = torch.cummax(logw, dim=1).values  # R_t
+        seg, splits = _segments(length, bh)
+        ends = (torch.arange(1, splits + 1, device=q.device) * seg).clamp(max=length) - 1
+        frames = running[:, ends].contiguous()  # (BH, splits): R at each segment's end
+        s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frames, (splits, 1), seg, eps, m, common)
+        start = torch.cat([torch.full_like(frames[:, :1], _NEG), frames[:, :-1]], dim=1)
+        strict = torch.ones(splits, splits, dtype=torch.bool, device=q.device).tril(-1)
+        carry = torch.exp(torch.where(strict, frames[:, None, :] - start[:, :, None], float("-inf")))  # <= 1
+        s_carry = (carry @ s_part.view(bh, splits, -1)).view(s_part.shape).contiguous()
+        z_carry = (carry @ z_part).contiguous()
+        _causal_out[(bh, splits)](
+            q, k, v, w, rowmax_q, rowmax_k, logw, running, start.contiguous(), s_carry, z_carry, out,
+            h, length, m, math.log(eps), seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            num_warps=CAUSAL_WARPS, **{**common, "BLOCK_L": CAUSAL_BLOCK})
+        return out
     frame = logw.amax(dim=1)
     splits = max(1, min(SPLITS, triton.cdiv(length, BLOCK_L)))
     per_split = triton.cdiv(triton.cdiv(length, splits), BLOCK_L) * BLOCK_L
-    s_part = torch.empty(bh, splits, m_pad, d_pad, device=dev, dtype=torch.float32)
-    z_part = torch.empty(bh, splits, m_pad, device=dev, dtype=torch.float32)
-    log_eps = math.log(eps)
-    _key_sums[(bh, m_pad // BLOCK_M, splits)](
-        k, v, w, rowmax_k, logw, frame, s_part, z_part, h, length, m, log_eps,
-        *k.stride()[:3], *v.stride()[:3], per_split, M_PAD=m_pad, **common)
+    s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frame, (1, 0), per_split, eps, m, common)
     s = (s_part.sum(1) / length).to(q.dtype)  # averaged: bounded by |v|, safe in half precision
     z = (z_part.sum(1) / length).to(q.dtype)
-    out = torch.empty(b, length, h * d, device=dev, dtype=q.dtype)
-    _query_out[grid](q, w, rowmax_q, s, z, out, h, length, m, log_eps, *q.stride()[:3], M_PAD=m_pad, **common)
+    _query_out[grid](q, w, rowmax_q, s, z, out, h, length, m, math.log(eps), *q.stride()[:3], **common)
     return out
+
+
+def _segments(length: int, bh: int) -> tuple[int, int]:
+    """(tokens per segment, segments) of the causal pass: about CAUSAL_PROGRAMS programs in
+    all, segments a multiple of CAUSAL_BLOCK and BLOCK_L."""
+    unit = max(CAUSAL_BLOCK, BLOCK_L)
+    blocks = triton.cdiv(length, unit)
+    want = max(1, min(blocks, triton.cdiv(CAUSAL_PROGRAMS, bh)))
+    seg = triton.cdiv(blocks, want) * unit
+    return seg, triton.cdiv(length, seg)
+
+
+def _split_key_sums(k, v, w, rowmax_k, logw, frames, frame_strides, per_split, eps, m, common):
+    """float32 (S (BH, splits, M_PAD, D_PAD), z (BH, splits, M_PAD)) of the key splits of
+    ``per_split`` tokens, split s in the frame frames[bh * strides[0] + s * strides[1]]."""
+    bh, length = logw.shape
+    splits = triton.cdiv(length, per_split)
+    s_part = torch.empty(bh, splits, common["M_PAD"], common["D_PAD"], device=k.device, dtype=torch.float32)
+    z_part = torch.empty(bh, splits, common["M_PAD"], device=k.device, dtype=torch.float32)
+    _key_sums[(bh, common["M_PAD"] // common["BLOCK_M"], splits)](
+        k, v, w, rowmax_k, logw, frames, s_part, z_part, k.shape[1], length, m, math.log(eps),
+        *k.stride()[:3], *v.stride()[:3], per_split, *frame_strides, **common)
+    return s_part, z_part

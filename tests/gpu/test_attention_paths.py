@@ -23,22 +23,51 @@ HALF_REL = 3e-3
 
 
 def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    return ((got.float() - want.float()).norm() / want.float().norm()).item()
+    return ((got.double() - want.double()).norm() / want.double().norm()).item()
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize("length", [1, 63, 64, 65, 1000, 4097])
 @pytest.mark.parametrize("dim, heads, features", [(768, 12, None), (96, 3, 70)])
-def test_fused_favor_matches_torch_path(length, dim, heads, features):
+def test_fused_favor_matches_torch_path(length, dim, heads, features, causal):
+    """The fused kernels against the same layer in float64 (the torch path): within fp16
+    rounding, and never less accurate than the torch path in fp16."""
     torch.manual_seed(length)
-    layer = PerformerAttention(dim, heads, nb_features=features).cuda().half().eval()
-    x = torch.randn(2, length, dim, device="cuda", dtype=torch.float16)
+    layer = PerformerAttention(dim, heads, nb_features=features, causal=causal).cuda().eval()
+    x = torch.randn(2, length, dim, device="cuda")
+    want = layer.double()(x.double())
+    layer.half()
     layer.impl = "torch"
-    want = layer(x)
+    torch_path = layer(x.half())
     layer.impl = "triton"
-    got = layer(x)
+    got = layer(x.half())
     assert torch.isfinite(got).all()
     assert _rel(got, want) < HALF_REL, f"rel err {_rel(got, want):.3g}"
+    assert _rel(got, want) <= 1.5 * _rel(torch_path, want) + 2e-4, "the fused path is less accurate"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("programs", [1, 7, 512])
+def test_fused_causal_favor_is_exact_and_causal(programs, dtype, monkeypatch):
+    """The fused causal kernel at several segment splits: against the float64 torch path, and
+    future tokens 30x larger leave every earlier output bit-identical."""
+    from hvlm_export.ops import favor_triton
+
+    monkeypatch.setattr(favor_triton, "CAUSAL_PROGRAMS", programs)
+    torch.manual_seed(programs)
+    layer = PerformerAttention(128, 2, nb_features=100, causal=True).cuda().eval()
+    x = torch.randn(3, 1500, 128, device="cuda")
+    want = layer.double()(x.double())
+    layer = layer.to(dtype)
+    got = layer(x.to(dtype))
+    assert _rel(got, want) < (HALF_REL if dtype == torch.float16 else 4 * HALF_REL), f"rel err {_rel(got, want):.3g}"
+    louder = x.clone()
+    louder[:, 700:] *= 30
+    again = layer(louder.to(dtype))
+    assert torch.isfinite(again).all()
+    assert torch.equal(again[:, :700], got[:, :700]), "a later token changed an earlier output"
 
 
 @torch.no_grad()

@@ -1,0 +1,105 @@
+"""Check, tune and time the fused FAVOR+ kernels (hvlm_export.ops.favor_triton) on a GPU.
+
+B = 1, 12 heads of 64 (dim 768), m = 266 features, fp16. Every configuration is first
+checked against the float64 torch path of PerformerAttention (relative error of the
+attention output), then timed with ``triton.testing.do_bench`` (median, kernels only: the
+q/k/v projections are done before):
+
+* causal: feature tile (BLOCK_M), warps and programs of the causal pass, at each length;
+* non-causal and causal with the defaults, next to dense flash SDPA on the same q, k, v
+  (``is_causal`` for the causal one), so the kernel's share of a layer's time is visible.
+
+Usage: python benchmarks/favor_tuning.py [--lengths 8192 32768 65536] [--out FILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton.testing
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hvlm_export.modules import PerformerAttention  # noqa: E402
+from hvlm_export.ops import favor_triton  # noqa: E402
+
+
+def bench(fn) -> float:
+    return triton.testing.do_bench(fn, warmup=10, rep=100, return_mode="median")
+
+
+def case(length: int, causal: bool):
+    """(layer in float64, q, k, v fp16 (B, H, L, Dh), the float64 attention output (B, L, E))."""
+    torch.manual_seed(length)
+    layer = PerformerAttention(768, 12, causal=causal, impl="torch").cuda().double().eval()
+    x = torch.randn(1, length, 768, device="cuda", dtype=torch.float64)
+    with torch.no_grad():
+        q, k, v = layer._qkv(x)
+        y = layer(x)
+        want = (y - layer.out_proj.bias) @ torch.linalg.inv(layer.out_proj.weight).T
+    return layer, q.half(), k.half(), v.half(), want
+
+
+def run(layer, q, k, v, causal: bool) -> torch.Tensor:
+    return favor_triton.favor_softmax_triton(q, k, v, layer.projection_matrix, 1e-4, causal)
+
+
+def rel(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).norm() / want.norm()).item()
+
+
+def sweep(lengths: list[int]) -> list[dict]:
+    rows = []
+    names = ("CAUSAL_BLOCK_M", "CAUSAL_BLOCK", "CAUSAL_WARPS", "CAUSAL_PROGRAMS")
+    defaults = {name: getattr(favor_triton, name) for name in names}
+    for length in lengths:
+        layer, q, k, v, want = case(length, True)
+        for config in itertools.product((32, 64), (64, 128), (4, 8), (256, 512)):
+            for name, value in zip(names, config, strict=True):
+                setattr(favor_triton, name, value)
+            err = rel(run(layer, q, k, v, True), want)
+            ms = bench(functools.partial(run, layer, q, k, v, True))
+            rows.append(dict(length=length, **dict(zip(names, config, strict=True)), ms=ms, rel=err))
+            print(f"causal L={length:6d} " + " ".join(f"{n}={c}" for n, c in zip(names, config, strict=True))
+                  + f" {ms:8.3f} ms rel {err:.2e}", flush=True)
+    for name, value in defaults.items():
+        setattr(favor_triton, name, value)
+    return rows
+
+
+def defaults(lengths: list[int]) -> list[dict]:
+    rows = []
+    for length, causal in itertools.product(lengths, (False, True)):
+        layer, q, k, v, want = case(length, causal)
+        err = rel(run(layer, q, k, v, causal), want)
+        ms = bench(functools.partial(run, layer, q, k, v, causal))
+        flash = bench(functools.partial(F.scaled_dot_product_attention, q, k, v, is_causal=causal))
+        rows.append(dict(length=length, causal=causal, ms=ms, flash_ms=flash, rel=err))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[8192, 32768, 65536])
+    parser.add_argument("--no-sweep", action="store_true", help="only the defaults against flash SDPA")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result = {"sweep": [] if args.no_sweep else sweep(args.lengths), "defaults": defaults(args.lengths)}
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+    print("\nL       mode       fused ms  flash SDPA ms  ratio  rel err (vs float64)")
+    for r in result["defaults"]:
+        mode = "causal" if r["causal"] else "non-causal"
+        print(f"{r['length']:<7d} {mode:<10s} {r['ms']:8.3f}  {r['flash_ms']:13.3f}  {r['ms'] / r['flash_ms']:5.2f}  "
+              f"{r['rel']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
