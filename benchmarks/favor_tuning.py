@@ -5,7 +5,8 @@ checked against the float64 torch path of PerformerAttention (relative error of 
 attention output), then timed with ``triton.testing.do_bench`` (median, kernels only: the
 q/k/v projections are done before):
 
-* causal: feature tile (BLOCK_M), warps and programs of the causal pass, at each length;
+* causal: feature tile (BLOCK_M), tokens per block (BLOCK_L), warps and programs of the
+  causal pass, at each length;
 * non-causal and causal with the defaults, next to dense flash SDPA on the same q, k, v
   (``is_causal`` for the causal one), so the kernel's share of a layer's time is visible.
 
@@ -57,18 +58,20 @@ def rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def sweep(lengths: list[int]) -> list[dict]:
     rows = []
-    names = ("CAUSAL_BLOCK_M", "CAUSAL_BLOCK", "CAUSAL_WARPS", "CAUSAL_PROGRAMS")
+    names = ("CAUSAL_SHORT_CONFIG", "CAUSAL_LONG_CONFIG", "CAUSAL_PROGRAMS")
     defaults = {name: getattr(favor_triton, name) for name in names}
     for length in lengths:
         layer, q, k, v, want = case(length, True)
-        for config in itertools.product((32, 64), (64, 128), (4, 8), (256, 512)):
-            for name, value in zip(names, config, strict=True):
-                setattr(favor_triton, name, value)
+        for block_m, block, warps, programs in itertools.product((32, 64), (64, 128), (4, 8), (256, 512)):
+            config = (block_m, block, warps)
+            favor_triton.CAUSAL_SHORT_CONFIG = favor_triton.CAUSAL_LONG_CONFIG = config
+            favor_triton.CAUSAL_PROGRAMS = programs
             err = rel(run(layer, q, k, v, True), want)
             ms = bench(functools.partial(run, layer, q, k, v, True))
-            rows.append(dict(length=length, **dict(zip(names, config, strict=True)), ms=ms, rel=err))
-            print(f"causal L={length:6d} " + " ".join(f"{n}={c}" for n, c in zip(names, config, strict=True))
-                  + f" {ms:8.3f} ms rel {err:.2e}", flush=True)
+            rows.append(dict(length=length, block_m=block_m, block=block, warps=warps, programs=programs,
+                             ms=ms, rel=err))
+            print(f"causal L={length:6d} BLOCK_M={block_m} BLOCK_L={block} warps={warps} programs={programs} "
+                  f"{ms:8.3f} ms rel {err:.2e}", flush=True)
     for name, value in defaults.items():
         setattr(favor_triton, name, value)
     return rows

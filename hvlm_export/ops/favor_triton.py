@@ -43,8 +43,11 @@ import triton.language as tl
 __all__ = ["favor_softmax_triton"]
 
 BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
-#: programs of the causal pass (segments x B x H): enough to fill an H200's 132 SMs a few times
-CAUSAL_PROGRAMS, CAUSAL_WARPS, CAUSAL_BLOCK, CAUSAL_BLOCK_M = 256, 4, 64, 32
+#: the causal pass's (feature tile, tokens per block, warps) up to CAUSAL_SHORT tokens and
+#: beyond (the fastest measured on the H200 by benchmarks/favor_tuning.py), and its programs
+#: (segments x B x H): enough to fill the 132 SMs twice
+CAUSAL_SHORT_CONFIG, CAUSAL_LONG_CONFIG, CAUSAL_SHORT = (64, 128, 8), (32, 64, 4), 16384
+CAUSAL_PROGRAMS = 256
 _NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
 
 
@@ -210,7 +213,9 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
     b, h, length, d = q.shape
     m = projection.shape[0]
     d_pad = max(16, triton.next_power_of_2(d))
-    block_m = CAUSAL_BLOCK_M if causal else BLOCK_M
+    block_m, block, warps = CAUSAL_SHORT_CONFIG if length <= CAUSAL_SHORT else CAUSAL_LONG_CONFIG
+    if not causal:
+        block_m = BLOCK_M
     m_pad = triton.cdiv(m, block_m) * block_m
     w = (projection.float() * d**-0.25).to(q.dtype).contiguous()  # x' W^T = x (W D^-1/4)^T
     bh = b * h
@@ -225,7 +230,7 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
     out = torch.empty(b, length, h * d, device=q.device, dtype=q.dtype)
     if causal:
         running = torch.cummax(logw, dim=1).values  # R_t
-        seg, splits = _segments(length, bh)
+        seg, splits = _segments(length, bh, block)
         ends = (torch.arange(1, splits + 1, device=q.device) * seg).clamp(max=length) - 1
         frames = running[:, ends].contiguous()  # (BH, splits): R at each segment's end
         s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frames, (splits, 1), seg, eps, m, common)
@@ -237,7 +242,7 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
         _causal_out[(bh, splits)](
             q, k, v, w, rowmax_q, rowmax_k, logw, running, start.contiguous(), s_carry, z_carry, out,
             h, length, m, math.log(eps), seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            num_warps=CAUSAL_WARPS, **{**common, "BLOCK_L": CAUSAL_BLOCK})
+            num_warps=warps, **{**common, "BLOCK_L": block})
         return out
     frame = logw.amax(dim=1)
     splits = max(1, min(SPLITS, triton.cdiv(length, BLOCK_L)))
@@ -249,10 +254,10 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
     return out
 
 
-def _segments(length: int, bh: int) -> tuple[int, int]:
+def _segments(length: int, bh: int, block: int) -> tuple[int, int]:
     """(tokens per segment, segments) of the causal pass: about CAUSAL_PROGRAMS programs in
-    all, segments a multiple of CAUSAL_BLOCK and BLOCK_L."""
-    unit = max(CAUSAL_BLOCK, BLOCK_L)
+    all, segments a multiple of its ``block`` and of BLOCK_L."""
+    unit = max(block, BLOCK_L)
     blocks = triton.cdiv(length, unit)
     want = max(1, min(blocks, triton.cdiv(CAUSAL_PROGRAMS, bh)))
     seg = triton.cdiv(blocks, want) * unit

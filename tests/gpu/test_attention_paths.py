@@ -28,7 +28,7 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 @torch.no_grad()
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
-@pytest.mark.parametrize("length", [1, 63, 64, 65, 1000, 4097])
+@pytest.mark.parametrize("length", [1, 63, 64, 65, 1000, 4097, 17000])
 @pytest.mark.parametrize("dim, heads, features", [(768, 12, None), (96, 3, 70)])
 def test_fused_favor_matches_torch_path(length, dim, heads, features, causal):
     """The fused kernels against the same layer in float64 (the torch path): within fp16
