@@ -77,6 +77,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         mode=args.mode,
         seed=args.seed,
         example_shapes=args.example_shape or None,
+        with_mask=args.with_mask,
     )
     print(f"exported {model} -> {path} ({args.precision}, opset {args.opset or 'default'}, scan={args.scan}, "
           f"mode={args.mode})")
@@ -278,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input of your own module, named after its forward's parameter: sizes, letters for "
                         "dynamic axes (B batch, L sequence), e.g. x=B,L,256 (repeat for each input)")
     p.add_argument("--small", action="store_true", help="use the registry's small test size (dim 64)")
+    p.add_argument("--with-mask", action="store_true",
+                   help="also take padding masks: attention_mask (batch, seq) [and memory_mask], int64, 1 = real token")
     p.add_argument("--no-lint", dest="lint", action="store_false", help="skip the TensorRT-compatibility lint")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the weights (default 0): every precision and mode of one seed is the same model")

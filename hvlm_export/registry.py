@@ -30,9 +30,11 @@ from hvlm_export.modules import (
     StridedAttention,
 )
 from hvlm_export.modules.stack import AttentionStack, StackConfig, build_stack, load_config
+from hvlm_export.tolerances import INPUT_SCALES, LARGE_INPUT_TOLERANCES, NOISE_SIGMAS, TOLERANCES, Tolerance
 from hvlm_export.user_models import build_module, is_import_path
 
 __all__ = [
+    "NOISE_SIGMAS",
     "Tolerance",
     "TOLERANCES",
     "LARGE_INPUT_TOLERANCES",
@@ -51,12 +53,25 @@ __all__ = [
     "USER_MODULE",
     "resolve_model",
     "default_dynamic_axes",
+    "MASK_INPUTS",
+    "padding_mask",
 ]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 20
-_AXES = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "mem_seq"}, "y": {0: "batch", 1: "seq"}}
+_AXES = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "mem_seq"}, "y": {0: "batch", 1: "seq"},
+         "attention_mask": {0: "batch", 1: "seq"}, "memory_mask": {0: "batch", 1: "mem_seq"}}
+#: the padding mask of each sequence input (DESIGN.md section 9): (B, L) int64, 1 = real token
+MASK_INPUTS = MappingProxyType({"x": "attention_mask", "memory": "memory_mask"})
+
+
+def padding_mask(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
+    """A right-padding mask (B, L) int64: the first sample is whole, the others keep a random
+    number of real tokens (at least 1)."""
+    real = torch.randint(1, length + 1, (batch,), generator=generator)
+    real[0] = length
+    return (torch.arange(length)[None] < real[:, None]).to(torch.int64)
 
 
 def default_dynamic_axes(inputs: tuple[str, ...], outputs: tuple[str, ...]) -> dict[str, dict[int, str]]:
@@ -64,65 +79,6 @@ def default_dynamic_axes(inputs: tuple[str, ...], outputs: tuple[str, ...]) -> d
     return {n: dict(_AXES.get(n, {0: "batch", 1: "seq"})) for n in (*inputs, *outputs)}
 
 
-@dataclass(frozen=True)
-class Tolerance:
-    """Scale-aware pass rule of one output (docs/EXPORT.md, "Tolerances").
-
-    Every limit is relative to the reference's magnitude: the error e = actual - expected is
-    split into a *gain* (its projection on the reference: the output scaled by 1 + gain),
-    an *offset* (its mean over positions, per channel: a shifted output) and the rest; with
-    R the reference's RMS, a case passes when
-
-    - ``nrmse``  >= RMS(e) / R                       (the whole error),
-    - ``gain``   >= |<e, ref>| / <ref, ref>          (plus the noise allowance below),
-    - ``offset`` >= RMS_channels(mean_positions(e)) / R  (plus the noise allowance),
-    - ``peak``   >= max|e| / max|ref|                (one position badly wrong),
-
-    every value is finite, and, when set, |e| <= atol + rtol * |ref| element-wise. Rounding
-    noise projects onto the gain and offset directions too, by about its RMS over the square
-    root of the number of values averaged; that much (x ``NOISE_SIGMAS``) is allowed on top.
-    """
-
-    nrmse: float
-    gain: float
-    offset: float
-    peak: float
-    atol: float | None = None
-    rtol: float | None = None
-
-    def scaled(self, factor: float) -> Tolerance:
-        """Every scale-aware limit times ``factor`` (element-wise limits unchanged)."""
-        return replace(self, nrmse=self.nrmse * factor, gain=self.gain * factor, offset=self.offset * factor,
-                       peak=self.peak * factor)
-
-
-#: how many standard deviations of rounding noise the gain and offset limits allow on top
-NOISE_SIGMAS = 4.0
-
-# Why these numbers (docs/EXPORT.md, "Tolerances", has the measurements): correct fp32 graphs
-# differ from eager by reassociation only, nrmse <= 2e-6 (performer at 30x inputs; ~2e-7
-# otherwise); fp16 (unit roundoff 4.9e-4) nrmse <= 6e-4 and bf16 (3.9e-3, eager bf16 as the
-# stand-in: ONNX Runtime's CPU provider has no bf16 kernels) <= 7e-3, gains <= 1.1e-3. Each
-# limit leaves >= 5x headroom over the worst correct graph at unit inputs, and a graph whose
-# output is scaled by 1.01 (1.0001 in fp32) fails in every precision; so does a 1% offset or,
-# in fp32/fp16, 1% noise. bf16 rounding of the weights alone shifts channel means by ~0.3%:
-# its offset limit is 1.5%.
-TOLERANCES = MappingProxyType({
-    "fp32": Tolerance(nrmse=5e-5, gain=2e-5, offset=2e-5, peak=5e-4),
-    "fp16": Tolerance(nrmse=5e-3, gain=2e-3, offset=2e-3, peak=1e-2),
-    "bf16": Tolerance(nrmse=4e-2, gain=6e-3, offset=1.5e-2, peak=6e-2),
-})
-# At 30x inputs attention logits grow 900x, so a reduced-precision graph is as far from fp32
-# as the eager module in that precision is (fp16: nrmse ~1e-2, bf16 ~7e-2, peaks to 0.25
-# measured). These cases are there to catch overflow (NaN/Inf, a saturated output): the
-# limits are looser, finiteness is not. fp32 keeps its unit-scale rule.
-LARGE_INPUT_TOLERANCES = MappingProxyType({
-    "fp32": TOLERANCES["fp32"],
-    "fp16": Tolerance(nrmse=5e-2, gain=1e-2, offset=1e-2, peak=0.2),
-    "bf16": Tolerance(nrmse=0.25, gain=3e-2, offset=5e-2, peak=1.0),
-})
-#: input scales of the validation grid: unit inputs, and large ones for overflow
-INPUT_SCALES = (1.0, 30.0)
 
 
 def _window_lengths(size: int) -> list[int]:
@@ -164,6 +120,23 @@ class ModelSpec:
         if self.dynamic_axes is None:
             object.__setattr__(self, "dynamic_axes", default_dynamic_axes(self.inputs, self.outputs))
 
+    @property
+    def masked(self) -> bool:
+        """Whether the graph takes padding masks (``with_masks``)."""
+        return MASK_INPUTS["x"] in self.inputs
+
+    def with_masks(self) -> ModelSpec:
+        """This spec with a padding mask after the inputs for each sequence input (x ->
+        attention_mask, memory -> memory_mask), on the batch and sequence axes of its input."""
+        if self.masked:
+            return self
+        masks = tuple(MASK_INPUTS[name] for name in self.inputs if name in MASK_INPUTS)
+        axes = {**self.dynamic_axes}
+        for name in self.inputs:
+            if name in MASK_INPUTS:
+                axes[MASK_INPUTS[name]] = {a: label for a, label in self.dynamic_axes.get(name, {}).items() if a < 2}
+        return replace(self, inputs=(*self.inputs, *masks), dynamic_axes=axes)
+
     def kwargs(self, overrides: Mapping[str, Any] | None = None, small: bool = False) -> dict[str, Any]:
         """Constructor kwargs: defaults, then ``small`` if asked, then ``overrides``."""
         return {**self.defaults, **(self.small if small else {}), **(overrides or {})}
@@ -190,15 +163,19 @@ class ModelSpec:
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
     ) -> tuple[torch.Tensor, ...]:
-        """Random normal inputs named by ``self.inputs`` (memory length defaults to seq_len // 2 + 3)."""
+        """Random normal inputs named by ``self.inputs`` (memory length defaults to seq_len // 2 + 3;
+        padding masks of a masked spec: :func:`padding_mask`)."""
         dim = _model_dim(model)
         gen = torch.Generator().manual_seed(seed)
         x = torch.randn(batch, seq_len, dim, generator=gen)
-        tensors = [x]
+        tensors = {"x": x}
         if "memory" in self.inputs:
             m = mem_len if mem_len is not None else seq_len // 2 + 3
-            tensors.append(torch.randn(batch, m, dim, generator=gen))
-        return tuple(t.to(dtype) for t in tensors)
+            tensors["memory"] = torch.randn(batch, m, dim, generator=gen)
+        for source in list(tensors):
+            if MASK_INPUTS[source] in self.inputs:
+                tensors[MASK_INPUTS[source]] = padding_mask(batch, tensors[source].shape[1], gen)
+        return tuple(tensors[n].to(dtype) if tensors[n].is_floating_point() else tensors[n] for n in self.inputs)
 
 
 def _local_global_lengths(window: int) -> list[int]:

@@ -22,6 +22,7 @@ FORBIDDEN = {
     "plugins": {"modules", "exporters", "validators", "runtime", "registry", "cli", "bench"},
     "user_models": {"modules", "ops", "exporters", "validators", "runtime", "plugins", "registry", "cli", "bench",
                     "artifacts"},
+    "tolerances": {"*"},
     "registry": {"exporters", "validators", "runtime", "plugins", "cli", "bench"},
     "exporters": {"validators", "runtime", "cli", "bench"},
     "runtime": {"exporters", "validators", "cli", "bench", "modules", "registry"},

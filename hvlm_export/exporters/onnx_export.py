@@ -49,8 +49,10 @@ from hvlm_export.exporters.tracing import (
     check_dynamic,
     check_generalises,
     dynamic_shapes,
+    masked_spec,
     probe_inputs,
     trace_inputs,
+    traced_module,
     user_spec,
 )
 from hvlm_export.exporters.translations import translation_table
@@ -140,6 +142,7 @@ def export_onnx(
     mode: Mode = "forward",
     seed: int = 0,
     example_shapes: Sequence[str] | Mapping[str, Sequence[int | str]] | None = None,
+    with_mask: bool = False,
 ) -> Path:
     """Export ``model`` to ONNX at ``path`` and return the path.
 
@@ -168,28 +171,27 @@ def export_onnx(
         example_shapes: a user module's inputs by forward parameter, ``["x=B,L,256"]`` or
             ``{"x": ["B", "L", 256]}``: letters are dynamic axes (B batch, L sequence; sizes
             ``batch``/``seq_len``), numbers only: axes 0 and 1. Tuple outputs: y0, y1, ...
+        with_mask: also take int64 padding masks (1 = real token): ``attention_mask`` (batch,
+            seq)[, ``memory_mask`` (batch, mem_seq)]; registry mechanisms and stacks, forward.
     """
     _check_options(opset, precision, scan, mode)
     path = _check_output_path(path)
     resolved, example_inputs = _resolve(model, model_kwargs, seed, example_inputs, example_shapes, batch, seq_len,
                                         dynamic)
+    resolved.spec = masked_spec(resolved.spec, mode) if with_mask else resolved.spec
     if opset is None:
         opset = max(resolved.spec.opset, BF16_OPSET) if precision == "bf16" else resolved.spec.opset
     module, example_inputs = _prepare(resolved, checkpoint, precision, example_inputs, batch, seq_len)
     kwargs = resolved.source.get("kwargs", {})
-    spec, target, extra_meta = resolved.spec, module, {"mode": mode}
-    if mode == "step":
-        spec, states = step_graph.step_spec(resolved.spec, module)
-        target, example_inputs = step_graph.StepModule(module), step_graph.step_example(module, example_inputs[0])
-        extra_meta["state"] = step_graph.state_metadata(states, DTYPES[precision])
-
+    spec, target, example_inputs, extra_meta = traced_module(resolved, module, example_inputs, mode, with_mask,
+                                                             DTYPES[precision])
     traced = trace_inputs(example_inputs, spec, kwargs) if dynamic else example_inputs
-    shapes = dynamic_shapes(spec, dynamic, varargs_from=1 if mode == "step" else None)
+    shapes = dynamic_shapes(spec, dynamic, varargs_from=1 if mode == "step" else (0 if with_mask else None))
     with quiet_exporter_logs():
         program = _torch_export(target, traced, spec, shapes, opset, precision)
     ir_model = program.model
-    if mode == "step":
-        strip_initializer_prefix(ir_model, "layer.")  # StepModule's attribute: the forward graph's names
+    if target is not module:
+        strip_initializer_prefix(ir_model, "layer.")  # the wrapper's attribute: the forward graph's names
     _add_scan_function(ir_model, opset, scan)
     extra_meta["seed"] = None if isinstance(model, nn.Module) else seed
     weights = weights_bytes(module)

@@ -21,14 +21,54 @@ import torch
 from torch import nn
 
 from hvlm_export.errors import ExportError
-from hvlm_export.registry import ModelSpec, spec_for_user_module
+from hvlm_export.exporters import step_graph
+from hvlm_export.registry import USER_MODULE, ModelSpec, spec_for_user_module
 from hvlm_export.user_models import example_shapes as concrete_shapes
 from hvlm_export.user_models import input_names, output_names, parse_example_shape
 
-__all__ = ["user_spec", "dynamic_shapes", "axis_names", "trace_inputs", "probe_inputs", "check_dynamic", "check_generalises"]
+__all__ = ["KeywordInputs", "traced_module", "masked_spec", "user_spec", "dynamic_shapes", "axis_names", "trace_inputs", "probe_inputs", "check_dynamic", "check_generalises"]
 
 #: axis names that follow the sequence (lengthened to the trace length while tracing)
 SEQUENCE_AXES = ("seq", "mem_seq", "chunk")
+
+
+class KeywordInputs(nn.Module):
+    """``forward(*tensors)`` calling ``layer`` with the tensors as keyword arguments named
+    ``names``: graph inputs bound by name (``attention_mask`` must not land on a block's
+    ``memory`` parameter), whatever the forward's parameter order."""
+
+    def __init__(self, layer: nn.Module, names: Sequence[str]) -> None:
+        super().__init__()
+        self.layer = layer
+        self.names = list(names)
+
+    def forward(self, *inputs: torch.Tensor):
+        return self.layer(**dict(zip(self.names, inputs, strict=True)))
+
+
+def traced_module(resolved, module: nn.Module, example_inputs: tuple[torch.Tensor, ...], mode: str, with_mask: bool,
+                  dtype: torch.dtype):
+    """(spec, the module torch.export traces, its example inputs, extra metadata) of a mode:
+    the module itself, its one streaming step, or its forward with inputs bound by name."""
+    spec, target, extra = resolved.spec, module, {"mode": mode}
+    if mode == "step":
+        spec, states = step_graph.step_spec(resolved.spec, module)
+        target, example_inputs = step_graph.StepModule(module), step_graph.step_example(module, example_inputs[0])
+        extra["state"] = step_graph.state_metadata(states, dtype)
+    elif with_mask:
+        target = KeywordInputs(module, spec.inputs)
+    return spec, target, example_inputs, extra
+
+
+def masked_spec(spec: ModelSpec, mode: str) -> ModelSpec:
+    """The spec with padding-mask inputs, for the forward graphs of our own mechanisms."""
+    if mode != "forward":
+        raise ExportError("with_mask (--with-mask) is for forward graphs",
+                          "a step graph streams one sequence per batch row and needs no padding.")
+    if spec.summary == USER_MODULE:
+        raise ExportError(f"with_mask (--with-mask) adds the registry mechanisms' padding masks; {spec.name} is "
+                          "your own module", "give its mask inputs as example shapes (--example-shape) instead.")
+    return spec.with_masks()
 
 
 def user_spec(module: nn.Module, example_inputs: tuple[torch.Tensor, ...] | None,

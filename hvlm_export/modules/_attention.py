@@ -18,8 +18,10 @@ from hvlm_export.ops.favor import TRITON_AVAILABLE
 __all__ = [
     "MultiHeadProjections",
     "check_dropout",
+    "check_mask",
     "check_positive_int",
     "check_sequence",
+    "zero_padding",
     "merge_heads",
     "split_heads",
 ]
@@ -59,6 +61,34 @@ def check_sequence(x: object, dim: int, name: str = "x") -> torch.Tensor:
     if x.shape[-1] != dim:
         raise ValueError(f"{name} must have last dimension {dim} (the layer's dim), got {x.shape[-1]}.")
     return x
+
+
+def check_mask(mask: object, x: torch.Tensor, name: str = "attention_mask") -> torch.Tensor:
+    """The padding mask of ``x`` (B, L, E) as a bool (B, L) tensor, True for real tokens.
+
+    Accepts bool, integer or floating masks (nonzero = real token), the convention of
+    ``attention_mask`` in transformers and ONNX exports (int64, 1 = real, 0 = padding).
+    Padding is expected at the end of each sequence (right padding).
+
+    Raises:
+        TypeError: not a tensor, or complex.
+        ValueError: not (B, L) with x's batch and length, or on another device.
+    """
+    want = f"(B, L) = ({x.shape[0]}, {x.shape[1]}), 1 for real tokens and 0 for padding"
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {want}; got {type(mask).__name__}.")
+    if mask.is_complex():
+        raise TypeError(f"{name} must be a bool, integer or floating tensor, got dtype {mask.dtype}.")
+    if mask.dim() != 2 or mask.shape[0] != x.shape[0] or mask.shape[1] != x.shape[1]:
+        raise ValueError(f"{name} must have shape {want}; got shape {tuple(mask.shape)}.")
+    if mask.device != x.device:
+        raise ValueError(f"{name} is on {mask.device} but its input is on {x.device}.\nNote: move it with .to(x.device).")
+    return mask if mask.dtype == torch.bool else mask != 0
+
+
+def zero_padding(y: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """y (B, L, E) with the padded positions of the bool ``mask`` (B, L) set to 0."""
+    return y if mask is None else y.masked_fill(~mask[..., None], 0.0)
 
 
 def autograd_on(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hvlm_export.modules._attention import check_dropout, check_positive_int, check_sequence
+from hvlm_export.modules._attention import check_dropout, check_mask, check_positive_int, check_sequence, zero_padding
 from hvlm_export.modules._streaming import StateSpec, Streamable, prefixed
 from hvlm_export.modules.mamba import MambaLayer
 from hvlm_export.modules.performer import PerformerAttention
@@ -67,17 +67,23 @@ class _PreNormBlock(Streamable):
         x = x + out
         return x + self.mlp(self.norm2(x)), {f"attn.{name}": t for name, t in inner.items()}
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, E); memory: (B, M, E), only for 'cross_memory'. Returns (B, L, E)."""
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, E); memory: (B, M, E), only for 'cross_memory'. Returns (B, L, E).
+
+        attention_mask (B, L) / memory_mask (B, M): 1 = real token, right padding; padded
+        positions output 0 and never change the real ones."""
         check_sequence(x, self.dim)
-        if memory is not None and not self.uses_memory:
-            raise ValueError(
-                f"memory was given to a {self.attention_type!r} block, which does not use it.\n"
-                "Note: only attention_type='cross_memory' attends to a memory."
-            )
+        for name, given in (("memory", memory), ("memory_mask", memory_mask)):
+            if given is not None and not self.uses_memory:
+                raise ValueError(
+                    f"{name} was given to a {self.attention_type!r} block, which does not use it (no memory).\n"
+                    "Note: only attention_type='cross_memory' attends to a memory."
+                )
+        mask = None if attention_mask is None else check_mask(attention_mask, x)
         h = self.norm1(x)
-        x = x + (self.attn(h, memory) if self.uses_memory else self.attn(h))
-        return x + self.mlp(self.norm2(x))
+        x = x + (self.attn(h, memory, mask, memory_mask) if self.uses_memory else self.attn(h, mask))
+        return zero_padding(x + self.mlp(self.norm2(x)), mask)
 
 
 class HierarchicalAttentionBlock(_PreNormBlock):

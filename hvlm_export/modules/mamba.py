@@ -33,7 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hvlm_export.modules._attention import check_positive_int, check_sequence, fused_cuda_inference
+from hvlm_export.modules._attention import (
+    check_mask,
+    check_positive_int,
+    check_sequence,
+    fused_cuda_inference,
+    zero_padding,
+)
 from hvlm_export.modules._streaming import StateSpec, Streamable
 from hvlm_export.ops.selective_scan import selective_scan
 
@@ -126,20 +132,24 @@ class MambaLayer(Streamable):
         self.D = nn.Parameter(torch.ones(di, device=device))
         self.D._no_weight_decay = True
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, E) -> (B, L, E)."""
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, E), attention_mask: (B, L) or None -> (B, L, E).
+
+        attention_mask: 1 = real token, right padding. The layer is causal, so padding after
+        the real tokens never reaches them; padded positions output 0."""
         check_sequence(x, self.dim)
+        mask = None if attention_mask is None else check_mask(attention_mask, x)
         if self._fused(x):
             # CUDA inference: conv + SiLU in one kernel on the projection's (B, L, Di) half, and
             # the scan reads every (B, L, .) tensor in place (no transposed copies)
             xs, z = self.in_proj(x).chunk(2, dim=-1)
             xs = torch.ops.hvlm.causal_conv1d_silu(xs, self.conv1d.weight, self.conv1d.bias)
-            return self._ssm(xs.transpose(1, 2), z.transpose(1, 2), None)[0]
+            return zero_padding(self._ssm(xs.transpose(1, 2), z.transpose(1, 2), None)[0], mask)
         length = x.shape[1]
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2 Di, L)
         xs, z = xz.chunk(2, dim=1)
         xs = self.act(self.conv1d(xs)[..., :length])  # causal: keep the first L outputs
-        return self._ssm(xs, z, None)[0]
+        return zero_padding(self._ssm(xs, z, None)[0], mask)
 
     def _fused(self, x: torch.Tensor) -> bool:
         """Whether this call takes the fused CUDA path: the fast scan, and inference that a

@@ -45,11 +45,13 @@ import torch.nn.functional as F
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
     autograd_on,
+    check_mask,
     check_positive_int,
     check_sequence,
     crop,
     fused_cuda_inference,
     merge_heads,
+    zero_padding,
 )
 from hvlm_export.modules._streaming import StateSpec
 from hvlm_export.ops.favor import TRITON_AVAILABLE, favor_softmax
@@ -141,19 +143,26 @@ class PerformerAttention(MultiHeadProjections):
             w = orthogonal_random_features(self.nb_features, self.head_dim, generator)
             self.projection_matrix.copy_(w.to(self.projection_matrix))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, E) -> (B, L, E)."""
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, E), attention_mask: (B, L) or None (1 = real token, right padding) ->
+        (B, L, E). Padded positions output 0; non-causal, they are no key (their key
+        log-weight is -inf); causal needs no key mask (a real query's earlier keys are real)."""
         check_sequence(x, self.dim)
+        mask = None if attention_mask is None else check_mask(attention_mask, x)
+        keys = None if self.causal else mask
         if self._use_triton(x):
             q, k, v = self._qkv(x)
-            return self.out_proj(favor_softmax(q, k, v, self.projection_matrix, _SOFTMAX_EPS, self.causal))
+            y = favor_softmax(q, k, v, self.projection_matrix, _SOFTMAX_EPS, self.causal, keys)
+            return zero_padding(self.out_proj(y), mask)
         if self.causal:
-            return self._causal(x, None)[0]
+            return zero_padding(self._causal(x, None)[0], mask)
         cd = _compute_dtype(x.dtype)
         q, k, v = self._qkv(x)  # (B, H, L, Dh)
         qf, _ = self._features(q.to(cd))
         kf, logw = self._features(k.to(cd))
-        return self.out_proj(merge_heads(self._global(qf, kf, logw, v.to(cd)).to(x.dtype)))
+        if keys is not None:
+            logw = logw.masked_fill(~keys[:, None, :], _NEG)
+        return zero_padding(self.out_proj(merge_heads(self._global(qf, kf, logw, v.to(cd)).to(x.dtype))), mask)
 
     def _causal(self, x: torch.Tensor, state: dict[str, torch.Tensor] | None):
         """Causal attention of x (B, L, E) continuing from ``state`` (None: the start);

@@ -23,11 +23,13 @@ from torch import nn
 
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
-    crop,
+    check_mask,
     check_positive_int,
     check_sequence,
+    crop,
     merge_heads,
     split_heads,
+    zero_padding,
 )
 from hvlm_export.modules._streaming import StateSpec
 
@@ -38,6 +40,15 @@ _LOCAL_IMPLS = ("blocked", "flex")
 #: smallest query block of the blocked local/global path: tiny windows still give blocks big
 #: enough for the fused SDPA kernels (cost per query: G + w + 2r keys)
 _MIN_BLOCK = 32
+
+
+def _group_keys(mask: torch.Tensor, n, s: int) -> torch.Tensor:
+    """The (s B, 1, 1, n) key mask of the strided groups from the (B, L) padding mask: the
+    regrouping's own padding is no key either. A group without any real token (its queries
+    are all padding) keeps every key, so that no softmax row is empty (those rows are zeroed)."""
+    b, length = mask.shape
+    keys = F.pad(mask.to(torch.uint8), (0, n * s - length)).view(b, n, s).permute(2, 0, 1).reshape(s * b, 1, 1, n) != 0
+    return keys | ~keys.any(-1, keepdim=True)
 
 
 def _pad_tokens(x: torch.Tensor, amount) -> torch.Tensor:
@@ -62,6 +73,10 @@ class StridedAttention(MultiHeadProjections):
     * non-causal: groups r < rem (rem = L - (n - 1) s) hold n tokens and the others n - 1;
       the two sets are two SDPA calls (the second without its padded last slot).
 
+    ``attention_mask`` (B, L) (1 = real token, right padding): padded positions output 0 and
+    are no key of a real query (non-causal: one SDPA call with the groups' key mask; causal
+    needs none, a real query's earlier keys are real).
+
     Args:
         dim: model width E (default 768).
         num_heads: heads H (default 12).
@@ -85,9 +100,10 @@ class StridedAttention(MultiHeadProjections):
         self.stride = check_positive_int("stride", stride)
         self.causal = bool(causal)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, E) -> (B, L, E)."""
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, E), attention_mask: (B, L) or None -> (B, L, E)."""
         check_sequence(x, self.dim)
+        mask = None if attention_mask is None else check_mask(attention_mask, x)
         b, length, e = x.shape
         s = self.stride
         n = (length + s - 1) // s  # tokens per full group
@@ -95,11 +111,15 @@ class StridedAttention(MultiHeadProjections):
         # one contiguous copy, read by all three projections (each would copy a permuted view)
         groups = _pad_tokens(x, n * s - length).view(b, n, s, e).permute(2, 0, 1, 3).contiguous()
         q, k, v = (self._group_heads(proj(groups)) for proj in (self.q_proj, self.k_proj, self.v_proj))
-        # rows of the full groups: written as a sum (shape inference handles sums of symbols)
-        out = self._attend_causal(q, k, v) if self.causal else self._attend_ragged(q, k, v, b * length - b * (n - 1) * s)
+        if self.causal:
+            out = self._attend_causal(q, k, v)
+        elif mask is None:  # rows of the full groups: a sum (shape inference handles sums of symbols)
+            out = self._attend_ragged(q, k, v, b * length - b * (n - 1) * s)
+        else:
+            out = self._attend(q, k, v, _group_keys(mask, n, s))
         # (s B, H, n, Dh) -> (B, n, s, H, Dh): back to sequence order in one copy
         out = out.reshape(s, b, self.num_heads, n, self.head_dim).permute(1, 3, 0, 2, 4).reshape(b, n * s, e)
-        return self.out_proj(crop(out, 1, length))
+        return zero_padding(self.out_proj(crop(out, 1, length)), mask)
 
     def _attend_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full: int) -> torch.Tensor:
         """Non-causal attention over (s * B, H, n, Dh) groups whose first ``full`` rows hold n
@@ -168,6 +188,10 @@ class LocalGlobalAttention(MultiHeadProjections):
       'blocked' is as fast or faster, hence the default.
     Both are tested against dense masked attention.
 
+    ``attention_mask`` (B, L) (1 = real token, right padding): padded positions output 0 and
+    are no key of a real query (non-causal: the blocks' mask gets each sample's key mask,
+    always through 'blocked'; causal needs none, a real query's earlier keys are real).
+
     Args:
         dim: model width E (default 768).
         num_heads: heads H (default 12).
@@ -202,16 +226,17 @@ class LocalGlobalAttention(MultiHeadProjections):
         self.block = max(self.radius, _MIN_BLOCK)
         self.global_tokens = nn.Parameter(torch.randn(num_global_tokens, dim, device=device, dtype=dtype) * 0.02)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, L, E) -> (B, L, E)."""
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, E), attention_mask: (B, L) or None -> (B, L, E)."""
         check_sequence(x, self.dim)
-        if self.impl == "flex":
+        mask = None if attention_mask is None else check_mask(attention_mask, x)
+        if self.impl == "flex" and (mask is None or self.causal):
             from hvlm_export.modules._flex import local_global_flex
 
             if self.training and self.dropout > 0:
                 raise ValueError("impl='flex' has no attention dropout.\nNote: train with impl='blocked'.")
-            return self.out_proj(local_global_flex(self, x))
-        return self.out_proj(self._blocked(x))
+            return zero_padding(self.out_proj(local_global_flex(self, x)), mask)
+        return zero_padding(self.out_proj(self._blocked(x, None if self.causal else mask)), mask)
 
     def streaming_error(self) -> str | None:
         return None if self.causal else "it is not causal (build it with causal=True)"
@@ -244,31 +269,44 @@ class LocalGlobalAttention(MultiHeadProjections):
         new_state = {"k": keys[:, :, t:].contiguous(), "v": values[:, :, t:].contiguous(), "pos": state["pos"] + t}
         return self.out_proj(merge_heads(out)), new_state
 
-    def _blocked(self, x: torch.Tensor) -> torch.Tensor:
-        """The standard-ops path: (B, L, E) -> attention output (B, L, E) before out_proj."""
+    def _blocked(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        """The standard-ops path: (B, L, E) -> attention output (B, L, E) before out_proj;
+        ``key_mask`` (B, L) bool: which sequence tokens may be keys (None: all)."""
         b, length, e = x.shape
         w, h, dh = self.block, self.num_heads, self.head_dim
         nb = (length + w - 1) // w
         q = F.pad(self.q_proj(x), (0, 0, 0, nb * w - length)).view(b * nb, w, h, dh).transpose(1, 2)
         keys, values = (self._windows(proj(x), proj(self.global_tokens), nb) for proj in (self.k_proj, self.v_proj))
-        mask = self._mask(length, nb, x.device)[None].expand(b, -1, -1, -1).reshape(b * nb, 1, w, -1)
-        out = self._attend(q, keys, values, mask)  # (B nb, H, w, Dh)
+        mask = self._mask(length, nb, x.device)[None]  # (1, nb, w, span): shared by batch and heads
+        if key_mask is None:
+            mask = mask.expand(b, -1, -1, -1)
+        else:  # each sample's real keys; rows left empty (padded queries) keep their mask, zeroed later
+            glob = [key_mask.new_ones(b, nb, self.num_global_tokens, dtype=torch.uint8)] if self.num_global_tokens else []
+            local = self._local_keys(key_mask.to(torch.uint8)[..., None], nb)
+            allowed = mask & (torch.cat([*glob, *(p.squeeze(-1) for p in local)], dim=2) != 0)[:, :, None]
+            mask = allowed | (mask & ~allowed.any(-1, keepdim=True))
+        out = self._attend(q, keys, values, mask.reshape(b * nb, 1, w, -1))  # (B nb, H, w, Dh)
         return crop(out.transpose(1, 2).reshape(b, nb * w, e), 1, length)
 
     def _windows(self, t: torch.Tensor, glob: torch.Tensor, nb: int) -> torch.Tensor:
         """(B, L, E) keys or values -> (B nb, H, span, Dh): block b's global keys, then the
         local keys [b w - r, b w + w + r) (+ r dropped when causal), one concatenation."""
-        b, length, e = t.shape
+        b = t.shape[0]
+        parts = [glob[None, None].expand(b, nb, -1, -1)] if self.num_global_tokens else []
+        keys = torch.cat(parts + self._local_keys(t, nb), dim=2)
+        return keys.view(b * nb, keys.shape[2], self.num_heads, self.head_dim).transpose(1, 2)
+
+    def _local_keys(self, t: torch.Tensor, nb: int) -> list[torch.Tensor]:
+        """(B, L, C) -> block b's local keys [b w - r, b w + w + r) (+ r dropped when causal) as
+        (B, nb, ., C) slices of one padded copy (padding: zeros)."""
+        b, length, c = t.shape
         w, r = self.block, self.radius
         t = F.pad(t, (0, 0, r, nb * w - length + r))  # position p sits at p + r
-        parts = [glob[None, None].expand(b, nb, -1, -1)] if self.num_global_tokens else []
-        if r:
-            parts.append(t[:, : nb * w].view(b, nb, w, e)[:, :, :r])  # [b w - r, b w)
-        parts.append(t[:, r : r + nb * w].view(b, nb, w, e))  # the block itself
+        parts = [t[:, : nb * w].view(b, nb, w, c)[:, :, :r]] if r else []  # [b w - r, b w)
+        parts.append(t[:, r : r + nb * w].view(b, nb, w, c))  # the block itself
         if r and not self.causal:
-            parts.append(t[:, 2 * r : 2 * r + nb * w].view(b, nb, w, e)[:, :, w - r :])  # [b w + w, b w + w + r)
-        keys = torch.cat(parts, dim=2)
-        return keys.view(b * nb, keys.shape[2], self.num_heads, self.head_dim).transpose(1, 2)
+            parts.append(t[:, 2 * r : 2 * r + nb * w].view(b, nb, w, c)[:, :, w - r :])  # [b w + w, b w + w + r)
+        return parts
 
     def _mask(self, length: int, nb: int, device: torch.device) -> torch.Tensor:
         """(nb, w, span) boolean mask over [global keys, local keys] of each block."""
@@ -302,8 +340,13 @@ class CrossMemoryAttention(MultiHeadProjections):
     def __init__(self, dim: int = 768, num_heads: int = 12, dropout: float = 0.0, *, device=None, dtype=None) -> None:
         super().__init__(dim, num_heads, dropout, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, E); memory: (B, M, E) or None for self-attention. Returns (B, L, E)."""
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, E); memory: (B, M, E) or None for self-attention. Returns (B, L, E).
+
+        attention_mask (B, L) / memory_mask (B, M): 1 = real token (right padding). Padded
+        positions of x output 0; padded memory tokens (padded tokens of x, without a memory)
+        are no key. A sample with no real key at all gets a zero attention output."""
         check_sequence(x, self.dim)
         if memory is not None:
             check_sequence(memory, self.dim, name="memory")
@@ -311,18 +354,30 @@ class CrossMemoryAttention(MultiHeadProjections):
                 raise ValueError(
                     f"memory batch size {memory.shape[0]} does not match x batch size {x.shape[0]}."
                 )
+        elif memory_mask is not None:
+            raise ValueError("memory_mask was given without a memory.\nNote: pass memory=..., or use attention_mask.")
+        mask = None if attention_mask is None else check_mask(attention_mask, x)
+        keys = mask if memory is None else (None if memory_mask is None else check_mask(memory_mask, memory, "memory_mask"))
         q, k, v = self._qkv(x, memory)
-        return self.out_proj(merge_heads(self._attend(q, k, v, None)))
+        if keys is None:
+            out = self._attend(q, k, v, None)
+        else:
+            some = keys.any(-1)[:, None, None, None]  # (B, 1, 1, 1): the sample has a real key
+            out = self._attend(q, k, v, (keys[:, None, None, :] | ~some)) * some.to(q.dtype)
+        return zero_padding(self.out_proj(merge_heads(out)), mask)
 
     def streaming_error(self) -> str | None:
         return "cross-memory attention is not causal"
 
     def fuse_with_memory(
-        self, x: torch.Tensor, memory: torch.Tensor | None, fusion_ratio: float = 0.5
+        self, x: torch.Tensor, memory: torch.Tensor | None, fusion_ratio: float = 0.5,
+        attention_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Return (1 - fusion_ratio) * x + fusion_ratio * self(x, memory)."""
+        """Return (1 - fusion_ratio) * x + fusion_ratio * self(x, memory, masks), 0 at padded
+        positions of x."""
         if isinstance(fusion_ratio, bool) or not isinstance(fusion_ratio, (int, float)):
             raise TypeError(f"fusion_ratio must be a float in [0, 1], got {fusion_ratio!r}.")
         if not 0.0 <= fusion_ratio <= 1.0:
             raise ValueError(f"fusion_ratio must be in [0, 1], got {fusion_ratio}.")
-        return (1.0 - fusion_ratio) * x + fusion_ratio * self(x, memory)
+        fused = (1.0 - fusion_ratio) * x + fusion_ratio * self(x, memory, attention_mask, memory_mask)
+        return zero_padding(fused, None if attention_mask is None else check_mask(attention_mask, x))

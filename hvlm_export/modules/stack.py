@@ -173,10 +173,13 @@ class AttentionStack(Streamable):
             new_state.update({prefix + n: t for n, t in inner.items()})
         return x, new_state
 
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, E); memory: (B, M, E) for the cross_memory blocks. Returns (B, L, E)."""
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, L, E); memory: (B, M, E) for the cross_memory blocks. Returns (B, L, E).
+        attention_mask (B, L) / memory_mask (B, M): padding masks (1 = real token), passed to
+        every block; padded positions output 0."""
         for block in self.blocks:
-            x = block(x, memory) if block.uses_memory else block(x)
+            x = block(x, memory, attention_mask, memory_mask) if block.uses_memory else block(x, None, attention_mask)
         return x
 
 

@@ -21,14 +21,15 @@ TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 @torch.library.custom_op("hvlm::favor_softmax", mutates_args=(), device_types="cuda")
 def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
-                  eps: float, causal: bool = False) -> torch.Tensor:
-    """q, k, v (B, H, L, D) half precision; projection (m, D). Returns (B, L, H * D)."""
+                  eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """q, k, v (B, H, L, D) half precision; projection (m, D); key_mask (B, L) bool, which
+    tokens may be keys (non-causal only; None: all). Returns (B, L, H * D)."""
     from hvlm_export.ops.favor_triton import favor_softmax_triton
 
-    return favor_softmax_triton(q, k, v, projection, eps, causal)
+    return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask)
 
 
 @favor_softmax.register_fake
-def _(q, k, v, projection, eps, causal=False):
+def _(q, k, v, projection, eps, causal=False, key_mask=None):
     b, h, length, d = q.shape
     return q.new_empty(b, length, h * d)

@@ -198,7 +198,7 @@ def _causal_out(
 
 
 def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
-                         eps: float, causal: bool = False) -> torch.Tensor:
+                         eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """FAVOR+ softmax attention, fused (module docstring).
 
     Args:
@@ -206,6 +206,7 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
         projection: (m, D) random features W (unscaled).
         eps: the relative feature floor (features are max(exp(s - rowmax), eps)).
         causal: query t attends to keys j <= t only.
+        key_mask: (B, L) bool, the tokens that may be keys (non-causal only; None: all).
 
     Returns:
         (B, L, H * D) in q's dtype: the heads already merged for the output projection.
@@ -229,6 +230,8 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
     _row_stats[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **stats)
     out = torch.empty(b, length, h * d, device=q.device, dtype=q.dtype)
     if causal:
+        if key_mask is not None:
+            raise ValueError("favor_softmax: key_mask is for non-causal attention (right padding needs none when causal)")
         running = torch.cummax(logw, dim=1).values  # R_t
         seg, splits = _segments(length, bh, block)
         ends = (torch.arange(1, splits + 1, device=q.device) * seg).clamp(max=length) - 1
@@ -244,6 +247,8 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
             h, length, m, math.log(eps), seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             num_warps=warps, **{**common, "BLOCK_L": block})
         return out
+    if key_mask is not None:  # padded keys weigh exp(_NEG - frame) = 0
+        logw.masked_fill_(~key_mask[:, None, :].expand(b, h, length).reshape(bh, length), _NEG)
     frame = logw.amax(dim=1)
     splits = max(1, min(SPLITS, triton.cdiv(length, BLOCK_L)))
     per_split = triton.cdiv(triton.cdiv(length, splits), BLOCK_L) * BLOCK_L

@@ -33,7 +33,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     serve(args.model, name=args.name, http_port=args.http_port, grpc_port=args.grpc_port,
           metrics_port=args.metrics_port, max_batch_size=args.max_batch_size,
-          max_queue_delay_us=args.max_queue_delay_us, stop=stop, on_ready=ready)
+          max_queue_delay_us=args.max_queue_delay_us, instances=args.instances, stop=stop, on_ready=ready)
     print("stopped", flush=True)
     return 0
 
@@ -60,7 +60,10 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--name", help="model name on the server (default: the file's stem)")
     for flag, port in (("--http-port", 8000), ("--grpc-port", 8001), ("--metrics-port", 8002)):
         p.add_argument(flag, type=int, default=port, help=f"default {port}; 0 picks a free port")
-    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch Triton forms (default 8)")
+    p.add_argument("--max-batch-size", type=int, default=8, help="largest batch the model runs (default 8)")
     p.add_argument("--max-queue-delay-us", type=int, default=100,
                    help="how long dynamic batching waits to fill a batch, in microseconds (default 100)")
+    p.add_argument("--instances", type=int,
+                   help="Triton model instances (default: --max-batch-size for a model exported --with-mask, "
+                        "whose requests of different lengths are padded into one batch; else 1)")
     p.set_defaults(func=_cmd_serve)

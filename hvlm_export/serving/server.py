@@ -5,9 +5,13 @@ each batch Triton forms to a Python function here, which runs it through
 ``hvlm_export.runtime`` (ONNX Runtime, or a TensorRT engine where TensorRT is installed). HTTP,
 gRPC and Prometheus metrics listen on 127.0.0.1 only.
 
-Batching: Triton's dynamic batcher joins requests of the same shape (it has no ragged batching
-for these inputs), so requests of different lengths run in separate batches; every response is
-the model's output for that request alone.
+Batching: Triton's dynamic batcher joins requests of the same shape only (it has no ragged
+batching for these inputs). For a model exported with padding masks (``--with-mask``) the
+server runs one model instance per batch slot and a :class:`~hvlm_export.serving.batching.
+PaddingBatcher` joins what the instances hold into one right-padded batch with the masks;
+clients send x (and memory) alone, the masks are optional inputs. Without masks, requests of
+different lengths run in separate batches. Either way every response is the model's output
+for that request alone.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from hvlm_export.errors import ServingError
+from hvlm_export.serving.batching import MASKS, BatchStats, PaddingBatcher
 
 __all__ = ["serve", "ServerInfo"]
 
@@ -37,6 +42,8 @@ class ServerInfo:
     http_port: int
     grpc_port: int
     metrics_port: int
+    #: what the padding batcher ran (None: the model has no padding masks)
+    stats: BatchStats | None = None
 
     @property
     def http_url(self) -> str:
@@ -85,6 +92,15 @@ def _batch_function(session) -> Callable:
     return infer
 
 
+def _padded_function(batcher: PaddingBatcher) -> Callable:
+    """Hand every request of this model instance to the shared padding batcher."""
+
+    def infer(requests):
+        return batcher.run([{k: v for k, v in request.items()} for request in requests])
+
+    return infer
+
+
 def serve(
     model: str | os.PathLike,
     *,
@@ -94,17 +110,19 @@ def serve(
     metrics_port: int = 8002,
     max_batch_size: int = 8,
     max_queue_delay_us: int = 100,
+    instances: int | None = None,
     stop: threading.Event | None = None,
     on_ready: Callable[[ServerInfo], None] | None = None,
 ) -> None:
     """Serve ``model`` (an exported .onnx, or an engine) until ``stop`` is set (forever when
     None), then shut the server down. A port of 0 picks a free one; ``on_ready`` gets the
-    ports once the server answers."""
+    ports once the server answers. ``instances``: Triton model instances (default: one per
+    batch slot for a model with padding masks, else 1)."""
     from hvlm_export import runtime
 
-    if max_batch_size < 1 or max_queue_delay_us < 0:
-        raise ServingError(f"need --max-batch-size >= 1 and --max-queue-delay-us >= 0, got {max_batch_size} and "
-                           f"{max_queue_delay_us}")
+    if max_batch_size < 1 or max_queue_delay_us < 0 or (instances is not None and instances < 1):
+        raise ServingError(f"need --max-batch-size >= 1, --max-queue-delay-us >= 0 and --instances >= 1, got "
+                           f"{max_batch_size}, {max_queue_delay_us} and {instances}")
     DynamicBatcher, ModelConfig, Tensor, Triton, TritonConfig = _import_pytriton()
     session = runtime.load(model)
     unsupported = [t.name for t in session.inputs + session.outputs if str(t.dtype) not in _DTYPES]
@@ -121,16 +139,23 @@ def serve(
                           grpc_port=ports[1], metrics_port=ports[2], exit_timeout_secs=5)
 
     def spec(t):
-        return Tensor(name=t.name, dtype=_DTYPES[str(t.dtype)], shape=tuple(-1 if isinstance(d, str) else d
-                                                                               for d in t.shape[1:]))
+        return Tensor(name=t.name, dtype=_DTYPES[str(t.dtype)], optional=t.name in MASKS,
+                      shape=tuple(-1 if isinstance(d, str) else d for d in t.shape[1:]))
 
-    with Triton(config=config) as triton:
-        triton.bind(model_name=name, infer_func=_batch_function(session), inputs=[spec(t) for t in session.inputs],
-                    outputs=[spec(t) for t in session.outputs],
-                    config=ModelConfig(max_batch_size=max_batch_size,
-                                       batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
-                    strict=True)
-        triton.run()
-        if on_ready is not None:
-            on_ready(ServerInfo(name, *ports))
-        (stop or threading.Event()).wait()
+    masked = "attention_mask" in {t.name for t in session.inputs}
+    batcher = PaddingBatcher(session, max_batch_size, max_queue_delay_us / 1e6) if masked else None
+    infer = _padded_function(batcher) if batcher else _batch_function(session)
+    try:
+        with Triton(config=config) as triton:
+            triton.bind(model_name=name, infer_func=[infer] * (instances or (max_batch_size if masked else 1)),
+                        inputs=[spec(t) for t in session.inputs], outputs=[spec(t) for t in session.outputs],
+                        config=ModelConfig(max_batch_size=max_batch_size,
+                                           batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
+                        strict=True)
+            triton.run()
+            if on_ready is not None:
+                on_ready(ServerInfo(name, *ports, stats=batcher.stats if batcher else None))
+            (stop or threading.Event()).wait()
+    finally:
+        if batcher is not None:
+            batcher.close()

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from hvlm_export.errors import ArtifactError, HvlmExportError, ValidationError
-from hvlm_export.registry import INPUT_SCALES, ModelSpec, Tolerance, default_dynamic_axes
+from hvlm_export.registry import INPUT_SCALES, MASK_INPUTS, ModelSpec, Tolerance, default_dynamic_axes
 from hvlm_export.validators.compare import compare
 from hvlm_export.validators.reference import check_same_interface, load_reference
 from hvlm_export.validators.report import Case, Report
@@ -101,7 +101,9 @@ def _resolve_tolerances(spec: ModelSpec, precision: str, override: Tolerances | 
 def _inputs(spec: ModelSpec, base: Mapping[str, Sequence[int]], shape: Shape, seed: int,
             dtype: np.dtype) -> dict[str, np.ndarray]:
     """Standard normal inputs times the shape's ``scale`` (default 1), in the graph's dtype:
-    each input's example shape ``base[name]`` with its dynamic axes sized by the grid shape."""
+    each input's example shape ``base[name]`` with its dynamic axes sized by the grid shape.
+    Padding masks (int64): the first sample whole, the others right-padded to a random number
+    of real tokens (at least 1)."""
     rng = np.random.default_rng(seed)
     scale = np.float32(shape.get("scale", 1.0))
     feed = {}
@@ -110,7 +112,12 @@ def _inputs(spec: ModelSpec, base: Mapping[str, Sequence[int]], shape: Shape, se
         for axis, label in spec.dynamic_axes.get(name, {}).items():
             key = _case_key(label)
             dims[int(axis)] = shape.get(key, shape.get("mem", 8) if key == "mem" else shape["seq"])
-        feed[name] = (rng.standard_normal(dims, dtype=np.float32) * scale).astype(dtype)
+        if name in MASK_INPUTS.values():
+            real = rng.integers(1, dims[1] + 1, size=dims[0])
+            real[0] = dims[1]
+            feed[name] = (np.arange(dims[1])[None] < real[:, None]).astype(np.int64)
+        else:
+            feed[name] = (rng.standard_normal(dims, dtype=np.float32) * scale).astype(dtype)
     return feed
 
 
@@ -129,8 +136,9 @@ def _residual(spec: ModelSpec, feed: Mapping[str, np.ndarray], shape: Shape) -> 
 
 @torch.no_grad()
 def _eager(module: nn.Module, spec: ModelSpec, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    args = [torch.from_numpy(np.asarray(feed[n], dtype=np.float32)) for n in spec.inputs]
-    out = module(*args)
+    args = [torch.from_numpy(np.asarray(feed[n], dtype=np.float32 if feed[n].dtype.kind == "f" else None))
+            for n in spec.inputs]
+    out = module(**dict(zip(spec.inputs, args, strict=True))) if spec.masked else module(*args)
     out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
     return {name: t.float().numpy() for name, t in zip(spec.outputs, out, strict=True)}
 

@@ -12,7 +12,15 @@ from torch import nn
 
 from hvlm_export.artifacts import read_metadata, read_weights_bytes
 from hvlm_export.errors import ArtifactError, ValidationError
-from hvlm_export.registry import USER_MODULE, ModelSpec, get, spec_for_config, spec_for_module, spec_for_user_module
+from hvlm_export.registry import (
+    MASK_INPUTS,
+    USER_MODULE,
+    ModelSpec,
+    get,
+    spec_for_config,
+    spec_for_module,
+    spec_for_user_module,
+)
 from hvlm_export.user_models import build_module, input_names
 
 __all__ = ["Reference", "load_reference", "check_same_interface"]
@@ -30,8 +38,9 @@ class Reference:
 
     @property
     def dim(self) -> int:
-        """The width of the first input (the last axis of x for every mechanism)."""
-        return int(next(iter(self.meta["input_shapes"].values()))[-1])
+        """The width of x (of the first input of a module without an x)."""
+        shapes = self.meta["input_shapes"]
+        return int(shapes.get("x", shapes[self.spec.inputs[0]])[-1])
 
 
 def _check_metadata(path: Path, meta: dict[str, Any]) -> None:
@@ -123,4 +132,6 @@ def load_reference(path: str | os.PathLike, module: nn.Module | None = None) -> 
         if spec.summary == USER_MODULE:
             inputs = input_names(module, list(meta["input_shapes"]))  # the forward's order
             spec = spec_for_user_module(module, inputs, tuple(meta.get("outputs", ("y",))), meta["dynamic_axes"])
+    if spec.summary != USER_MODULE and MASK_INPUTS["x"] in meta["input_shapes"]:
+        spec = spec.with_masks()  # exported with padding masks
     return Reference(module.float().eval(), spec, kwargs, meta)

@@ -65,7 +65,9 @@ def test_flags_reach_the_api(tmp_path, monkeypatch):
     assert main(argv) == 0
     assert seen == dict(model="strided", path="m.onnx", dynamic=False, opset=19, precision="fp16", scan="inline",
                         checkpoint="c.pt", model_kwargs={"stride": 2}, batch=3, seq_len=17, mode="step", seed=0,
-                        example_shapes=None)
+                        example_shapes=None, with_mask=False)
+    assert main(["export", "strided", "-o", "m.onnx", "--with-mask", "--no-lint"]) == 0
+    assert seen["with_mask"] is True
 
 
 def test_validate_tolerance_flags(exported, tmp_path):

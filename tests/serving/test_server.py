@@ -4,6 +4,7 @@ server stops cleanly (no stray process, no /dev/shm file) from the API and from 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -38,19 +39,19 @@ def _shm() -> set[str]:
     return {f for f in os.listdir("/dev/shm") if f.startswith(mine)} if os.path.isdir("/dev/shm") else set()
 
 
-@pytest.fixture
-def server(exported):
+@contextlib.contextmanager
+def _serving(path, name: str, **options):
+    """A server for ``path`` in a thread, stopped and checked (no process, no /dev/shm file) on exit."""
     from hvlm_export.serving.server import serve
 
-    path = exported("mamba")
     stop, ready, errors = threading.Event(), threading.Event(), []
     info: list = []
     shm_before = _shm()
 
     def run():
         try:
-            serve(path, name="mamba", http_port=0, grpc_port=0, metrics_port=0, stop=stop,
-                  on_ready=lambda i: (info.append(i), ready.set()))
+            serve(path, name=name, http_port=0, grpc_port=0, metrics_port=0, stop=stop,
+                  on_ready=lambda i: (info.append(i), ready.set()), **options)
         except BaseException as err:  # reported by the fixture
             errors.append(err)
             ready.set()
@@ -67,6 +68,19 @@ def server(exported):
     assert not thread.is_alive(), "server did not stop within 60 s"
     assert info and _tritonservers(info[0].http_port) == 0
     assert _shm() <= shm_before, f"left in /dev/shm: {_shm() - shm_before}"
+
+
+@pytest.fixture
+def server(exported):
+    with _serving(exported("mamba"), "mamba") as running:
+        yield running
+
+
+@pytest.fixture
+def masked_server(exported):
+    """A model with padding masks: requests of different lengths share padded batches."""
+    with _serving(exported("local_global", with_mask=True), "mamba", max_queue_delay_us=20000) as running:
+        yield running
 
 
 def _infer(client_module, url, x):
@@ -99,6 +113,26 @@ def test_http_and_grpc_answers_match_the_runtime(server):
     for x, y in zip(inputs, answers, strict=True):
         np.testing.assert_allclose(y, session.run({"x": x})["y"], rtol=1e-5, atol=1e-6)
     assert httpclient.InferenceServerClient(info.http_url).is_server_ready()
+
+
+def test_requests_of_different_lengths_share_padded_batches(masked_server):
+    """x alone from the clients; the server pads concurrent requests into one batch with the
+    mask, and every answer is the model's output for that request alone."""
+    path, info = masked_server
+    session = runtime.load(path)
+    rng = np.random.default_rng(1)
+    inputs = [rng.standard_normal((1 + (i % 5 == 0), int(rng.integers(3, 70)), 64), dtype=np.float32)
+              for i in range(40)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda ix: (_http if ix[0] % 2 else _grpc)(
+            info.http_url if ix[0] % 2 else info.grpc_url, ix[1]), enumerate(inputs)))
+    for x, y in zip(inputs, answers, strict=True):
+        alone = session.run({"x": x, "attention_mask": np.ones(x.shape[:2], np.int64)})["y"]
+        assert y.shape == x.shape
+        np.testing.assert_allclose(y, alone, rtol=1e-4, atol=1e-5)
+    requests, runs, rows = info.stats.snapshot()
+    assert requests == len(inputs) and rows == sum(len(x) for x in inputs)
+    assert runs < requests, "no two requests were ever batched together"
 
 
 def test_bad_request_is_an_error_answer(server):

@@ -1,0 +1,151 @@
+"""Padding requests of different lengths into one batch: :class:`PaddingBatcher`.
+
+Triton's dynamic batcher joins only requests of one shape (it has no ragged batching for
+these inputs). A model exported with padding masks (``--with-mask``) can do better: every
+Triton model instance hands its requests to one batcher, which waits up to the queue delay
+for requests from the other instances, right-pads them to the longest sequence (and memory)
+with their masks, runs the session once, and gives every request its own rows back, cut to
+its own length. Masked positions never change real outputs (DESIGN.md section 9), so each
+answer is what the model gives that request alone.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["PaddingBatcher", "BatchStats", "MASKS"]
+
+#: padding mask input -> the input whose sequence axis it masks
+MASKS = {"attention_mask": "x", "memory_mask": "memory"}
+
+
+@dataclass
+class BatchStats:
+    """What the model ran: requests answered, model runs and the rows of those runs."""
+
+    requests: int = 0
+    runs: int = 0
+    rows: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, requests: int, rows: int) -> None:
+        with self._lock:
+            self.requests += requests
+            self.runs += 1
+            self.rows += rows
+
+    def snapshot(self) -> tuple[int, int, int]:
+        with self._lock:
+            return self.requests, self.runs, self.rows
+
+
+@dataclass
+class _Pending:
+    feed: dict[str, np.ndarray]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: dict[str, np.ndarray] | None = None
+    error: BaseException | None = None
+
+    @property
+    def rows(self) -> int:
+        return len(self.feed["x"])
+
+
+class PaddingBatcher:
+    """One thread that runs ``session`` on padded batches of at most ``max_batch_size`` rows
+    (a request larger than that runs alone), waiting ``max_delay_s`` to fill one."""
+
+    def __init__(self, session, max_batch_size: int, max_delay_s: float) -> None:
+        self.session = session
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self.masks = {m: src for m, src in MASKS.items() if m in {t.name for t in session.inputs}}
+        #: outputs cut back to each request's length: those on the sequence axis of x
+        self.cut = [t.name for t in session.outputs if len(t.shape) > 1 and t.shape[1] == "seq"]
+        self.stats = BatchStats()
+        self._queue: queue.Queue[_Pending | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="hvlm-padding-batcher", daemon=True)
+        self._thread.start()
+
+    def run(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Answer these requests (blocking); raises what the session raised."""
+        pending = [_Pending(dict(feed)) for feed in feeds]
+        for p in pending:
+            self._queue.put(p)
+        for p in pending:
+            p.done.wait()
+            if p.error is not None:
+                raise p.error
+        return [p.result for p in pending]
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        carry: _Pending | None = None
+        while True:
+            first = carry or self._queue.get()
+            if first is None:
+                return
+            batch, rows, carry, stopping = [first], first.rows, None, False
+            deadline = time.monotonic() + self.max_delay_s
+            while rows < self.max_batch_size and (wait := deadline - time.monotonic()) > 0:
+                try:
+                    item = self._queue.get(timeout=wait)
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                if rows + item.rows > self.max_batch_size:
+                    carry = item  # the next batch starts with it
+                    break
+                batch.append(item)
+                rows += item.rows
+            self._answer(batch)
+            if stopping:
+                if carry is not None:
+                    self._answer([carry])
+                return
+
+    def _answer(self, batch: list[_Pending]) -> None:
+        try:
+            outputs = self.session.run(self._padded(batch))
+            start = 0
+            for p in batch:
+                length = p.feed["x"].shape[1]
+                p.result = {k: (v[start:start + p.rows, :length] if k in self.cut else v[start:start + p.rows])
+                            for k, v in outputs.items()}
+                start += p.rows
+            self.stats.add(len(batch), start)
+        except Exception as err:  # every request of the batch gets the error, the server goes on
+            for p in batch:
+                p.error = err
+        for p in batch:
+            p.done.set()
+
+    def _padded(self, batch: list[_Pending]) -> dict[str, np.ndarray]:
+        """The requests right-padded to the longest of each masked input, with their masks
+        (a request without one is all real tokens)."""
+        feed = {}
+        for mask, source in self.masks.items():
+            longest = max(p.feed[source].shape[1] for p in batch)
+            pieces, masks = [], []
+            for p in batch:
+                x = p.feed[source]
+                own = p.feed.get(mask, np.ones(x.shape[:2], dtype=np.int64))
+                pad = longest - x.shape[1]
+                pieces.append(np.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2)))
+                masks.append(np.pad(own.astype(np.int64), [(0, 0), (0, pad)]))
+            feed[source], feed[mask] = np.concatenate(pieces), np.concatenate(masks)
+        for name in batch[0].feed:
+            if name not in feed:
+                feed[name] = np.concatenate([p.feed[name] for p in batch])
+        return feed
