@@ -1,13 +1,15 @@
 """Load test of `hvlm-export serve`: concurrent Triton clients, every answer checked.
 
 Starts the local Triton server (hvlm_export.serving.server.serve, free ports on 127.0.0.1) on a
-small Mamba export (or --onnx), then for each protocol (gRPC, HTTP), each length mix (mixed:
-lengths drawn from --lengths; same: the first length only) and each client count N: N
-threads, each with its own client, send --requests requests in total. Every response is
-compared with `runtime.load(MODEL).run` on the same input (rel. error <= 1e-5). Reported:
-throughput, p50 / p99 latency, errors and mismatches, and the average batch Triton formed
-(requests / executions, from the metrics endpoint), plus the direct `runtime.run` p50 for the
-same inputs (the server's own overhead is p50 at N = 1 minus that).
+small Mamba export with padding masks (--no-mask: without; --onnx: your export), then for each
+protocol (gRPC, HTTP), each length mix (mixed: lengths drawn from --lengths; same: the first
+length only) and each client count N: N threads, each with its own client, send --requests
+requests in total (x only). Every response is compared with `runtime.load(MODEL).run` on the
+same input alone, unpadded (rel. error <= 1e-5). Reported: throughput, p50 / p99 latency,
+errors and mismatches, and the average batch the model ran (with masks: requests per padded
+run of the server's batcher; without: requests / executions from Triton's metrics endpoint),
+plus the direct `runtime.run` p50 for the same inputs (the server's own overhead is p50 at
+N = 1 minus that).
 
     python benchmarks/serve_load.py --out docs/benchmarks/serving
 """
@@ -64,6 +66,21 @@ def run_clients(protocol: str, url: str, inputs: list[np.ndarray], clients: int)
     return [r[0] for r in results], [r[1] for r in results]
 
 
+def _batches(info, metrics_url: str) -> tuple[float, float]:
+    """(requests, model runs) so far: the padding batcher's counts, or Triton's metrics."""
+    if info.stats is not None:
+        requests, runs, _ = info.stats.snapshot()
+        return requests, runs
+    return metric(metrics_url, "nv_inference_request_success"), metric(metrics_url, "nv_inference_exec_count")
+
+
+def _feed(session, x: np.ndarray) -> dict[str, np.ndarray]:
+    """x alone, with an all-real mask when the model takes one."""
+    if "attention_mask" in {t.name for t in session.inputs}:
+        return {"x": x, "attention_mask": np.ones(x.shape[:2], np.int64)}
+    return {"x": x}
+
+
 def measure(args, path: Path, info) -> list[dict]:
     session = runtime.load(path)
     rng = np.random.default_rng(0)
@@ -72,21 +89,21 @@ def measure(args, path: Path, info) -> list[dict]:
         lengths = args.lengths if mix == "mixed" else args.lengths[:1]
         inputs = [rng.standard_normal((1, int(rng.choice(lengths)), args.dim), dtype=np.float32)
                   for _ in range(args.requests)]
-        want = [session.run({"x": x})["y"] for x in inputs]
+        want = [session.run(_feed(session, x))["y"] for x in inputs]
         direct = []
         for x in inputs[:50]:
             start = time.perf_counter()
-            session.run({"x": x})
+            session.run(_feed(session, x))
             direct.append(time.perf_counter() - start)
         for protocol in args.protocols:
             url = info.grpc_url if protocol == "grpc" else info.http_url
             for clients in args.clients:
                 metrics_url = f"http://127.0.0.1:{info.metrics_port}/metrics"
-                before = metric(metrics_url, "nv_inference_request_success"), metric(metrics_url, "nv_inference_exec_count")
+                before = _batches(info, metrics_url)
                 start = time.perf_counter()
                 latencies, answers = run_clients(protocol, url, inputs, clients)
                 wall = time.perf_counter() - start
-                after = metric(metrics_url, "nv_inference_request_success"), metric(metrics_url, "nv_inference_exec_count")
+                after = _batches(info, metrics_url)
                 errors = sum(isinstance(a, Exception) for a in answers)
                 mismatches = sum(not isinstance(a, Exception) and not np.allclose(a, w, rtol=1e-5, atol=1e-6)
                                  for a, w in zip(answers, want, strict=True))
@@ -109,14 +126,18 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=256, help="requests per run (default 256)")
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 24, 32, 48])
     parser.add_argument("--protocols", nargs="+", default=["grpc", "http"], choices=["grpc", "http"])
+    parser.add_argument("--instances", type=int, help="Triton model instances (default: serve's)")
+    parser.add_argument("--no-mask", dest="mask", action="store_false",
+                        help="export the default model without padding masks (Triton batches equal shapes only)")
     parser.add_argument("--out", help="directory for serve_load.json / .md")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(args.onnx) if args.onnx else export_onnx(
-            "mamba", Path(tmp) / "mamba.onnx", model_kwargs={**REGISTRY["mamba"].small, "dim": args.dim})
+            "mamba", Path(tmp) / "mamba.onnx", model_kwargs={**REGISTRY["mamba"].small, "dim": args.dim},
+            with_mask=args.mask)
         stop, ready, info = threading.Event(), threading.Event(), []
         thread = threading.Thread(target=serve, args=(path,), daemon=True,
-                                  kwargs=dict(name="load", http_port=0, grpc_port=0, metrics_port=0, stop=stop,
+                                  kwargs=dict(name="load", http_port=0, grpc_port=0, metrics_port=0, stop=stop, instances=args.instances,
                                               on_ready=lambda i: (info.append(i), ready.set())))
         thread.start()
         if not ready.wait(120):
@@ -127,7 +148,8 @@ def main() -> None:
             stop.set()
             thread.join(60)
     header = (f"`python benchmarks/serve_load.py` on {platform.machine()} ({platform.node() or 'host'}), "
-              f"{date.today()}; Mamba dim {args.dim}, lengths {args.lengths}, {args.requests} requests per run")
+              f"{date.today()}; Mamba dim {args.dim}{' with padding masks' if args.mask and not args.onnx else ''}, "
+              f"lengths {args.lengths}, {args.requests} requests per run")
     lines = [header, "", "| lengths | protocol | clients | req/s | p50 ms | p99 ms | direct p50 ms | avg batch | "
              "errors | mismatches |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -20,10 +20,14 @@ is float32.
 Three kernels with the same contract:
 
 * :func:`selective_scan_ref` - the sequential loop over L, obviously correct, for tests.
-* :func:`selective_scan_chunked` - the fast path behind the op on CPU: a sequential loop over
-  a fixed chunk of ``SCAN_CHUNK`` steps that runs all chunks at once, then a Hillis-Steele
-  scan over the chunk carries. It reassociates the same recurrence, so it is exact up to
-  float32 rounding, and every exponent it takes is <= 0 for A <= 0 (no overflow).
+* :func:`selective_scan_chunked` - the differentiable eager path (the op's backward, devices
+  without a kernel of their own): a sequential loop over a fixed chunk of ``SCAN_CHUNK``
+  steps that runs all chunks at once, then a Hillis-Steele scan over the chunk carries. It
+  reassociates the same recurrence, so it is exact up to float32 rounding, and every
+  exponent it takes is <= 0 for A <= 0 (no overflow).
+* on CPU the op runs the kernels of ``selective_scan_cpu``: a fused numba loop where numba
+  is installed (the ``cpu`` extra), else the same chunked scan blocked over channels for the
+  cache, with few passes over its temporaries.
 * on CUDA the op runs the Triton scan of ``selective_scan_triton`` (parallel over L).
 
 Every path takes an optional initial state h_{-1} (B, D, N), so a sequence can be scanned in
@@ -304,6 +308,23 @@ def _backward(ctx, grad_y, grad_state):
 
 
 _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@_selective_scan_op.register_kernel("cpu")
+def _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=None):
+    check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if u.numel() == 0 or A.shape[1] == 0:
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    # imports this module, so not at its top
+    from hvlm_export.ops.selective_scan_cpu import selective_scan_blocked, selective_scan_fused
+
+    dt = _discretize(delta, delta_bias, delta_softplus)
+    h0 = None if initial_state is None else initial_state.float()
+    fused = selective_scan_fused(u, dt, A, B, C, D, z, h0)  # None without numba
+    if fused is not None:
+        return fused[0].to(u.dtype), fused[1]
+    y, state = selective_scan_blocked(u.float(), dt, A.float(), B.float(), C.float(), h0)
+    return _finish(y, u, D, z, u.dtype), state
 
 
 @functools.cache

@@ -1,32 +1,51 @@
-"""Optional fused CPU kernel of ``hvlm::selective_scan`` through numba (``pip install hvlm-export[cpu]``).
+"""The CPU kernels behind ``hvlm::selective_scan`` (inference: the op's forward; its backward
+recomputes through the differentiable :func:`hvlm_export.ops.selective_scan.selective_scan_chunked`).
 
-One compiled loop per (batch, channel) pair, parallel over those pairs (``numba.prange``),
-sequential over L, with the N states of the pair in registers: every (B, D, L, N) value is
-made, used and dropped in a register, where the torch path of
-:func:`hvlm_export.ops.selective_scan.selective_scan_chunked` makes several passes over
-(B, D, L/T, N) temporaries. The state, the decay and the C contraction are computed in
-float64 (more accurate than the float32 reference loop); y and the final state come back as
-float32. The time steps arrive already discretised (bias + softplus, float32, by the caller),
-and D / z are applied by the caller too.
+Both take float32 inputs with the time steps already discretised (bias + softplus) and return
+y (B, D, L) without the D skip and the z gate, plus the final state (B, D, N), float32:
 
-The decay exp(delta * A) is an inline branch-free exp (scaling and squaring: a degree-10
-Taylor polynomial of x / 256, squared 8 times; relative error < 1e-9) so the loop over N
-vectorises; its argument is clamped to [-110, 89], where float32 has already under- or
-overflowed (exp(-110) is below the smallest float32 denormal, exp(89) above float32's max).
-
-numba is imported and the kernel compiled (``cache=True``) on the first CPU call, never at
-import time of hvlm_export. Without numba, :func:`scan_kernel` returns None and the op keeps
-the chunked torch path.
+* :func:`selective_scan_fused` - optional, through numba (``pip install hvlm-export[cpu]``):
+  one compiled loop per (batch, channel) pair, parallel over the pairs (``numba.prange``),
+  sequential over L, with the pair's N states in registers, so no (B, D, L, N) value ever
+  reaches memory. State, decay and the C contraction are computed in float64 (more accurate
+  than the float32 reference loop). The decay exp(delta * A) is an inline branch-free exp
+  (scaling and squaring: a degree-10 Taylor polynomial of x / 256, squared 8 times; relative
+  error < 1e-9) so that the loop over N vectorises; its argument is clamped to [-110, 89],
+  where float32 has already under- or overflowed. numba is imported and the kernel compiled
+  (``cache=True``) on the first CPU call, never when hvlm_export is imported.
+* :func:`selective_scan_blocked` - plain torch, the fallback without numba: the chunked scan
+  of ``selective_scan_chunked`` reorganised for the cache and for few passes: channels in
+  blocks of :data:`TORCH_BLOCK` whose (L, block, N) temporaries are reused buffers, exp(delta * A)
+  taken once per element, one fused ``addcmul`` per step, and two passes over the chunk
+  steps (chunk end states from zero; then, from the true entering states after the carry
+  scan, the outputs with the C contraction as a batched matrix-vector product). In-place
+  buffers, so no autograd.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-__all__ = ["numba_available", "scan_kernel", "selective_scan_fused"]
+from hvlm_export.ops.selective_scan import _carry_scan
+
+__all__ = ["TORCH_BLOCK", "TORCH_CHUNK", "numba_available", "scan_kernel", "selective_scan_blocked",
+           "selective_scan_fused"]
+
+#: channels per block of the torch path (its (L, block, N) buffers stay in the last-level
+#: cache at L = 4096: 16 MiB each) and steps per chunk; measured in docs/benchmarks/issue9/cpu-scan.md
+TORCH_BLOCK = 64
+TORCH_CHUNK = 64
+
+#: cap on the elements of one (L, block, N) buffer of the torch path; the block shrinks for long or batched inputs
+_MAX_BUFFER_ELEMENTS = 1 << 23
+
+#: numba's default 'workqueue' threading layer must not be entered from two threads at once
+_KERNEL_LOCK = threading.Lock()
 
 #: fastmath flags of the kernel: reassociation lets the C contraction (a sum over N)
 #: vectorise; no 'nnan' / 'ninf', so NaN and inf propagate as in the reference.
@@ -36,8 +55,9 @@ _FASTMATH = {"reassoc", "contract", "nsz"}
 prange = range
 
 
-def _scan_loop(u, dt, A, Bt, Ct, h0, y, h_out):  # pragma: no cover - runs compiled by numba
-    """u, dt, y: (B, D, L); A: (D, N); Bt, Ct: (B, L, N); h0, h_out: (B, D, N). All float32."""
+def _scan_loop(u, dt, A, Bt, Ct, Dv, z, has_z, h0, y, h_out):  # pragma: no cover - runs compiled by numba
+    """u, dt, z, y: (B, D, L); A: (D, N); Bt, Ct: (B, L, N); Dv: (D,); h0, h_out:
+    (B, D, N). All float32. y = (<C, h> + D u) * silu(z) (z only where ``has_z``)."""
     nb, nd, length = u.shape
     n = A.shape[1]
     for pair in prange(nb * nd):
@@ -48,34 +68,58 @@ def _scan_loop(u, dt, A, Bt, Ct, h0, y, h_out):  # pragma: no cover - runs compi
         for k in range(n):
             h[k] = h0[b, d, k]
             a[k] = A[d, k]
+        skip = np.float64(Dv[d])
         for t in range(length):
             step = np.float64(dt[b, d, t])
-            du = step * np.float64(u[b, d, t])
+            ut = np.float64(u[b, d, t])
+            du = step * ut
             acc = 0.0
             for k in range(n):
-                # exp(step * a[k]) by scaling and squaring (see the module docstring)
-                x = min(max(step * a[k], -110.0), 89.0) * 0.00390625
-                e = 1.0 + x * (1.0 + x * (0.5 + x * (1.0 / 6 + x * (1.0 / 24 + x * (1.0 / 120 + x * (
-                    1.0 / 720 + x * (1.0 / 5040 + x * (1.0 / 40320 + x * (1.0 / 362880 + x / 3628800)))))))))
-                e = e * e
-                e = e * e
-                e = e * e
-                e = e * e
-                e = e * e
-                e = e * e
-                e = e * e
-                e = e * e
-                hk = e * h[k] + du * np.float64(Bt[b, t, k])
+                hk = _exp(step * a[k]) * h[k] + du * np.float64(Bt[b, t, k])
                 h[k] = hk
                 acc += hk * np.float64(Ct[b, t, k])
-            y[b, d, t] = acc
+            y[b, d, t] = acc + skip * ut
+        if has_z:  # a loop of its own over L, so that it vectorises
+            for t in range(length):
+                zt = np.float64(z[b, d, t])
+                y[b, d, t] = np.float64(y[b, d, t]) * zt / (1.0 + _exp(-zt))
         for k in range(n):
             h_out[b, d, k] = h[k]
 
 
+def _exp(x):  # pragma: no cover - runs compiled by numba (inlined)
+    """exp(x) in float64 by scaling and squaring, branch-free (see the module docstring)."""
+    x = min(max(x, -110.0), 89.0) * 0.00390625
+    e = 1.0 + x * (1.0 + x * (0.5 + x * (1.0 / 6 + x * (1.0 / 24 + x * (1.0 / 120 + x * (
+        1.0 / 720 + x * (1.0 / 5040 + x * (1.0 / 40320 + x * (1.0 / 362880 + x / 3628800)))))))))
+    e = e * e  # eight squarings, unrolled: a loop here would stop the loop over N from vectorising
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    e = e * e
+    return e * e
+
+
+def _transpose_loop(src, dst):  # pragma: no cover - runs compiled by numba
+    """dst[b, d, t] = src[b, t, d] in 32 x 32 tiles (torch's strided copy is ~4x slower here)."""
+    nb, length, nd = src.shape
+    tiles_t = (length + 31) // 32
+    tiles_d = (nd + 31) // 32
+    for tile in prange(nb * tiles_t * tiles_d):
+        b = tile // (tiles_t * tiles_d)
+        t0 = (tile // tiles_d) % tiles_t * 32
+        d0 = tile % tiles_d * 32
+        for d in range(d0, min(d0 + 32, nd)):
+            for t in range(t0, min(t0 + 32, length)):
+                dst[b, d, t] = src[b, t, d]
+
+
 @functools.cache
 def scan_kernel():
-    """The compiled kernel (compiled on the first call, cached on disk), or None without numba."""
+    """The compiled scan and transpose kernels (compiled on the first call, cached on disk), or
+    None without numba."""
     try:
         import numba
     except ImportError:
@@ -84,9 +128,12 @@ def scan_kernel():
 
 
 def _compile(numba):
-    global prange
-    prange = numba.prange  # bound here, so that this module imports without numba
-    return numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)(_scan_loop)
+    global prange, _exp
+    # bound here, so that this module imports without numba; the loop calls the compiled _exp
+    prange = numba.prange
+    _exp = numba.njit(inline="always", fastmath=_FASTMATH)(_exp)
+    jit = numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
+    return jit(_scan_loop), jit(_transpose_loop)
 
 
 def numba_available() -> bool:
@@ -98,34 +145,97 @@ def numba_available() -> bool:
     return True
 
 
-def _numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float32).contiguous().numpy()
+def _numpy(t: torch.Tensor, transpose=None) -> np.ndarray:
+    """A C-contiguous float32 numpy view (strided reads in the loop over L would cost ~4x); a
+    (B, D, L) tensor laid out as (B, L, D) (MambaLayer's delta and z) goes through ``transpose``."""
+    t = t.detach().to(torch.float32)
+    if transpose is not None and t.dim() == 3 and t.stride(1) == 1 and t.shape[1] > 1 and t.shape[2] > 1:
+        out = np.empty(t.shape, np.float32)
+        transpose(t.transpose(1, 2).numpy(), out)
+        return out
+    return t.contiguous().numpy()
 
 
 def selective_scan_fused(
     u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
-    h0: torch.Tensor | None,
+    D: torch.Tensor | None, z: torch.Tensor | None, h0: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """y (B, D, L) without D / z and the final state (B, D, N), both float32, from
-    discretised time steps ``dt``; None where numba is not installed (the caller falls back).
-
-    Shapes as in :func:`hvlm_export.ops.selective_scan.check_scan_inputs`; CPU tensors.
+    """y (B, D, L) with the D skip and the z gate applied, float32 with the strides of
+    ``torch.empty_like(u)``, and the
+    final state (B, D, N), float32, from discretised time steps ``dt`` (float32); None where
+    numba is not installed (the caller falls back). Shapes as in ``check_scan_inputs``; CPU tensors.
     """
-    kernel = scan_kernel()
-    if kernel is None:
+    kernels = scan_kernel()
+    if kernels is None:
         return None
-    b, d, length = u.shape
+    kernel, transpose = kernels
+    b, d, _ = u.shape
     n = A.shape[1]
-    y = torch.empty(b, d, length, dtype=torch.float32)
+    y = torch.empty(u.shape, dtype=torch.float32)
     state = torch.empty(b, d, n, dtype=torch.float32)
     start = torch.zeros(b, d, n) if h0 is None else h0
+    skip = torch.zeros(d) if D is None else D
+    gate = torch.zeros(1, 1, 1) if z is None else z
     import numba
 
-    threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        kernel(_numpy(u), _numpy(dt), _numpy(A), _numpy(B.transpose(1, 2)), _numpy(C.transpose(1, 2)),
-               _numpy(start), y.numpy(), state.numpy())
-    finally:
-        numba.set_num_threads(threads)
-    return y, state
+    with _KERNEL_LOCK:
+        threads = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+        try:
+            kernel(_numpy(u, transpose), _numpy(dt, transpose), _numpy(A), _numpy(B.transpose(1, 2)),
+                   _numpy(C.transpose(1, 2)), _numpy(skip), _numpy(gate, transpose), z is not None,
+                   _numpy(start), y.numpy(), state.numpy())
+        finally:
+            numba.set_num_threads(threads)
+    like_u = torch.empty_like(u, dtype=torch.float32)  # the strides the op's fake kernel promises
+    return (y if like_u.stride() == y.stride() else like_u.copy_(y)), state
+
+
+def selective_scan_blocked(
+    u: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    h0: torch.Tensor | None, chunk: int = TORCH_CHUNK, block: int = TORCH_BLOCK,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The torch fallback (module docstring); the arguments and results of :func:`selective_scan_fused`."""
+    b, d, length = u.shape
+    n = A.shape[1]
+    chunk = max(1, min(chunk, length))
+    nc = -(-length // chunk)
+    pad = nc * chunk - length
+
+    def steps(x: torch.Tensor) -> torch.Tensor:  # (b, k, L) -> (T, b, nc, k), contiguous per step
+        return F.pad(x, (0, pad)).view(b, x.shape[1], nc, chunk).permute(3, 0, 2, 1).contiguous()
+
+    # Padding steps have delta = 0 (decay 1) and delta * u = 0: they carry the state unchanged.
+    b_s = steps(B)[:, :, :, None, :]  # (T, b, nc, 1, N)
+    c_s = steps(C).reshape(chunk, b * nc, n, 1)
+    block = max(1, min(block, d, _MAX_BUFFER_ELEMENTS // max(1, chunk * b * nc * n)))
+    buffers = u.new_empty(2, chunk * b * nc * block * n)
+    start = u.new_zeros(b, d, n) if h0 is None else h0
+    ys, states = [], []
+    for first in range(0, d, block):
+        sl = slice(first, first + block)
+        y, state = _block(steps(dt[:, sl]), steps(dt[:, sl] * u[:, sl]), A[sl], b_s, c_s, start[:, sl], buffers)
+        ys.append(y.permute(1, 3, 2, 0).reshape(b, -1, nc * chunk)[..., :length])
+        states.append(state)
+    return torch.cat(ys, 1), torch.cat(states, 1)
+
+
+def _block(dt_s, du_s, A, b_s, c_s, start, buffers):
+    """One channel block: dt_s, du_s (T, b, nc, k) -> y (T, b, nc, k) and the final state (b, k, N)."""
+    chunk, b, nc, k = dt_s.shape
+    n = A.shape[1]
+    shape, size = (chunk, b, nc, k, n), chunk * b * nc * k * n
+    decay_step = torch.mul(dt_s[..., None], A, out=buffers[0, :size].view(shape)).exp_()
+    inject = torch.mul(du_s[..., None], b_s, out=buffers[1, :size].view(shape))  # delta * B * u
+    h = inject[0].clone()
+    for t in range(1, chunk):  # pass 1: every chunk from state 0, for its end state
+        h = torch.addcmul(inject[t], decay_step[t], h)
+    decay = torch.exp_(dt_s.sum(0)[..., None] * A)  # (b, nc, k, N): over each whole chunk, exponent <= 0
+    h[:, 0].addcmul_(decay[:, 0], start)  # the state entering chunk 0 decays through it
+    carry = _carry_scan(decay, h, dim=1)  # state at each chunk end
+    h = torch.cat([start[:, None], carry[:, :-1]], 1)  # state entering each chunk
+    y = dt_s.new_empty(chunk, b * nc, k, 1)
+    for t in range(chunk):  # pass 2: from the entering states, with the C contraction
+        h = torch.addcmul(inject[t], decay_step[t], h)
+        torch.bmm(h.view(b * nc, k, n), c_s[t], out=y[t])
+    return y.view(chunk, b, nc, k), carry[:, -1]

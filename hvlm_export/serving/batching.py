@@ -59,7 +59,8 @@ class _Pending:
 
 class PaddingBatcher:
     """One thread that runs ``session`` on padded batches of at most ``max_batch_size`` rows
-    (a request larger than that runs alone), waiting ``max_delay_s`` to fill one."""
+    (a request larger than that runs alone): each batch takes what is queued when the model
+    is free, then waits up to ``max_delay_s`` (0: not at all) for more."""
 
     def __init__(self, session, max_batch_size: int, max_delay_s: float) -> None:
         self.session = session
@@ -96,9 +97,10 @@ class PaddingBatcher:
                 return
             batch, rows, carry, stopping = [first], first.rows, None, False
             deadline = time.monotonic() + self.max_delay_s
-            while rows < self.max_batch_size and (wait := deadline - time.monotonic()) > 0:
-                try:
-                    item = self._queue.get(timeout=wait)
+            while rows < self.max_batch_size:
+                wait = deadline - time.monotonic()
+                try:  # what is queued now joins; then wait out the delay, if any is left
+                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
                 except queue.Empty:
                     break
                 if item is None:

@@ -143,7 +143,9 @@ def serve(
                       shape=tuple(-1 if isinstance(d, str) else d for d in t.shape[1:]))
 
     masked = "attention_mask" in {t.name for t in session.inputs}
-    batcher = PaddingBatcher(session, max_batch_size, max_queue_delay_us / 1e6) if masked else None
+    # Triton's queue delay has passed before the instances hand their requests over; the
+    # batcher adds none: under load, requests gather while the model runs the previous batch
+    batcher = PaddingBatcher(session, max_batch_size, 0.0) if masked else None
     infer = _padded_function(batcher) if batcher else _batch_function(session)
     try:
         with Triton(config=config) as triton:

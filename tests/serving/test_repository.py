@@ -57,6 +57,18 @@ def test_forward_config_matches_the_graph(exported, tmp_path, name):
     assert (model_dir / "1" / "model.onnx").read_bytes() == path.read_bytes()
 
 
+@pytest.mark.parametrize("name", ["cross_memory", "mamba"])
+def test_masked_export_declares_its_masks(exported, tmp_path, name):
+    """Padding masks are int64 model inputs with a dynamic length, like the graph's."""
+    path = exported(name, with_mask=True)
+    config = parse(write_repository(path, tmp_path / "repo", name=name))
+    declared = {t.name: (t.data_type, list(t.dims)) for t in config.input}
+    masks = {"attention_mask", "memory_mask"} if name == "cross_memory" else {"attention_mask"}
+    for mask in masks:
+        assert declared[mask] == (model_config_pb2.TYPE_INT64, [-1])
+    assert set(declared) == set(graph_io(path)[0])
+
+
 def test_half_precision_types_and_gpu_instances(exported, tmp_path):
     model_dir = write_repository(exported("mamba", "fp16"), tmp_path, name="m16", gpus=[0, 1])
     config = parse(model_dir)
