@@ -2,18 +2,15 @@
 
 Triton's dynamic batcher joins only requests of one shape (it has no ragged batching for
 these inputs). A model exported with padding masks (``--with-mask``) can do better: every
-Triton model instance hands its requests to one batcher, which waits up to the queue delay
-for requests from the other instances, right-pads them to the longest sequence (and memory)
-with their masks, runs the session once, and gives every request its own rows back, cut to
-its own length. Masked positions never change real outputs (DESIGN.md section 9), so each
+Triton model instance hands its requests to one batcher, which right-pads the requests
+waiting for the model to the longest sequence (and memory) with their masks, runs the session
+once, and gives every request its own rows back, cut to its own length. Masked positions never change real outputs (DESIGN.md section 9), so each
 answer is what the model gives that request alone.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -48,9 +45,9 @@ class BatchStats:
 @dataclass
 class _Pending:
     feed: dict[str, np.ndarray]
-    done: threading.Event = field(default_factory=threading.Event)
     result: dict[str, np.ndarray] | None = None
     error: BaseException | None = None
+    done: bool = False
 
     @property
     def rows(self) -> int:
@@ -58,11 +55,15 @@ class _Pending:
 
 
 class PaddingBatcher:
-    """One thread that runs ``session`` on padded batches of at most ``max_batch_size`` rows
-    (a request larger than that runs alone): each batch takes what is queued when the model
-    is free, then waits up to ``max_delay_s`` (0: not at all) for more."""
+    """Runs ``session`` on right-padded batches of at most ``max_batch_size`` rows (a request
+    larger than that runs alone), shared by the threads that call :meth:`run`.
 
-    def __init__(self, session, max_batch_size: int, max_delay_s: float) -> None:
+    No thread of its own: a caller that finds the model free runs the batch itself (so one
+    request alone pays no hand-over), and the requests that arrive while a batch runs are
+    taken together by the next free caller. Under load the batches fill by themselves;
+    ``max_delay_s`` (default 0) makes a runner wait that long for more before it starts."""
+
+    def __init__(self, session, max_batch_size: int, max_delay_s: float = 0.0) -> None:
         self.session = session
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
@@ -70,52 +71,43 @@ class PaddingBatcher:
         #: outputs cut back to each request's length: those on the sequence axis of x
         self.cut = [t.name for t in session.outputs if len(t.shape) > 1 and t.shape[1] == "seq"]
         self.stats = BatchStats()
-        self._queue: queue.Queue[_Pending | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._loop, name="hvlm-padding-batcher", daemon=True)
-        self._thread.start()
+        self._cond = threading.Condition()
+        self._queue: list[_Pending] = []
+        self._busy = False
 
     def run(self, feeds: Sequence[Mapping[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
         """Answer these requests (blocking); raises what the session raised."""
         pending = [_Pending(dict(feed)) for feed in feeds]
+        with self._cond:
+            self._queue.extend(pending)
+            while not all(p.done for p in pending):
+                if self._busy:
+                    self._cond.wait()
+                    continue
+                self._busy = True
+                batch = self._take()
+                self._cond.release()
+                try:
+                    self._answer(batch)
+                finally:
+                    self._cond.acquire()
+                    self._busy = False
+                    self._cond.notify_all()
         for p in pending:
-            self._queue.put(p)
-        for p in pending:
-            p.done.wait()
             if p.error is not None:
                 raise p.error
         return [p.result for p in pending]
 
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(10)
-
-    def _loop(self) -> None:
-        carry: _Pending | None = None
-        while True:
-            first = carry or self._queue.get()
-            if first is None:
-                return
-            batch, rows, carry, stopping = [first], first.rows, None, False
-            deadline = time.monotonic() + self.max_delay_s
-            while rows < self.max_batch_size:
-                wait = deadline - time.monotonic()
-                try:  # what is queued now joins; then wait out the delay, if any is left
-                    item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    stopping = True
-                    break
-                if rows + item.rows > self.max_batch_size:
-                    carry = item  # the next batch starts with it
-                    break
-                batch.append(item)
-                rows += item.rows
-            self._answer(batch)
-            if stopping:
-                if carry is not None:
-                    self._answer([carry])
-                return
+    def _take(self) -> list[_Pending]:
+        """The next batch from the queue (lock held): requests in arrival order while they fit,
+        after waiting up to the delay for more."""
+        if self.max_delay_s > 0 and sum(p.rows for p in self._queue) < self.max_batch_size:
+            self._cond.wait(self.max_delay_s)
+        batch, rows = [], 0
+        while self._queue and (not batch or rows + self._queue[0].rows <= self.max_batch_size):
+            rows += self._queue[0].rows
+            batch.append(self._queue.pop(0))
+        return batch
 
     def _answer(self, batch: list[_Pending]) -> None:
         try:
@@ -131,7 +123,7 @@ class PaddingBatcher:
             for p in batch:
                 p.error = err
         for p in batch:
-            p.done.set()
+            p.done = True
 
     def _padded(self, batch: list[_Pending]) -> dict[str, np.ndarray]:
         """The requests right-padded to the longest of each masked input, with their masks

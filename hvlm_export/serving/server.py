@@ -145,19 +145,15 @@ def serve(
     masked = "attention_mask" in {t.name for t in session.inputs}
     # Triton's queue delay has passed before the instances hand their requests over; the
     # batcher adds none: under load, requests gather while the model runs the previous batch
-    batcher = PaddingBatcher(session, max_batch_size, 0.0) if masked else None
+    batcher = PaddingBatcher(session, max_batch_size) if masked else None
     infer = _padded_function(batcher) if batcher else _batch_function(session)
-    try:
-        with Triton(config=config) as triton:
-            triton.bind(model_name=name, infer_func=[infer] * (instances or (max_batch_size if masked else 1)),
-                        inputs=[spec(t) for t in session.inputs], outputs=[spec(t) for t in session.outputs],
-                        config=ModelConfig(max_batch_size=max_batch_size,
-                                           batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
-                        strict=True)
-            triton.run()
-            if on_ready is not None:
-                on_ready(ServerInfo(name, *ports, stats=batcher.stats if batcher else None))
-            (stop or threading.Event()).wait()
-    finally:
-        if batcher is not None:
-            batcher.close()
+    with Triton(config=config) as triton:
+        triton.bind(model_name=name, infer_func=[infer] * (instances or (max_batch_size if masked else 1)),
+                    inputs=[spec(t) for t in session.inputs], outputs=[spec(t) for t in session.outputs],
+                    config=ModelConfig(max_batch_size=max_batch_size,
+                                       batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),
+                    strict=True)
+        triton.run()
+        if on_ready is not None:
+            on_ready(ServerInfo(name, *ports, stats=batcher.stats if batcher else None))
+        (stop or threading.Event()).wait()

@@ -4,6 +4,7 @@ padded batches with the right masks, answers cut back to each request, batch lim
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -58,11 +59,8 @@ def _concurrently(batcher, feeds):
 def test_requests_of_different_lengths_are_padded_together_and_cut_back():
     session = Recorder()
     batcher = PaddingBatcher(session, max_batch_size=16, max_delay_s=0.5)
-    try:
-        feeds = [{"x": _x(1 + i % 2, 3 + 4 * i, i)} for i in range(6)]
-        answers = _concurrently(batcher, feeds)
-    finally:
-        batcher.close()
+    feeds = [{"x": _x(1 + i % 2, 3 + 4 * i, i)} for i in range(6)]
+    answers = _concurrently(batcher, feeds)
     for feed, answer in zip(feeds, answers, strict=True):
         np.testing.assert_array_equal(answer["y"], feed["x"])
         assert (answer["n"] == feed["x"].shape[1]).all()
@@ -76,10 +74,7 @@ def test_memory_and_own_masks_are_honoured():
     own = np.array([[1, 1, 1, 0, 0]], dtype=np.int64)
     feeds = [{"x": _x(1, 5, 0), "memory": _x(1, 2, 1), "attention_mask": own},
              {"x": _x(1, 9, 2), "memory": _x(1, 6, 3)}]
-    try:
-        answers = _concurrently(batcher, feeds)
-    finally:
-        batcher.close()
+    answers = _concurrently(batcher, feeds)
     first = feeds[0]["x"] * own[..., None] + feeds[0]["memory"].mean(1)[:, None] * own[..., None]
     np.testing.assert_allclose(answers[0]["y"], first, rtol=1e-6)
     np.testing.assert_allclose(answers[1]["y"], feeds[1]["x"] + feeds[1]["memory"].mean(1)[:, None], rtol=1e-6)
@@ -89,10 +84,7 @@ def test_batches_never_exceed_the_limit_and_a_big_request_runs_alone():
     session = Recorder()
     batcher = PaddingBatcher(session, max_batch_size=4, max_delay_s=0.3)
     feeds = [{"x": _x(3, 5, i)} for i in range(4)] + [{"x": _x(6, 7, 9)}]
-    try:
-        answers = _concurrently(batcher, feeds)
-    finally:
-        batcher.close()
+    answers = _concurrently(batcher, feeds)
     assert all(len(b["x"]) <= 4 for b in session.batches if len(b["x"]) != 6)
     assert [len(b["x"]) for b in session.batches].count(6) == 1
     np.testing.assert_array_equal(answers[-1]["y"], feeds[-1]["x"])
@@ -100,11 +92,35 @@ def test_batches_never_exceed_the_limit_and_a_big_request_runs_alone():
 
 def test_a_failing_batch_fails_its_requests_and_the_batcher_goes_on():
     session = Recorder(fail_on=11)
-    batcher = PaddingBatcher(session, max_batch_size=8, max_delay_s=0.0)
-    try:
-        with pytest.raises(RuntimeError, match="session failed"):
-            batcher.run([{"x": _x(1, 11, 0)}])
-        np.testing.assert_array_equal(batcher.run([{"x": _x(2, 4, 1)}])[0]["y"], _x(2, 4, 1))
-    finally:
-        batcher.close()
-    assert not batcher._thread.is_alive()
+    batcher = PaddingBatcher(session, max_batch_size=8)
+    with pytest.raises(RuntimeError, match="session failed"):
+        batcher.run([{"x": _x(1, 11, 0)}])
+    np.testing.assert_array_equal(batcher.run([{"x": _x(2, 4, 1)}])[0]["y"], _x(2, 4, 1))
+
+
+def test_requests_arriving_while_the_model_runs_are_taken_together():
+    """No delay: a lone request runs at once in its own thread; those that queue up behind a
+    running batch go in the next one together."""
+    started, release = threading.Event(), threading.Event()
+
+    class Slow(Recorder):
+        def run(self, feed):
+            if not self.batches:
+                started.set()
+                release.wait(5)
+            return super().run(feed)
+
+    session = Slow()
+    batcher = PaddingBatcher(session, max_batch_size=8)
+    with ThreadPoolExecutor(5) as pool:
+        first = pool.submit(batcher.run, [{"x": _x(1, 3, 0)}])
+        assert started.wait(5)
+        later = [pool.submit(batcher.run, [{"x": _x(1, 4 + i, i)}]) for i in range(4)]
+        deadline = time.monotonic() + 5
+        while len(batcher._queue) < 4 and time.monotonic() < deadline:  # all four wait behind it
+            time.sleep(0.01)
+        release.set()
+        answers = [f.result(5)[0] for f in [first, *later]]
+    assert [len(b["x"]) for b in session.batches] == [1, 4]
+    for i, answer in enumerate(answers[1:]):
+        np.testing.assert_array_equal(answer["y"], _x(1, 4 + i, i))
