@@ -313,8 +313,9 @@ _selective_scan_op.register_autograd(_backward, setup_context=_setup_context)
 @_selective_scan_op.register_kernel("cpu")
 def _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state=None):
     check_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if u.numel() == 0 or A.shape[1] == 0:
-        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+    if u.numel() == 0 or A.shape[1] == 0:  # clones: an op's output must not alias an input (L = 0)
+        y, state = selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        return y.clone(), state.clone()
     # imports this module, so not at its top
     from hvlm_export.ops.selective_scan_cpu import selective_scan_blocked, selective_scan_fused
 
