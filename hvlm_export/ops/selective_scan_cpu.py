@@ -131,7 +131,8 @@ def _compile(numba):
     global prange, _exp
     # bound here, so that this module imports without numba; the loop calls the compiled _exp
     prange = numba.prange
-    _exp = numba.njit(inline="always", fastmath=_FASTMATH)(_exp)
+    # a second compilation (the cache cleared) starts again from the Python function
+    _exp = numba.njit(inline="always", fastmath=_FASTMATH)(getattr(_exp, "py_func", _exp))
     jit = numba.njit(parallel=True, cache=True, fastmath=_FASTMATH, nogil=True)
     return jit(_scan_loop), jit(_transpose_loop)
 

@@ -1,10 +1,10 @@
 """Padding requests of different lengths into one batch: :class:`PaddingBatcher`.
 
-Triton's dynamic batcher joins only requests of one shape (it has no ragged batching for
-these inputs). A model exported with padding masks (``--with-mask``) can do better: every
-Triton model instance hands its requests to one batcher, which right-pads the requests
-waiting for the model to the longest sequence (and memory) with their masks, runs the session
-once, and gives every request its own rows back, cut to its own length. Masked positions never change real outputs (DESIGN.md section 9), so each
+A model exported with padding masks (``--with-mask``) can run requests of different lengths
+as one batch: ``serve`` lets Triton's dynamic batcher join them (ragged inputs) and every
+model instance hands what it gets to one batcher, which right-pads the requests waiting for
+the model to the longest sequence (and memory) with their masks, runs the session once, and
+gives every request its own rows back, cut to its own length. Masked positions never change real outputs (DESIGN.md section 9), so each
 answer is what the model gives that request alone.
 """
 

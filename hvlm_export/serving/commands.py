@@ -64,6 +64,6 @@ def add_serving_commands(sub) -> None:
     p.add_argument("--max-queue-delay-us", type=int, default=100,
                    help="how long dynamic batching waits to fill a batch, in microseconds (default 100)")
     p.add_argument("--instances", type=int,
-                   help="Triton model instances (default: --max-batch-size for a model exported --with-mask, "
-                        "whose requests of different lengths are padded into one batch; else 1)")
+                   help="Triton model instances (default 1); a model exported --with-mask pads requests of "
+                        "different lengths into one batch either way")
     p.set_defaults(func=_cmd_serve)

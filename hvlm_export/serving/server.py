@@ -5,17 +5,19 @@ each batch Triton forms to a Python function here, which runs it through
 ``hvlm_export.runtime`` (ONNX Runtime, or a TensorRT engine where TensorRT is installed). HTTP,
 gRPC and Prometheus metrics listen on 127.0.0.1 only.
 
-Batching: Triton's dynamic batcher joins requests of the same shape only (it has no ragged
-batching for these inputs). For a model exported with padding masks (``--with-mask``) the
-server runs one model instance per batch slot and a :class:`~hvlm_export.serving.batching.
-PaddingBatcher` joins what the instances hold into one right-padded batch with the masks;
-clients send x (and memory) alone, the masks are optional inputs. Without masks, requests of
-different lengths run in separate batches. Either way every response is the model's output
-for that request alone.
+Batching: Triton's dynamic batcher joins requests of the same shape only, unless an input
+allows ragged batches. For a model exported with padding masks (``--with-mask``) the server
+marks its inputs ``allow_ragged_batch``, so Triton hands requests of different lengths over
+together, and a :class:`~hvlm_export.serving.batching.PaddingBatcher` right-pads them into
+one batch with the masks and cuts every answer back to its request; clients send x (and
+memory) alone, the masks are optional inputs. Without masks, requests of different lengths
+run in separate batches. Either way every response is the model's output for that request
+alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sysconfig
@@ -101,6 +103,33 @@ def _padded_function(batcher: PaddingBatcher) -> Callable:
     return infer
 
 
+@contextlib.contextmanager
+def _ragged(names: set[str]):
+    """Mark these inputs ``allow_ragged_batch`` in the configs pytriton generates (it has no
+    option for it), so that Triton's dynamic batcher joins requests whose sequence lengths
+    differ and hands them to the model together; yields whether that was possible (False:
+    this pytriton builds configs differently, and requests of different lengths are joined
+    only across model instances)."""
+    try:
+        from pytriton.model_config import generator
+        original = generator.ModelConfigGenerator._set_model_signature
+    except (ImportError, AttributeError):
+        yield False
+        return
+
+    def with_ragged_inputs(self, model_config):
+        original(self, model_config)
+        for item in model_config.get("input", []):
+            if item.get("name") in names:
+                item["allow_ragged_batch"] = True
+
+    generator.ModelConfigGenerator._set_model_signature = with_ragged_inputs
+    try:
+        yield True
+    finally:
+        generator.ModelConfigGenerator._set_model_signature = original
+
+
 def serve(
     model: str | os.PathLike,
     *,
@@ -116,8 +145,8 @@ def serve(
 ) -> None:
     """Serve ``model`` (an exported .onnx, or an engine) until ``stop`` is set (forever when
     None), then shut the server down. A port of 0 picks a free one; ``on_ready`` gets the
-    ports once the server answers. ``instances``: Triton model instances (default: one per
-    batch slot for a model with padding masks, else 1)."""
+    ports once the server answers. ``instances``: Triton model instances (default 1; their
+    requests share the padding batcher of a masked model)."""
     from hvlm_export import runtime
 
     if max_batch_size < 1 or max_queue_delay_us < 0 or (instances is not None and instances < 1):
@@ -143,12 +172,12 @@ def serve(
                       shape=tuple(-1 if isinstance(d, str) else d for d in t.shape[1:]))
 
     masked = "attention_mask" in {t.name for t in session.inputs}
-    # Triton's queue delay has passed before the instances hand their requests over; the
-    # batcher adds none: under load, requests gather while the model runs the previous batch
     batcher = PaddingBatcher(session, max_batch_size) if masked else None
     infer = _padded_function(batcher) if batcher else _batch_function(session)
-    with Triton(config=config) as triton:
-        triton.bind(model_name=name, infer_func=[infer] * (instances or (max_batch_size if masked else 1)),
+    ragged_inputs = {t.name for t in session.inputs} if masked else set()
+    with _ragged(ragged_inputs) as ragged, Triton(config=config) as triton:
+        count = instances or (1 if ragged or not masked else max_batch_size)
+        triton.bind(model_name=name, infer_func=[infer] * count,
                     inputs=[spec(t) for t in session.inputs], outputs=[spec(t) for t in session.outputs],
                     config=ModelConfig(max_batch_size=max_batch_size,
                                        batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),

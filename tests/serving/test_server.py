@@ -116,8 +116,9 @@ def test_http_and_grpc_answers_match_the_runtime(server):
 
 
 def test_requests_of_different_lengths_share_padded_batches(masked_server):
-    """x alone from the clients; the server pads concurrent requests into one batch with the
-    mask, and every answer is the model's output for that request alone."""
+    """x alone from the clients; Triton joins requests of different lengths (ragged inputs),
+    the server pads them into one batch with the mask, and every answer is the model's output
+    for that request alone."""
     path, info = masked_server
     session = runtime.load(path)
     rng = np.random.default_rng(1)
@@ -133,6 +134,10 @@ def test_requests_of_different_lengths_share_padded_batches(masked_server):
     requests, runs, rows = info.stats.snapshot()
     assert requests == len(inputs) and rows == sum(len(x) for x in inputs)
     assert runs < requests, "no two requests were ever batched together"
+    config = httpclient.InferenceServerClient(info.http_url).get_model_config("mamba")
+    assert [i["name"] for i in config["input"] if i.get("allow_ragged_batch")] == [
+        "x", "attention_mask"], "Triton would join equal shapes only"
+    assert [i["name"] for i in config["input"] if i.get("optional")] == ["attention_mask"]
 
 
 def test_bad_request_is_an_error_answer(server):
