@@ -23,6 +23,7 @@ FORBIDDEN = {
     "user_models": {"modules", "ops", "exporters", "validators", "runtime", "plugins", "registry", "cli", "bench",
                     "artifacts"},
     "tolerances": {"*"},
+    "kernels": {"*"},
     "registry": {"exporters", "validators", "runtime", "plugins", "cli", "bench"},
     "exporters": {"validators", "runtime", "cli", "bench"},
     "runtime": {"exporters", "validators", "cli", "bench", "modules", "registry"},

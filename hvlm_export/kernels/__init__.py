@@ -1,0 +1,1 @@
+"""Compiled kernels that need neither torch nor a GPU (numpy in, numpy out; optional deps)."""
