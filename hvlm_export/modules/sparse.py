@@ -309,15 +309,19 @@ class LocalGlobalAttention(MultiHeadProjections):
         return parts
 
     def _mask(self, length: int, nb: int, device: torch.device) -> torch.Tensor:
-        """(nb, w, span) boolean mask over [global keys, local keys] of each block."""
+        """(nb, w, span) boolean mask over [global keys, local keys] of each block.
+
+        Within a block the window is one (w, local) pattern, the key's offset from the query
+        (|offset| <= r, and <= 0 if causal), a constant of the layer (folded into the graph);
+        only whether a local key is a real position (0 <= p < L) depends on the block and
+        L. A padded query row (p >= L) keeps its own position, so no row is empty."""
         w, r = self.block, self.radius
         local = w + r if self.causal else w + 2 * r
-        qpos = torch.arange(nb * w, device=device).view(nb, w, 1)
-        kpos = (torch.arange(nb, device=device) * w - r)[:, None, None] + torch.arange(local, device=device)
-        allowed = ((qpos - kpos).abs() <= r) & (kpos >= 0) & (kpos < length)
-        if self.causal:
-            allowed = allowed & (kpos <= qpos)
-        allowed = allowed | (kpos == qpos)  # keeps padded query rows finite
+        offset = torch.arange(local, device=device) - r - torch.arange(w, device=device)[:, None]  # (w, local)
+        band = (offset <= 0) & (offset >= -r) if self.causal else offset.abs() <= r
+        kpos = (torch.arange(nb, device=device) * w - r)[:, None] + torch.arange(local, device=device)  # (nb, local)
+        real = (kpos >= 0) & (kpos < length)
+        allowed = band & (real[:, None, :] | (offset == 0))
         glob = torch.ones(nb, w, self.num_global_tokens, dtype=torch.bool, device=device)
         return torch.cat([glob, allowed], dim=-1)
 
