@@ -26,6 +26,16 @@ def test_default_profile_from_axis_names():
     profile.check(INPUTS)
 
 
+def test_default_profile_of_a_masked_export_keeps_masks_and_inputs_in_step(exported):
+    """The padding masks get the ranges of the axes they mask: a TensorRT profile where x and
+    attention_mask could disagree on the sequence length would not build."""
+    inputs, _, _ = trt_builder._inspect_onnx(exported("cross_memory", with_mask=True))
+    (profile,) = default_profiles(inputs)
+    for mask, source in (("attention_mask", "x"), ("memory_mask", "memory")):
+        assert [tuple(s[:2]) for s in profile.shapes[mask]] == [tuple(s[:2]) for s in profile.shapes[source]]
+    profile.check(inputs)
+
+
 def test_default_profile_needs_known_axis_names():
     with pytest.raises(BuildError, match="no default range"):
         default_profiles({"x": ["frames", 64]})
