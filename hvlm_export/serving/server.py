@@ -108,8 +108,7 @@ def _ragged(names: set[str]):
     """Mark these inputs ``allow_ragged_batch`` in the configs pytriton generates (it has no
     option for it), so that Triton's dynamic batcher joins requests whose sequence lengths
     differ and hands them to the model together; yields whether that was possible (False:
-    this pytriton builds configs differently, and requests of different lengths are joined
-    only across model instances)."""
+    this pytriton builds configs differently, and Triton joins equal shapes only)."""
     try:
         from pytriton.model_config import generator
         original = generator.ModelConfigGenerator._set_model_signature
@@ -175,9 +174,8 @@ def serve(
     batcher = PaddingBatcher(session, max_batch_size) if masked else None
     infer = _padded_function(batcher) if batcher else _batch_function(session)
     ragged_inputs = {t.name for t in session.inputs} if masked else set()
-    with _ragged(ragged_inputs) as ragged, Triton(config=config) as triton:
-        count = instances or (1 if ragged or not masked else max_batch_size)
-        triton.bind(model_name=name, infer_func=[infer] * count,
+    with _ragged(ragged_inputs), Triton(config=config) as triton:
+        triton.bind(model_name=name, infer_func=[infer] * (instances or 1),
                     inputs=[spec(t) for t in session.inputs], outputs=[spec(t) for t in session.outputs],
                     config=ModelConfig(max_batch_size=max_batch_size,
                                        batcher=DynamicBatcher(max_queue_delay_microseconds=max_queue_delay_us)),

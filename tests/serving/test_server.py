@@ -182,3 +182,19 @@ def test_cli_serves_until_sigterm(exported, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert _tritonservers(port) == 0
+
+
+def test_ragged_inputs_are_patched_in_and_out(monkeypatch):
+    """The allow_ragged_batch patch of pytriton's config generator is undone on exit, and a
+    pytriton without the method it wraps leaves configs alone (equal-shape batching)."""
+    from pytriton.model_config import generator
+
+    from hvlm_export.serving.server import _ragged
+
+    original = generator.ModelConfigGenerator._set_model_signature
+    with _ragged({"x"}) as patched:
+        assert patched and generator.ModelConfigGenerator._set_model_signature is not original
+    assert generator.ModelConfigGenerator._set_model_signature is original
+    monkeypatch.delattr(generator.ModelConfigGenerator, "_set_model_signature")
+    with _ragged({"x"}) as patched:
+        assert not patched
