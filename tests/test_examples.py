@@ -21,3 +21,10 @@ def test_streaming_example_generates_without_torch():
                             text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "ok: generated without torch" in result.stdout and "position 40" in result.stdout
+
+
+def test_padded_batch_example_runs():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "padded_batch.py")], capture_output=True,
+                            text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ok: padded batches match each sequence alone" in result.stdout and "'attention_mask', 'int64'" in result.stdout
