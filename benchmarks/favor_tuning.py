@@ -58,13 +58,13 @@ def rel(got: torch.Tensor, want: torch.Tensor) -> float:
 
 def sweep(lengths: list[int]) -> list[dict]:
     rows = []
-    names = ("CAUSAL_SHORT_CONFIG", "CAUSAL_LONG_CONFIG", "CAUSAL_PROGRAMS")
+    names = ("CAUSAL_CONFIG", "CAUSAL_PROGRAMS")
     defaults = {name: getattr(favor_triton, name) for name in names}
     for length in lengths:
         layer, q, k, v, want = case(length, True)
         for block_m, block, warps, programs in itertools.product((32, 64), (64, 128), (4, 8), (256, 512)):
             config = (block_m, block, warps)
-            favor_triton.CAUSAL_SHORT_CONFIG = favor_triton.CAUSAL_LONG_CONFIG = config
+            favor_triton.CAUSAL_CONFIG = config
             favor_triton.CAUSAL_PROGRAMS = programs
             err = rel(run(layer, q, k, v, True), want)
             ms = bench(functools.partial(run, layer, q, k, v, True))

@@ -43,13 +43,11 @@ import triton.language as tl
 __all__ = ["favor_softmax_triton"]
 
 BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
-#: the causal pass's (feature tile, tokens per block, warps) up to CAUSAL_SHORT tokens and
-#: beyond, and its programs (segments x B x H: enough to fill the 132 SMs twice). Measured
-#: on the H200 by benchmarks/favor_tuning.py: (32, 64, 4) is the fastest from 16K tokens on;
-#: (64, 128, 8) was 10% faster at 8K but gave wrong sums at head width 32 (not understood,
-#: docs/BENCHMARKS.md), so both lengths use the first.
-CAUSAL_SHORT_CONFIG = CAUSAL_LONG_CONFIG = (32, 64, 4)
-CAUSAL_SHORT = 16384
+#: the causal pass's (feature tile, tokens per block, warps) and its programs (segments x B x H:
+#: enough to fill the 132 SMs twice). Measured on the H200 by benchmarks/favor_tuning.py:
+#: (32, 64, 4) is the fastest from 16K tokens on; (64, 128, 8) was 10% faster at 8K but gave
+#: wrong sums at head width 32 (not understood, docs/BENCHMARKS.md), so every length uses the first.
+CAUSAL_CONFIG = (32, 64, 4)
 CAUSAL_PROGRAMS = 256
 _NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
 
@@ -217,7 +215,7 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
     b, h, length, d = q.shape
     m = projection.shape[0]
     d_pad = max(16, triton.next_power_of_2(d))
-    block_m, block, warps = CAUSAL_SHORT_CONFIG if length <= CAUSAL_SHORT else CAUSAL_LONG_CONFIG
+    block_m, block, warps = CAUSAL_CONFIG
     if not causal:
         block_m = BLOCK_M
     m_pad = triton.cdiv(m, block_m) * block_m
