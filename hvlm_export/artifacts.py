@@ -20,6 +20,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from hvlm_export.errors import ArtifactError
@@ -33,6 +34,7 @@ __all__ = [
     "SCAN_PLUGIN_VERSION",
     "SCAN_INPUTS",
     "SCAN_OUTPUTS",
+    "MASK_INPUTS",
     "weights_path",
     "sha256_of",
     "read_weights_bytes",
@@ -79,6 +81,9 @@ SCAN_OP = "SelectiveScan"
 SCAN_PLUGIN_VERSION = "2"
 SCAN_INPUTS = ("u", "delta", "A", "B", "C", "D", "delta_bias", "initial_state")
 SCAN_OUTPUTS = ("y", "last_state")
+#: graph inputs of an export with padding masks (``--with-mask``): each sequence input -> its
+#: (batch, length) int64 mask, 1 = real token (DESIGN.md section 9)
+MASK_INPUTS = MappingProxyType({"x": "attention_mask", "memory": "memory_mask"})
 
 
 def weights_path(onnx_path: str | os.PathLike) -> Path:

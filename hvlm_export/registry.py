@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hvlm_export.artifacts import MASK_INPUTS
 from hvlm_export.errors import ExportError, UnknownMechanismError
 from hvlm_export.modules import (
     CrossMemoryAttention,
@@ -62,8 +63,6 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_OPSET = 20
 _AXES = {"x": {0: "batch", 1: "seq"}, "memory": {0: "batch", 1: "mem_seq"}, "y": {0: "batch", 1: "seq"},
          "attention_mask": {0: "batch", 1: "seq"}, "memory_mask": {0: "batch", 1: "mem_seq"}}
-#: the padding mask of each sequence input (DESIGN.md section 9): (B, L) int64, 1 = real token
-MASK_INPUTS = MappingProxyType({"x": "attention_mask", "memory": "memory_mask"})
 
 
 def padding_mask(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:

@@ -224,9 +224,9 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
     rowmax_q = torch.empty(bh, length, device=q.device, dtype=torch.float32)
     rowmax_k, logw = torch.empty_like(rowmax_q), torch.empty_like(rowmax_q)
     grid = (bh, triton.cdiv(length, BLOCK_L))
-    common = dict(D=d, D_PAD=d_pad, M_PAD=m_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m)
-    half_sq_scale = d**-0.5 / 2
     stats = dict(D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m)
+    common = dict(stats, M_PAD=m_pad)
+    half_sq_scale = d**-0.5 / 2
     _row_stats[grid](q, w, rowmax_q, rowmax_q, h, length, m, half_sq_scale, *q.stride()[:3], KEYS=False, **stats)
     _row_stats[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **stats)
     out = torch.empty(b, length, h * d, device=q.device, dtype=q.dtype)

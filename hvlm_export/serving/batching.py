@@ -4,8 +4,8 @@ A model exported with padding masks (``--with-mask``) can run requests of differ
 as one batch: ``serve`` lets Triton's dynamic batcher join them (ragged inputs) and every
 model instance hands what it gets to one batcher, which right-pads the requests waiting for
 the model to the longest sequence (and memory) with their masks, runs the session once, and
-gives every request its own rows back, cut to its own length. Masked positions never change real outputs (DESIGN.md section 9), so each
-answer is what the model gives that request alone.
+gives every request its own rows back, cut to its own length. Masked positions never change
+real outputs (DESIGN.md section 9), so each answer is what the model gives that request alone.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hvlm_export.artifacts import MASK_INPUTS
+
 __all__ = ["PaddingBatcher", "BatchStats", "MASKS"]
 
 #: padding mask input -> the input whose sequence axis it masks
-MASKS = {"attention_mask": "x", "memory_mask": "memory"}
+MASKS = {mask: source for source, mask in MASK_INPUTS.items()}
 
 
 @dataclass
