@@ -9,9 +9,13 @@ y and of the final state), then timed with ``triton.testing.do_bench`` (median):
 * channel-contiguous inputs (the (B, L, D) views MambaLayer passes) against L-contiguous ones;
 * the previous kernel (benchmarks/scan_variants.py) at L=8192, for the record;
 * the HBM floor: the bytes that must move (u, delta, z, y over (D, L); B, C over (N, L)) at
-  the copy bandwidth measured in the same run.
+  the copy bandwidth measured in the same run;
+* ``--passes``: per configuration, the GPU time of one call (a CUDA graph replayed: no host
+  launch cost) and of each kernel (pass 1, chain, pass 2; torch.profiler medians), next to
+  the special-function floor: the hardware exp2 rate measured in the same run times the
+  exponentials each pass takes.
 
-Usage: python benchmarks/scan_tuning.py [--out DIR] [--quick]
+Usage: python benchmarks/scan_tuning.py [--out DIR] [--quick | --passes]
 """
 
 from __future__ import annotations
@@ -19,10 +23,13 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import statistics
 import sys
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 import triton.testing
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -72,17 +79,85 @@ def hbm_floor_ms(length, bandwidth, d=1536, n=16, itemsize=4):
 
 
 def sweep(rows, quick):
-    configs = [ScanConfig(w, t, s, c) for w in (1, 2) for t in (8, 16) for s in (128, 256, 512)
-               for c in (1, 2)]
+    """Configurations at L=8192; the four fastest again at L=65536."""
+    configs = [ScanConfig(w, t, s, 1, p) for p in (1, 2, 4) for w in (1, 2) for t in (8, 16) for s in (128, 256)]
+    configs += [ScanConfig(1, 8, 512, 1, p) for p in (1, 2, 4)] + [ScanConfig(1, 8, 128, 2, 2)]
     if quick:
         configs = configs[::3]
     configs.append(ScanConfig(1, 16, 1 << 20))  # one pass over L
+    timed = []
     for cfg in configs:
         fn = functools.partial(selective_scan_triton, config=cfg)
         err = error(8192, 1536, 16, "fp32", fn)
         ms = bench(functools.partial(fn, **inputs(8192), delta_softplus=True))
         rows.append({"table": "sweep", "config": repr(cfg), "L": 8192, "dtype": "fp32", "ms": ms, "rel_err": err})
+        timed.append((ms, cfg))
         print(f"sweep {cfg}: {ms:.4f} ms, rel err {err:.1e}", flush=True)
+    for _, cfg in sorted(timed, key=lambda x: x[0])[:4]:
+        ms = bench(functools.partial(selective_scan_triton, config=cfg, **inputs(65536), delta_softplus=True))
+        rows.append({"table": "sweep", "config": repr(cfg), "L": 65536, "dtype": "fp32", "ms": ms, "rel_err": None})
+        print(f"sweep {cfg} at 64K: {ms:.4f} ms", flush=True)
+
+
+@triton.jit
+def _exp2_rate_kernel(x_ptr, y_ptr, ITERS: tl.constexpr):
+    i = tl.program_id(0) * 128 + tl.arange(0, 128)
+    a = tl.load(x_ptr + i)
+    b, c, d = a * 0.5, a * 0.25, a * 0.125
+    for _ in range(ITERS):  # four independent chains of exp2
+        a, b, c, d = tl.exp2(a) * -0.01, tl.exp2(b) * -0.01, tl.exp2(c) * -0.01, tl.exp2(d) * -0.01
+    tl.store(y_ptr + i, a + b + c + d)
+
+
+def exp2_rate():
+    """Hardware exp2 results per second (every multiprocessor busy)."""
+    n = torch.cuda.get_device_properties(0).multi_processor_count * 64 * 128
+    x = torch.rand(n, device="cuda")
+    y = torch.empty_like(x)
+    return n * 4096 * 4 / (bench(lambda: _exp2_rate_kernel[(n // 128,)](x, y, ITERS=4096, num_warps=4)) * 1e-3)
+
+
+def graph_ms(fn):
+    """GPU time of one call: fn captured in a CUDA graph, the replay timed."""
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench(graph.replay)
+
+
+def kernel_us(fn, reps=20):
+    """(kernel name, median microseconds) for each kernel of one call, in launch order."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA and "kernel" in e.name]
+    per_call = len(events) // reps
+    return [(events[i].name, statistics.median(e.device_time for e in events[i::per_call])) for i in range(per_call)]
+
+
+def passes(rows, configs, length=8192, d=1536, n=16):
+    """Where one call's time goes, against the exp2 floor (pass 1 takes an exp2 per (d, n, t)
+    and two per (d, t) for softplus; pass 2 two more per (d, t) for the silu gate)."""
+    rate = exp2_rate()
+    floor1, floor2 = (d * length * (n + 2)) / rate * 1e6, (d * length * (n + 4)) / rate * 1e6
+    print(f"exp2 rate {rate / 1e12:.2f} T/s; exp2 floor: pass 1 {floor1:.1f} us, pass 2 {floor2:.1f} us")
+    inp = inputs(length)
+    for cfg in configs:
+        fn = functools.partial(selective_scan_triton, **inp, delta_softplus=True, config=cfg)
+        err = error(length, d, n, "fp32", functools.partial(selective_scan_triton, config=cfg))
+        kernels = kernel_us(fn)
+        rows.append({"table": "passes", "config": repr(cfg), "L": length, "dtype": "fp32", "ms": graph_ms(fn),
+                     "rel_err": err, "kernels_us": kernels, "exp2_floor_us": [floor1, floor2]})
+        print(f"passes {cfg}: graph {rows[-1]['ms']:.4f} ms,", ", ".join(f"{k[:14]} {v:.1f} us" for k, v in kernels))
 
 
 def over_lengths(rows, bandwidth, lengths):
@@ -119,6 +194,7 @@ def main() -> None:
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--no-sweep", action="store_true", help="everything but the configuration sweep")
     parser.add_argument("--once", action="store_true", help="one call at L=8192, fp32 (to run under a profiler)")
+    parser.add_argument("--passes", action="store_true", help="only the GPU time per call and per kernel")
     args = parser.parse_args()
     buffer = torch.empty(1 << 28, device="cuda")
     bandwidth = 2 * buffer.numel() * 4 / (bench(buffer.clone) / 1e3)  # read + write
@@ -128,9 +204,12 @@ def main() -> None:
         torch.cuda.synchronize()
         return
     rows: list[dict] = []
-    if not args.no_sweep:
+    if args.passes:
+        passes(rows, [ScanConfig(*c) for c in [(1, 8, 128, 1, 1), (1, 16, 128, 1, 1), (1, 8, 128, 1, 2),
+                                               (1, 16, 128, 1, 2), (1, 16, 256, 1, 2), (1, 8, 128, 1, 4)]])
+    elif not args.no_sweep:
         sweep(rows, args.quick)
-    if not args.sweep_only:
+    if not (args.sweep_only or args.passes):
         over_lengths(rows, bandwidth, (8192, 65536) if args.quick else (1024, 8192, 16384, 32768, 65536))
         layouts_and_previous(rows)
     bad = [r for r in rows if r.get("rel_err") is not None and r["rel_err"] > (1e-4 if r["dtype"] == "fp32" else 1e-2)]

@@ -1,30 +1,31 @@
 """CUDA path of ``hvlm::selective_scan``: one Gluon (Triton) scan program, parallel over L.
 
 Glossary: B batch, D channels, L length, N state size, S segments of L, T = ``STEPS`` steps
-per tile, W warps per program.
+per tile, W warps per program, P lanes per channel (``ScanConfig.split``).
 
 Design (benchmarks/scan_tuning.py measured it against the earlier Triton variants, which
-now live in benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
+now live in benchmarks/scan_variants.py; numbers and profiles in docs/BENCHMARKS.md):
 
-* **One channel per thread, its N states in registers.** A program owns 32 * W channels of
-  one batch row and one segment of L. Every step is N independent exp2 / FMA chains in one
-  thread: no shuffles, no per-step reductions across threads, and the exponent is taken
-  once per (d, n, t), as exp2 of delta * (A log2 e).
-* **Coalesced tiles, staged in shared memory.** u / delta / z are read as (32 W, T) tiles in
-  whichever layout they have in memory (L contiguous, or D contiguous as in MambaLayer,
+* **A channel's N states in registers of P lanes** (default 2). A program owns 32 W / P
+  channels of one batch row and one segment of L. Every step is N / P independent exp2 / FMA
+  chains per thread and one P-lane sum for y; the exponent is taken once per (d, n, t), as
+  exp2 of delta * (A log2 e). The hardware's exp2 bounds it: pass 1 ran at 80 % of the
+  special-function unit's peak on an H200 (ncu).
+* **Coalesced tiles, staged in shared memory.** u / delta / z are read as (32 W / P, T) tiles
+  in whichever layout they have in memory (L contiguous, or D contiguous as in MambaLayer,
   where they are views of the projections' outputs: no copies), softplus(delta + bias) and
-  delta * u are computed on the tile, and the tiles of delta, delta * u, B and C go to shared
-  memory; each step reads its column from there (broadcast reads for B and C). y of a tile
-  collects in registers and is written back as one coalesced tile with D u and the silu(z)
-  gate applied.
+  delta * u are computed on the tile (the hardware's exp2 / log2: the libdevice log cost a
+  fifth of pass 1's instructions), and the tiles go to shared memory with a step's channels
+  in one row; each step reads its row (broadcast reads for B and C). y of a tile collects in
+  registers and is written back as one coalesced tile with D u and the silu(z) gate applied.
 * **Segments.** L is cut into S segments. With S > 1, pass 1 computes each segment's end
-  state from zero and its delta sum, a small kernel chains the segments (S steps from the
-  initial state), and pass 2 reruns every segment from its true carry-in and writes y. With
+  state from zero and its delta sum, a small kernel chains the segments (a scan over S in
+  registers), and pass 2 reruns every segment from its true carry-in and writes y. With
   S = 1 one pass does everything from the initial state.
 
 Numerics: float32 state and arithmetic whatever the input dtype (fp16 / bf16 are read
-natively); exact up to float32 rounding (the exp2 is the hardware's approximate one, as
-``tl.exp`` is).
+natively); exact up to float32 rounding (exp2 / log2 are the hardware's approximate ones,
+relative error ~1e-7, as ``tl.exp`` is).
 
 The TensorRT AOT plugin launches the same program as one pass over the whole L
 (``scan_plugin_kernel``: TensorRT's ahead-of-time route launches exactly one kernel).
@@ -40,29 +41,36 @@ from triton.experimental.gluon import language as gl
 __all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "scan_plugin_kernel",
            "PLUGIN_BLOCK_D", "PLUGIN_WARPS", "PLUGIN_STEPS"]
 
-_LOG2E = gl.constexpr(1.4426950408889634)
+_LOG2E, _LN2 = gl.constexpr(1.4426950408889634), gl.constexpr(0.6931471805599453)
 #: warps of the single-pass program the TensorRT AOT plugin embeds (32 channels per warp)
 PLUGIN_WARPS = 1
 PLUGIN_BLOCK_D = 32 * PLUGIN_WARPS
 PLUGIN_STEPS = 16
-#: states per program and segments staged at a time in the kernel that chains segments
-_CHAIN_BLOCK, _CHAIN_CHUNK = 128, 32
+#: warps per program (32 states each) and segments per step of the kernel that chains segments
+_CHAIN_WARPS, _CHAIN_CHUNK = 1, 16
 _TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 
 @gluon.jit
 def _softplus(x):
-    # torch.nn.functional.softplus (threshold 20); exp(x) below -15 where log(1 + e^x) rounds to 0
-    return gl.where(x > 20.0, x, gl.where(x < -15.0, gl.exp(x), gl.log(1.0 + gl.exp(x))))
+    # F.softplus (threshold 20), e^x below -15; hardware exp2 / log2 (absolute error ~1e-7)
+    e = gl.exp2(x * _LOG2E)
+    log2 = gl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [1.0 + e], dtype=gl.float32,
+                                     is_pure=True, pack=1)
+    return gl.where(x > 20.0, x, gl.where(x < -15.0, e, log2 * _LN2))
 
 
 @triton.constexpr_function
-def _tile_layout(rows_contiguous, steps, warps):
-    """Layout of a (rows, T) tile read from memory: coalesced along T, or along the rows
-    (channels / states) when those are contiguous."""
+def _tile_layout(rows_contiguous, rows, steps, warps):
+    """Layout of a (rows, T) tile read from memory: coalesced along T, or along the rows when
+    those are contiguous; a warp's lanes cover at most its share of the rows (no duplicates)."""
+    rows_per_warp = max(1, rows // warps)
     if rows_contiguous:
-        return gl.BlockedLayout([1, 1], [32, 1], [warps, 1], [0, 1])
-    return gl.BlockedLayout([1, 4], [32 // (steps // 4), steps // 4], [warps, 1], [1, 0])
+        lanes_r = min(32, rows_per_warp)
+        return gl.BlockedLayout([1, 1], [lanes_r, 32 // lanes_r], [warps, 1], [0, 1])
+    lanes_r = min(32 // max(1, steps // 4), rows_per_warp)
+    lanes_t = 32 // lanes_r
+    return gl.BlockedLayout([1, max(1, steps // lanes_t)], [lanes_r, lanes_t], [warps, 1], [1, 0])
 
 
 @gluon.jit
@@ -71,7 +79,7 @@ def _fetch(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, T: gl.
     """Issue the load of the (ROWS, T) tile at (row0, t0), in its dtype and its coalesced
     layout (zeros outside the tensor); the values are used one tile later (a prefetch)."""
     W: gl.constexpr = gl.num_warps()
-    LL: gl.constexpr = _tile_layout(ROWS_CONTIGUOUS, T, W)
+    LL: gl.constexpr = _tile_layout(ROWS_CONTIGUOUS, ROWS, T, W)
     r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, LL))
     t = t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LL))
     mask = gl.expand_dims(r < nrows, 1) & gl.expand_dims(t < length, 0)
@@ -91,11 +99,10 @@ def _finish_tile(y, u, Dv, z_raw, y_base, sy_d, sy_t, d0, t0, dim, length, BLOCK
     y = gl.convert_layout(y, LC) + Dv * u
     if HAS_Z:
         z = _f32(z_raw, LC)
-        y = y * (z / (1.0 + gl.exp(-z)))
-    LY: gl.constexpr = _tile_layout(Y_DC, T, gl.num_warps())
+        y = y * gl.fdiv(z, 1.0 + gl.exp2(-z * _LOG2E))  # silu, the approximate division (2 ulp)
+    LY: gl.constexpr = _tile_layout(Y_DC, BLOCK_D, T, gl.num_warps())
     y = gl.convert_layout(y, LY)
-    d_y = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LY))
-    t_y = t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LY))
+    d_y, t_y = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LY)), t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LY))
     offsets = gl.expand_dims(d_y.to(gl.int64) * sy_d, 1) + gl.expand_dims(t_y.to(gl.int64) * sy_t, 0)
     gl.store(y_base + offsets, y.to(y_base.dtype.element_ty),
              mask=gl.expand_dims(d_y < dim, 1) & gl.expand_dims(t_y < length, 0))
@@ -106,8 +113,7 @@ def _fetch_tiles(u_base, d_base, b_base, c_base, z_base, su_d, su_t, sd_d, sd_t,
                  sz_t, d0, t0, dim, nstate, length, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, T: gl.constexpr,
                  WRITE_Y: gl.constexpr, HAS_Z: gl.constexpr, U_DC: gl.constexpr, DT_DC: gl.constexpr,
                  Z_DC: gl.constexpr, BC_NC: gl.constexpr):
-    """Issue the loads of the tiles at step t0: u, delta, B and, when y is written, C and z
-    (pass 1 and an ungated scan get placeholders they never read)."""
+    """Issue the loads of the tiles at step t0: u, delta, B and, when y is written, C and z."""
     u_raw = _fetch(u_base, su_d, su_t, d0, t0, dim, length, BLOCK_D, T, U_DC)
     d_raw = _fetch(d_base, sd_d, sd_t, d0, t0, dim, length, BLOCK_D, T, DT_DC)
     b_raw = _fetch(b_base, sB_n, sB_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC)
@@ -125,20 +131,20 @@ def _scan_program(
     dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
     su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
     SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, WRITE_Y: gl.constexpr, HAS_CARRY: gl.constexpr,
-    BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr,
+    BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr, SPLIT: gl.constexpr,
     U_DC: gl.constexpr, DT_DC: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, BC_NC: gl.constexpr,
 ):
     """One (channel block, batch row, segment) program (module docstring). *_DC: that
     tensor's channels are contiguous in memory (else its steps); BC_NC: B / C's states are.
     Stores the segment's end state and, without WRITE_Y (pass 1), its delta sum."""
     W: gl.constexpr = gl.num_warps()
-    BLOCK_D: gl.constexpr = 32 * W * CPT
-    LS: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_N], [32, 1], [W, 1], [1, 0])  # state: CPT channels per thread
-    LR: gl.constexpr = gl.BlockedLayout([CPT, T], [32, 1], [W, 1], [1, 0])  # a tile: the threads' channel rows
-    LC: gl.constexpr = _tile_layout(U_DC, T, W)  # where a tile's elementwise work happens
-    LB: gl.constexpr = _tile_layout(BC_NC, T, W)
+    BLOCK_D: gl.constexpr = 32 * W * CPT // SPLIT
+    # the state (CPT channels per lane group, a channel's N states over SPLIT lanes); a y tile
+    LS: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_N // SPLIT], [32 // SPLIT, SPLIT], [W, 1], [1, 0])
+    LR: gl.constexpr = gl.BlockedLayout([CPT, T // SPLIT], [32 // SPLIT, SPLIT], [W, 1], [1, 0])
+    LC: gl.constexpr = _tile_layout(U_DC, BLOCK_D, T, W)  # where a tile's elementwise work happens
+    LB: gl.constexpr = _tile_layout(BC_NC, BLOCK_N, T, W)
     SH: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-
     d_s = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LS))
     n_s = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LS))
     dn_mask = gl.expand_dims(d_s < dim, 1) & gl.expand_dims(n_s < nstate, 0)
@@ -154,8 +160,8 @@ def _scan_program(
     bias = gl.expand_dims(gl.load(bias_ptr + d_c, mask=d_c < dim, other=0.0), 1)
     Dv = gl.expand_dims(gl.load(D_ptr + d_c, mask=d_c < dim, other=0.0), 1)
     col = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LR)), 0)
-    s_dt = gl.allocate_shared_memory(gl.float32, [BLOCK_D, T], SH)
-    s_du = gl.allocate_shared_memory(gl.float32, [BLOCK_D, T], SH)
+    s_dt = gl.allocate_shared_memory(gl.float32, [T, BLOCK_D], SH)  # a step's channels: one row, no bank conflicts
+    s_du = gl.allocate_shared_memory(gl.float32, [T, BLOCK_D], SH)
     s_b = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
     s_c = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
     dt_total = gl.zeros([BLOCK_D], gl.float32, gl.SliceLayout(1, LC))
@@ -175,8 +181,8 @@ def _scan_program(
         dt = gl.where(inside, dt, 0.0)  # padding steps: decay 1, no input
         dt_total += gl.sum(dt, axis=1)
         gl.thread_barrier()  # the previous tile's steps are done with the buffers
-        s_dt.store(dt)
-        s_du.store(dt * u)
+        s_dt.permute([1, 0]).store(dt)
+        s_du.permute([1, 0]).store(dt * u)
         s_b.permute([1, 0]).store(_f32(b_raw, LB))
         if WRITE_Y:
             s_c.permute([1, 0]).store(_f32(c_raw, LB))
@@ -186,8 +192,8 @@ def _scan_program(
         gl.thread_barrier()
         y = gl.zeros([BLOCK_D, T], gl.float32, LR)
         for i in gl.static_range(T):
-            dt_i = s_dt.slice(i, 1, dim=1).load(LS)  # (BLOCK_D, 1): this thread's channel
-            du_i = s_du.slice(i, 1, dim=1).load(LS)
+            dt_i = s_dt.slice(i, 1, dim=0).permute([1, 0]).load(LS)  # (BLOCK_D, 1): the thread's channel
+            du_i = s_du.slice(i, 1, dim=0).permute([1, 0]).load(LS)
             b_i = s_b.slice(i, 1, dim=0).load(LS)  # (1, BLOCK_N): the same in every thread
             h = gl.exp2(dt_i * A2) * h + du_i * b_i
             if WRITE_Y:
@@ -208,7 +214,7 @@ def scan_kernel(
     dim, length, nstate, seg_len, nseg,
     su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
     SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, WRITE_Y: gl.constexpr, HAS_CARRY: gl.constexpr,
-    BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr,
+    BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr, SPLIT: gl.constexpr,
     U_DC: gl.constexpr, DT_DC: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, BC_NC: gl.constexpr,
 ):
     """One launch of the (channel block, batch, segment) grid."""
@@ -216,7 +222,7 @@ def scan_kernel(
                   dtsum_ptr, dim, length, nstate, seg_len, nseg, gl.program_id(0), gl.program_id(1),
                   gl.program_id(2), su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t,
                   sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_N, T, CPT,
-                  U_DC, DT_DC, Z_DC, Y_DC, BC_NC)
+                  SPLIT, U_DC, DT_DC, Z_DC, Y_DC, BC_NC)
 
 
 @gluon.jit
@@ -233,64 +239,71 @@ def scan_plugin_kernel(
                   state_ptr, dim, length, nstate, length, 1, gl.program_id(0), gl.program_id(1), 0,
                   dim * length, length, 1, dim * length, length, 1, dim * length, length, 1, dim * length, length, 1,
                   nstate * length, length, 1, nstate * length, length, 1,
-                  SOFTPLUS, False, True, True, BLOCK_N, T, 1, False, False, False, False, False)
+                  SOFTPLUS, False, True, True, BLOCK_N, T, 1, 1, False, False, False, False, False)
+
+
+@gluon.jit
+def _then(a1, b1, a2, b2):
+    """Two segments in a row: h -> a2 (a1 h + b1) + b2."""
+    return a1 * a2, b1 * a2 + b2
 
 
 @gluon.jit
 def chain_segments_kernel(end_ptr, dtsum_ptr, A_ptr, init_ptr, carry_ptr, dim, nstate, nseg,
-                          HAS_INIT: gl.constexpr, BLOCK: gl.constexpr, CHUNK: gl.constexpr):
+                          HAS_INIT: gl.constexpr, CHUNK: gl.constexpr):
     """carry[s] = exp(A * dtsum[s-1]) * carry[s-1] + end[s-1]; carry[0] = initial state (or 0).
 
-    One program per (BLOCK of the flattened (D, N) states, batch row). The recurrence over
-    segments is sequential, so its inputs are staged CHUNK segments at a time: coalesced
-    (CHUNK, BLOCK) loads into shared memory, then one row per step from there (a step costs
-    a shared-memory read, not a global-memory round trip)."""
+    One thread per state of the flattened (D, N) states, one program per 32 * W of them and
+    batch row. CHUNK segments at a time: each thread loads its state's CHUNK end states and
+    delta sums (coalesced across the warp, all loads in flight at once) and scans them in
+    registers (an associative scan along the thread's own axis: no shuffles)."""
     W: gl.constexpr = gl.num_warps()
-    L2: gl.constexpr = gl.BlockedLayout([1, BLOCK // (32 * W)], [1, 32], [1, W], [1, 0])
-    SH: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    L2: gl.constexpr = gl.BlockedLayout([CHUNK, 1], [1, 32], [1, W], [0, 1])
     pid_b = gl.program_id(1).to(gl.int64)
-    e = gl.program_id(0) * BLOCK + gl.arange(0, BLOCK, layout=gl.SliceLayout(0, L2))
+    e = gl.program_id(0) * (32 * W) + gl.arange(0, 32 * W, layout=gl.SliceLayout(0, L2))
     size = dim * nstate
-    row = gl.expand_dims(e, 0)  # (1, BLOCK)
+    row = gl.expand_dims(e, 0)  # (1, 32 W): the states
     emask = row < size
-    A = gl.load(A_ptr + row, mask=emask, other=0.0)
+    A2 = gl.load(A_ptr + row, mask=emask, other=0.0) * _LOG2E
+    channel = row // nstate
     if HAS_INIT:
         h = gl.load(init_ptr + pid_b * size + row, mask=emask, other=0.0)
     else:
-        h = gl.zeros([1, BLOCK], gl.float32, L2)
-    s_end = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK], SH)
-    s_dts = gl.allocate_shared_memory(gl.float32, [CHUNK, BLOCK], SH)
+        h = gl.zeros([1, 32 * W], gl.float32, L2)
     seg = gl.expand_dims(gl.arange(0, CHUNK, layout=gl.SliceLayout(1, L2)), 1)  # (CHUNK, 1)
     for s0 in range(0, nseg, CHUNK):
         m = ((s0 + seg) < nseg) & emask
-        base = (pid_b * nseg + s0 + seg) * size
-        end = gl.load(end_ptr + base + row, mask=m, other=0.0)
-        dts = gl.load(dtsum_ptr + (pid_b * nseg + s0 + seg) * dim + row // nstate, mask=m, other=0.0)
-        gl.thread_barrier()
-        s_end.store(end)
-        s_dts.store(dts)
-        gl.thread_barrier()
-        for i in gl.static_range(CHUNK):
-            if s0 + i < nseg:
-                gl.store(carry_ptr + (pid_b * nseg + s0 + i) * size + row, h, mask=emask)
-                dts_i = s_dts.slice(i, 1, dim=0).load(L2)
-                h = gl.exp(A * dts_i) * h + s_end.slice(i, 1, dim=0).load(L2)
+        end = gl.load(end_ptr + (pid_b * nseg + s0 + seg) * size + row, mask=m, other=0.0)
+        dts = gl.load(dtsum_ptr + (pid_b * nseg + s0 + seg) * dim + channel, mask=m, other=0.0)
+        decay, into = gl.associative_scan((gl.exp2(A2 * dts), end), 0, _then)
+        after = decay * h + into  # the state after segment s0 + i
+        gl.store(carry_ptr + (pid_b * nseg + s0) * size + row, h, mask=emask)
+        later = s0 + 1 + seg
+        gl.store(carry_ptr + (pid_b * nseg + later) * size + row, after,
+                 mask=(later < s0 + CHUNK) & (later < nseg) & emask)
+        h = gl.expand_dims(gl.sum(gl.where(seg == CHUNK - 1, after, 0.0), axis=0), 0)
 
 
 class ScanConfig:
-    """Warps per program, steps per tile, steps per segment and channels per thread (a
-    program holds 32 * warps * channels channels)."""
+    """Warps per program, steps per tile, steps per segment, channels per thread and lanes
+    per channel (``split``: a channel's N states spread over that many lanes, fewer
+    registers per thread). A program holds 32 * warps * channels / split channels."""
 
-    def __init__(self, warps: int = 1, steps: int = 16, segment: int = 256, channels: int = 1) -> None:
+    def __init__(self, warps: int = 1, steps: int = 16, segment: int = 256, channels: int = 1,
+                 split: int = 1) -> None:
         if (warps not in (1, 2, 4, 8) or steps not in (8, 16, 32) or segment < steps or segment % steps
-                or channels not in (1, 2)):
+                or channels not in (1, 2) or split not in (1, 2, 4)):
             raise ValueError(f"ScanConfig: warps in (1, 2, 4, 8), steps in (8, 16, 32), segment a multiple of "
-                             f"steps, channels (per thread) 1 or 2; got warps={warps}, steps={steps}, "
-                             f"segment={segment}, channels={channels}.")
-        self.warps, self.steps, self.segment, self.channels = warps, steps, segment, channels
+                             f"steps, channels (per thread) 1 or 2, split (lanes per channel) 1, 2 or 4; got "
+                             f"warps={warps}, steps={steps}, segment={segment}, channels={channels}, split={split}.")
+        self.warps, self.steps, self.segment, self.channels, self.split = warps, steps, segment, channels, split
+
+    def block_d(self, nstate: int = 16) -> int:
+        """Channels per program (the split is capped at N's power of two)."""
+        return 32 * self.warps * self.channels // min(self.split, triton.next_power_of_2(nstate))
 
     def __repr__(self) -> str:
-        return f"ScanConfig(warps={self.warps}, steps={self.steps}, segment={self.segment}, channels={self.channels})"
+        return "ScanConfig(" + ", ".join(f"{k}={v}" for k, v in vars(self).items()) + ")"
 
 
 #: programs that keep an H200 busy (about 8 single-warp programs per multiprocessor)
@@ -298,12 +311,13 @@ _TARGET_PROGRAMS = 1024
 
 
 def default_config(length: int, dim: int = 1536, batch: int = 1) -> ScanConfig:
-    """One warp of 32 channels per program, 8-step tiles, 128-step segments: the best of
-    benchmarks/scan_tuning.py's sweep on an H200 (docs/BENCHMARKS.md). Shorter segments
-    (down to 32 steps) where 128 would leave the GPU with fewer than ~1024 programs."""
-    blocks = triton.cdiv(dim, 32) * max(batch, 1)
+    """One warp of 16 channels per program (a channel's states over two lanes), 16-step
+    tiles, 128-step segments: the best of benchmarks/scan_tuning.py's sweep on an H200
+    (docs/BENCHMARKS.md). Shorter segments (down to 32 steps) where 128 would leave the GPU
+    with fewer than ~1024 programs."""
+    blocks = triton.cdiv(dim, 16) * max(batch, 1)
     wanted = -(-length * blocks // _TARGET_PROGRAMS)  # segment length giving ~_TARGET_PROGRAMS programs
-    return ScanConfig(warps=1, steps=8, segment=min(128, max(32, -(-wanted // 8) * 8)))
+    return ScanConfig(warps=1, steps=16, segment=min(128, max(32, -(-wanted // 16) * 16)), split=2)
 
 
 def _channels_contiguous(t: torch.Tensor) -> bool:
@@ -340,11 +354,12 @@ def selective_scan_triton(
     dtsum = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
     if length == 0 or batch == 0 or dim == 0:
         return y, (h0.clone() if h0 is not None else state.new_zeros(batch, dim, nstate))
-    grid = (triton.cdiv(dim, 32 * cfg.warps * cfg.channels), batch, nseg)
+    block_n = triton.next_power_of_2(nstate)
+    grid = (triton.cdiv(dim, cfg.block_d(nstate)), batch, nseg)
     zz = z if z is not None else u
     strides = (*u.stride(), *delta.stride(), *zz.stride(), *y.stride(), *B.stride(), *C.stride())
-    common = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, BLOCK_N=triton.next_power_of_2(nstate),
-                  T=cfg.steps, CPT=cfg.channels, U_DC=_channels_contiguous(u), DT_DC=_channels_contiguous(delta),
+    common = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, BLOCK_N=block_n, T=cfg.steps,
+                  CPT=cfg.channels, SPLIT=min(cfg.split, block_n), U_DC=_channels_contiguous(u), DT_DC=_channels_contiguous(delta),
                   Z_DC=_channels_contiguous(zz), Y_DC=_channels_contiguous(y), BC_NC=_channels_contiguous(B), num_warps=cfg.warps)
     ints = (dim, length, nstate, cfg.segment, nseg, *strides)
     if nseg == 1:  # one pass, from the initial state (laid out like a (B, 1, D, N) carry)
@@ -355,9 +370,9 @@ def selective_scan_triton(
     scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum, *ints, WRITE_Y=False,
                       HAS_CARRY=False, **common)
     carry = torch.empty_like(state)
-    chain_segments_kernel[(triton.cdiv(dim * nstate, _CHAIN_BLOCK), batch)](
+    chain_segments_kernel[(triton.cdiv(dim * nstate, 32 * _CHAIN_WARPS), batch)](
         state, dtsum, A, h0 if h0 is not None else state, carry, dim, nstate, nseg, HAS_INIT=h0 is not None,
-        BLOCK=_CHAIN_BLOCK, CHUNK=_CHAIN_CHUNK, num_warps=1)
+        CHUNK=_CHAIN_CHUNK, num_warps=_CHAIN_WARPS)
     final = torch.empty_like(state)
     scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum, *ints, WRITE_Y=True,
                       HAS_CARRY=True, **common)

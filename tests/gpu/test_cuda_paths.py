@@ -57,20 +57,35 @@ def test_triton_scan_fp32(shape):
 
 
 @pytest.mark.parametrize("segment", [16, 64, 256, 1 << 20])
-@pytest.mark.parametrize("warps, steps, channels", [(1, 8, 1), (1, 16, 2), (2, 16, 1), (4, 32, 1)])
-def test_triton_configs_agree(segment, warps, steps, channels):
+@pytest.mark.parametrize("warps, steps, channels, split", [
+    (1, 8, 1, 1), (1, 16, 2, 1), (2, 16, 1, 1), (4, 32, 1, 1), (1, 8, 1, 2), (1, 16, 1, 4), (2, 8, 2, 2)])
+def test_triton_configs_agree(segment, warps, steps, channels, split):
     from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
     if segment < steps:
         pytest.skip("a segment holds whole tiles")
     inp = _inputs(2, 45, 16, 3001, seed=segment + warps)
-    want, _ = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
-    y, _ = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(warps, steps, segment, channels))
-    assert _rel(y, want) < FP32_REL
+    want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
+    y, state = selective_scan_triton(**inp, delta_softplus=True,
+                                     config=ScanConfig(warps, steps, segment, channels, split))
+    assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
 
 
+@pytest.mark.parametrize("nstate", [1, 2, 3, 5])
+@pytest.mark.parametrize("split", [2, 4])
+def test_triton_split_with_few_states(nstate, split):
+    """A channel's states split over more lanes than there are states: the split is capped."""
+    from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
+
+    inp = _inputs(2, 37, nstate, 700, seed=nstate * split)
+    want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
+    y, state = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(1, 8, 64, 1, split))
+    assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
+
+
+@pytest.mark.parametrize("split", [1, 2])
 @pytest.mark.parametrize("segment", [16, 1 << 20])
-def test_triton_initial_state(segment):
+def test_triton_initial_state(segment, split):
     """Continuing from a state (streaming): single pass and chained segments."""
     from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
@@ -79,20 +94,22 @@ def test_triton_initial_state(segment):
     want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True,
                                           initial_state=h0.cpu())
     y, state = selective_scan_triton(**inp, delta_softplus=True, initial_state=h0,
-                                     config=ScanConfig(1, 16, segment))
+                                     config=ScanConfig(1, 16, segment, split=split))
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
 
 
+@pytest.mark.parametrize("split", [1, 2, 4])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_triton_scan_reads_channel_contiguous_views(dtype):
+def test_triton_scan_reads_channel_contiguous_views(dtype, split):
     """MambaLayer passes (B, L, rows) memory as (B, rows, L) views: read in place, same numbers."""
-    from hvlm_export.ops.selective_scan_triton import selective_scan_triton
+    from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
     inp = _inputs(2, 70, 16, 1000, seed=5, dtype=dtype)
     views = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v) for k, v in inp.items()}
     assert views["u"].stride(1) == 1
-    want, want_state = selective_scan_triton(**inp, delta_softplus=True)
-    got, got_state = selective_scan_triton(**views, delta_softplus=True)
+    cfg = ScanConfig(1, 8, 128, split=split)
+    want, want_state = selective_scan_triton(**inp, delta_softplus=True, config=cfg)
+    got, got_state = selective_scan_triton(**views, delta_softplus=True, config=cfg)
     assert got.stride(1) == 1  # y takes u's layout
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(got, want, **tol)  # other tile layouts: other FMA contractions
