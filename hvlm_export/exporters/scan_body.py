@@ -17,9 +17,10 @@ node has no optional inputs (ONNX function bodies cannot branch on a missing inp
 
 The body is the chunked algorithm of ``hvlm_export.ops.selective_scan`` written with standard
 ONNX ops: a sequential loop over a fixed chunk of ``SCAN_CHUNK`` steps (unrolled: the chunk is
-a constant), run for all chunks at once, then a Hillis-Steele scan over the chunk carries with
-``CARRY_LEVELS`` levels. No Loop/Scan op, and the node count does not depend on L; the body is
-exact for L <= SCAN_CHUNK * 2**CARRY_LEVELS (33.5M tokens).
+a constant), run for all chunks at once; the chunk carries in two levels (a sequential pass over
+groups of ``CARRY_GROUP`` chunks, a Hillis-Steele scan over the groups); then every chunk again
+from its carry, reading out y with one MatMul per step. No Loop/Scan op, and the node count does
+not depend on L; the body is exact for L <= SCAN_CHUNK * 2**CARRY_LEVELS (33.5M tokens).
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ from onnx import TensorProto, helper
 from hvlm_export.artifacts import SCAN_DOMAIN, SCAN_INPUTS, SCAN_OP, SCAN_OUTPUTS, SCAN_PLUGIN_VERSION
 from hvlm_export.ops.selective_scan import SCAN_CHUNK
 
-__all__ = ["CARRY_LEVELS", "scan_function", "scan_schema"]
+__all__ = ["CARRY_GROUP", "CARRY_LEVELS", "scan_function", "scan_schema"]
 
 CARRY_LEVELS = 20
+#: chunks per group of the two-level carry scan (a sequential pass inside a group)
+CARRY_GROUP = 32
 
 
 def scan_schema() -> onnx.defs.OpSchema:
@@ -138,16 +141,48 @@ def _discretized(g: _Body) -> tuple[str, str, str, str]:
     return u, g.op("Where", use_softplus, g.op("Softplus", dt), dt), b_in, c_in
 
 
-def _carries(g: _Body, h: str, chunk_decay: str, layout: _Layout, levels: int) -> str:
-    """State at each chunk end, H_c = P_c H_{c-1} + h_c: Hillis-Steele over the chunks with
-    ``levels`` static levels (a shift is clamped to nc, so the graph never depends on L)."""
-    prod, carry = chunk_decay, h
+def _hillis_steele(g: _Body, h: str, decay: str, count_1d: str, levels: int) -> str:
+    """Inclusive H_k = P_k H_{k-1} + h_k over axis 0 with ``levels`` static levels (a shift is
+    clamped to the length, so the graph never depends on it)."""
+    prod, carry = decay, h
     for level in range(levels):
-        amount = g.op("Min", g.const([1 << level]), layout.nc_1d)
-        carry = g.op("Add", g.op("Mul", prod, _shift_in(g, carry, amount, layout.nc_1d, 0.0)), carry)
+        amount = g.op("Min", g.const([1 << level]), count_1d)
+        carry = g.op("Add", g.op("Mul", prod, _shift_in(g, carry, amount, count_1d, 0.0)), carry)
         if level + 1 < levels:
-            prod = g.op("Mul", prod, _shift_in(g, prod, amount, layout.nc_1d, 1.0))
+            prod = g.op("Mul", prod, _shift_in(g, prod, amount, count_1d, 1.0))
     return carry
+
+
+def _carries(g: _Body, h: str, chunk_decay: str, layout: _Layout, levels: int) -> str:
+    """State at each chunk end, H_c = P_c H_{c-1} + h_c, in two levels: chunks grouped by
+    CARRY_GROUP, a sequential pass inside every group (unrolled: the group is a constant), a
+    Hillis-Steele scan over the groups' end states, then each chunk gets its group's carry-in
+    times its decay since the group's start. (A Hillis-Steele scan over all chunks spends most
+    of its levels, each a pass over every chunk's state, shifting by more than there are.)"""
+    group, unsq1 = CARRY_GROUP, g.const([1])
+    ng = g.op("Div", g.op("Add", layout.nc, g.const(group - 1)), g.const(group))
+    ng_1d = g.op("Unsqueeze", ng, g.const([0]))
+    tail = g.op("Sub", g.op("Mul", ng_1d, g.const([group])), layout.nc_1d)
+    grouped_shape = g.op("Concat", ng_1d, g.const([group]), g.op("Slice", g.op("Shape", h), unsq1, g.const([4])),
+                         axis=0)
+
+    def grouped(x: str, fill: float) -> str:  # (nc, b, n, d) -> (ng, G, b, n, d), padded with fill
+        pads = g.op("Concat", g.const([0, 0, 0, 0]), tail, g.const([0, 0, 0]), axis=0)
+        return g.op("Reshape", g.op("Pad", x, pads, g.const(fill, TensorProto.FLOAT)), grouped_shape)
+
+    h_g, p_g = grouped(h, 0.0), grouped(chunk_decay, 1.0)
+    local, since = [], []  # per chunk: its state from a zero group start, its decay since the start
+    for i in range(group):
+        h_i, p_i = g.op("Gather", h_g, g.const(i), axis=1), g.op("Gather", p_g, g.const(i), axis=1)
+        local.append(h_i if i == 0 else g.op("Add", g.op("Mul", p_i, local[-1]), h_i))
+        since.append(p_i if i == 0 else g.op("Mul", p_i, since[-1]))
+    ends = _hillis_steele(g, local[-1], since[-1], ng_1d, levels - CARRY_GROUP.bit_length() + 1)
+    one = g.op("Min", g.const([1]), ng_1d)  # no op on constants alone in the body (see _steps)
+    carry_in = g.op("Unsqueeze", _shift_in(g, ends, one, ng_1d, 0.0), unsq1)  # (ng, 1, b, n, d)
+    stacked = [g.op("Concat", *(g.op("Unsqueeze", x, unsq1) for x in xs), axis=1) for xs in (local, since)]
+    full = g.op("Add", stacked[0], g.op("Mul", stacked[1], carry_in))  # (ng, G, b, n, d)
+    flat_shape = g.op("Concat", g.const([-1]), g.op("Slice", grouped_shape, g.const([2]), g.const([5])), axis=0)
+    return g.op("Slice", g.op("Reshape", full, flat_shape), g.const([0]), layout.nc_1d, g.const([0]))
 
 
 def _readout(g: _Body, ys: list[str], u: str, layout: _Layout) -> None:
@@ -169,7 +204,7 @@ def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVEL
     dt_s, du_s = layout.steps(g, dt), layout.steps(g, g.op("Mul", dt, u))  # (nc, T, b, d)
     last_axis, unsq_n = g.const([-1]), g.const([2])
     b_s = g.op("Unsqueeze", layout.steps(g, b_in), last_axis)  # (nc, T, b, n, 1)
-    c_s = g.op("Unsqueeze", layout.steps(g, c_in), last_axis)
+    c_s = g.op("Unsqueeze", layout.steps(g, c_in), g.const([-2]))  # (nc, T, b, 1, n): rows for a MatMul
     a = g.op("Unsqueeze", g.op("Einsum", "A", equation="dn->nd"), g.const([0, 1]))  # (1, 1, n, d)
 
     def input_term(t: int) -> str:  # delta_t u_t B_t for every chunk, (nc, b, n, d)
@@ -199,8 +234,8 @@ def scan_function(opset: int, chunk: int = SCAN_CHUNK, levels: int = CARRY_LEVEL
     ys = []
     for t in range(chunk):
         h = g.op("Add", g.op("Mul", decays[t], h), input_term(t))
-        y_t = g.op("ReduceSum", g.op("Mul", h, g.op("Gather", c_s, g.const(t), axis=1)), unsq_n, keepdims=0)
-        ys.append(g.op("Unsqueeze", y_t, g.const([1])))
+        y_t = g.op("MatMul", g.op("Gather", c_s, g.const(t), axis=1), h)  # C_t h_t: (nc, b, 1, d)
+        ys.append(g.op("Unsqueeze", g.op("Squeeze", y_t, unsq_n), g.const([1])))
     _readout(g, ys, u, layout)
     last = g.op("Einsum", g.op("Gather", carry, g.op("Sub", layout.nc, g.const(1)), axis=0), equation="bnd->bdn")
     g.nodes.append(helper.make_node("Identity", [last], ["last_state"]))
