@@ -160,6 +160,29 @@ def passes(rows, configs, length=8192, d=1536, n=16):
         print(f"passes {cfg}: graph {rows[-1]['ms']:.4f} ms,", ", ".join(f"{k[:14]} {v:.1f} us" for k, v in kernels))
 
 
+def plugin(rows, length=8192, d=1536, n=16):
+    """The TensorRT AOT plugin's kernel (one pass over L), one and PLUGIN_SPLIT lanes per channel."""
+    from hvlm_export.ops import selective_scan_triton as sst
+
+    inp = inputs(length, d, n)
+    h0 = torch.zeros(1, d, n, device="cuda")
+    y_ref, _ = reference(length, d, n, "fp32")
+    for split in sorted({1, sst.PLUGIN_SPLIT}):
+        y, state = torch.empty_like(inp["u"]), torch.empty_like(h0)
+        grid = (triton.cdiv(d, 32 * sst.PLUGIN_WARPS // split), 1)
+
+        def run(y=y, state=state, grid=grid, split=split):
+            sst.scan_plugin_kernel[grid](inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"],
+                                         inp["delta_bias"], h0, d, length, n, y, state, SOFTPLUS=True, BLOCK_N=n,
+                                         T=sst.PLUGIN_STEPS, SPLIT=split, num_warps=sst.PLUGIN_WARPS)
+
+        run()
+        y_gated = y * inp["z"] * torch.sigmoid(inp["z"])  # the plugin's node has no gate: applied after it
+        err = ((y_gated.double() - y_ref).abs().max() / y_ref.abs().max()).item()
+        rows.append({"table": "plugin", "config": f"one pass, split {split}", "L": length, "dtype": "fp32",
+                     "ms": bench(run), "rel_err": err})
+
+
 def over_lengths(rows, bandwidth, lengths):
     for name, dtype in DTYPES.items():
         for length in lengths:
@@ -195,6 +218,7 @@ def main() -> None:
     parser.add_argument("--no-sweep", action="store_true", help="everything but the configuration sweep")
     parser.add_argument("--once", action="store_true", help="one call at L=8192, fp32 (to run under a profiler)")
     parser.add_argument("--passes", action="store_true", help="only the GPU time per call and per kernel")
+    parser.add_argument("--plugin", action="store_true", help="only the TensorRT plugin's one-pass kernel")
     args = parser.parse_args()
     buffer = torch.empty(1 << 28, device="cuda")
     bandwidth = 2 * buffer.numel() * 4 / (bench(buffer.clone) / 1e3)  # read + write
@@ -204,12 +228,14 @@ def main() -> None:
         torch.cuda.synchronize()
         return
     rows: list[dict] = []
-    if args.passes:
+    if args.plugin:
+        plugin(rows)
+    elif args.passes:
         passes(rows, [ScanConfig(*c) for c in [(1, 8, 128, 1, 1), (1, 16, 128, 1, 1), (1, 8, 128, 1, 2),
                                                (1, 16, 128, 1, 2), (1, 16, 256, 1, 2), (1, 8, 128, 1, 4)]])
     elif not args.no_sweep:
         sweep(rows, args.quick)
-    if not (args.sweep_only or args.passes):
+    if not (args.sweep_only or args.passes or args.plugin):
         over_lengths(rows, bandwidth, (8192, 65536) if args.quick else (1024, 8192, 16384, 32768, 65536))
         layouts_and_previous(rows)
     bad = [r for r in rows if r.get("rel_err") is not None and r["rel_err"] > (1e-4 if r["dtype"] == "fp32" else 1e-2)]

@@ -39,13 +39,11 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 __all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "scan_plugin_kernel",
-           "PLUGIN_BLOCK_D", "PLUGIN_WARPS", "PLUGIN_STEPS"]
+           "plugin_block_d", "PLUGIN_WARPS", "PLUGIN_SPLIT", "PLUGIN_STEPS"]
 
 _LOG2E, _LN2 = gl.constexpr(1.4426950408889634), gl.constexpr(0.6931471805599453)
-#: warps of the single-pass program the TensorRT AOT plugin embeds (32 channels per warp)
-PLUGIN_WARPS = 1
-PLUGIN_BLOCK_D = 32 * PLUGIN_WARPS
-PLUGIN_STEPS = 16
+#: warps, lanes per channel (ScanConfig.split) and steps per tile of the TensorRT AOT plugin's program
+PLUGIN_WARPS, PLUGIN_SPLIT, PLUGIN_STEPS = 1, 2, 16
 #: warps per program (32 states each) and segments per step of the kernel that chains segments
 _CHAIN_WARPS, _CHAIN_CHUNK = 1, 16
 _TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
@@ -230,7 +228,7 @@ def scan_plugin_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, init_ptr,
     dim, length, nstate,
     y_ptr, state_ptr,
-    SOFTPLUS: gl.constexpr, BLOCK_N: gl.constexpr, T: gl.constexpr,
+    SOFTPLUS: gl.constexpr, BLOCK_N: gl.constexpr, T: gl.constexpr, SPLIT: gl.constexpr,
 ):
     """The same program as one pass over the whole L from the initial state, for contiguous
     (B, D, L) / (B, N, L) tensors, with the TensorRT AOT plugin's argument order (inputs,
@@ -239,7 +237,7 @@ def scan_plugin_kernel(
                   state_ptr, dim, length, nstate, length, 1, gl.program_id(0), gl.program_id(1), 0,
                   dim * length, length, 1, dim * length, length, 1, dim * length, length, 1, dim * length, length, 1,
                   nstate * length, length, 1, nstate * length, length, 1,
-                  SOFTPLUS, False, True, True, BLOCK_N, T, 1, 1, False, False, False, False, False)
+                  SOFTPLUS, False, True, True, BLOCK_N, T, 1, SPLIT, False, False, False, False, False)
 
 
 @gluon.jit
@@ -253,10 +251,8 @@ def chain_segments_kernel(end_ptr, dtsum_ptr, A_ptr, init_ptr, carry_ptr, dim, n
                           HAS_INIT: gl.constexpr, CHUNK: gl.constexpr):
     """carry[s] = exp(A * dtsum[s-1]) * carry[s-1] + end[s-1]; carry[0] = initial state (or 0).
 
-    One thread per state of the flattened (D, N) states, one program per 32 * W of them and
-    batch row. CHUNK segments at a time: each thread loads its state's CHUNK end states and
-    delta sums (coalesced across the warp, all loads in flight at once) and scans them in
-    registers (an associative scan along the thread's own axis: no shuffles)."""
+    A thread per state of the flattened (D, N), a program per 32 W states and batch row; CHUNK
+    segments at a time, loaded at once (coalesced) and scanned in the thread's registers."""
     W: gl.constexpr = gl.num_warps()
     L2: gl.constexpr = gl.BlockedLayout([CHUNK, 1], [1, 32], [1, W], [0, 1])
     pid_b = gl.program_id(1).to(gl.int64)
@@ -379,12 +375,17 @@ def selective_scan_triton(
     return y, final[:, -1]
 
 
+def plugin_block_d(block_n: int) -> int:
+    """Channels per program of the plugin's kernel for a state block of ``block_n``."""
+    return 32 * PLUGIN_WARPS // min(PLUGIN_SPLIT, block_n)
+
+
 def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[str, str, int, int]:
     """Compile ``scan_plugin_kernel`` to PTX for the TensorRT AOT plugin.
 
     Returns (kernel name, PTX, shared memory bytes, warps). ``dtype`` is the dtype of u,
     delta, B, C and y ('float32', 'float16' or 'bfloat16'); ``block_n`` a power of two >= N.
-    The grid is (ceil(D / PLUGIN_BLOCK_D), B).
+    The grid is (ceil(D / plugin_block_d(block_n)), B).
     """
     from triton.experimental.gluon._runtime import GluonASTSource
 
@@ -392,7 +393,8 @@ def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[
     signature = {"u_ptr": ptr, "delta_ptr": ptr, "A_ptr": "*fp32", "B_ptr": ptr, "C_ptr": ptr, "D_ptr": "*fp32",
                  "bias_ptr": "*fp32", "init_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32",
                  "y_ptr": ptr, "state_ptr": "*fp32"}
-    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_N": block_n, "T": PLUGIN_STEPS}
+    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_N": block_n, "T": PLUGIN_STEPS,
+                  "SPLIT": min(PLUGIN_SPLIT, block_n)}
     source = GluonASTSource(fn=scan_plugin_kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(source, options={"num_warps": PLUGIN_WARPS})
     return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.shared, compiled.metadata.num_warps

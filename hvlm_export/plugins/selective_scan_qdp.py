@@ -69,7 +69,7 @@ def _aot_impl(
     D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, initial_state: trtp.TensorDesc, delta_softplus: int,
     outputs: Tuple[trtp.TensorDesc], tactic: int,
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-    from hvlm_export.ops.selective_scan_triton import PLUGIN_BLOCK_D, compile_plugin_ptx
+    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx, plugin_block_d
 
     dtype = dtype_name(trt, u.dtype)
     n_state = _constant(A.shape_expr[1])
@@ -78,7 +78,7 @@ def _aot_impl(
     n_block = _next_pow2(n_state)
     name, ptx, shared, warps = compile_plugin_ptx(dtype, n_block, bool(delta_softplus))
     params = trtp.KernelLaunchParams()
-    params.grid_x = trtp.cdiv(u.shape_expr[1], PLUGIN_BLOCK_D)
+    params.grid_x = trtp.cdiv(u.shape_expr[1], plugin_block_d(n_block))
     params.grid_y = u.shape_expr[0]
     params.block_x = warps * 32
     params.shared_mem = shared

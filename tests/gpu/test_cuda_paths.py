@@ -183,20 +183,22 @@ def test_plugin_kernel_single_pass_and_aot_compiles():
     """The kernel the TensorRT AOT plugin embeds: run it, and compile it to PTX as TRT would."""
     import triton
 
-    from hvlm_export.ops.selective_scan_triton import (PLUGIN_BLOCK_D, PLUGIN_STEPS, PLUGIN_WARPS,
-                                                      compile_plugin_ptx, scan_plugin_kernel)
+    from hvlm_export.ops.selective_scan_triton import (PLUGIN_SPLIT, PLUGIN_STEPS, PLUGIN_WARPS, compile_plugin_ptx,
+                                                      plugin_block_d, scan_plugin_kernel)
 
-    inp = _inputs(2, 48, 16, 777, seed=4)
-    want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items() if k != "z"}, delta_softplus=True)
-    y = torch.full_like(inp["u"], float("nan"))
-    state = torch.full((2, 48, 16), float("nan"), device="cuda")
-    h0 = torch.randn(2, 48, 16, device="cuda")
-    want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items() if k != "z"}, delta_softplus=True,
-                                          initial_state=h0.cpu())
-    scan_plugin_kernel[(triton.cdiv(48, PLUGIN_BLOCK_D), 2)](
-        inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], h0, 48, 777, 16, y, state,
-        SOFTPLUS=True, BLOCK_N=16, T=PLUGIN_STEPS, num_warps=PLUGIN_WARPS)
-    assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
+    for nstate in (16, 1, 3):  # fewer states than lanes per channel: the split is capped
+        inp = _inputs(2, 48, nstate, 777, seed=4 + nstate)
+        y = torch.full_like(inp["u"], float("nan"))
+        state = torch.full((2, 48, nstate), float("nan"), device="cuda")
+        h0 = torch.randn(2, 48, nstate, device="cuda")
+        want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items() if k != "z"},
+                                              delta_softplus=True, initial_state=h0.cpu())
+        block_n = triton.next_power_of_2(nstate)
+        scan_plugin_kernel[(triton.cdiv(48, plugin_block_d(block_n)), 2)](
+            inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], h0, 48, 777, nstate,
+            y, state, SOFTPLUS=True, BLOCK_N=block_n, T=PLUGIN_STEPS, SPLIT=min(PLUGIN_SPLIT, block_n),
+            num_warps=PLUGIN_WARPS)
+        assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL, nstate
     for dtype in ("float32", "float16", "bfloat16"):
         name, ptx, shared, warps = compile_plugin_ptx(dtype, 16, True)
         assert ".entry" in ptx and name in ptx and warps == PLUGIN_WARPS
