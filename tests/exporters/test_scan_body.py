@@ -1,5 +1,6 @@
 """The SelectiveScan function body (standard ONNX ops) run alone by ONNX Runtime against the
-float64 recurrence, from a zero and from a given initial state, at lengths around the chunk."""
+float64 recurrence, from a zero and from a given initial state, at lengths around the chunk and
+across groups of chunks."""
 
 from __future__ import annotations
 
@@ -40,7 +41,9 @@ def session():
 
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["zero-state", "initial-state"])
-@pytest.mark.parametrize("length", [1, 31, 32, 33, 100])
+# around the chunk (32 steps), and past one and several groups of 32 chunks (1024 steps): the
+# carries' sequential pass inside a group and their scan across groups
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 100, 1024, 1025, 2100, 5000])
 def test_body_matches_recurrence(session, length, with_state):
     g = torch.Generator().manual_seed(length)
     r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
