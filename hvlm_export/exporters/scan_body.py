@@ -36,7 +36,7 @@ from hvlm_export.ops.selective_scan import SCAN_CHUNK
 __all__ = ["CARRY_GROUP", "CARRY_LEVELS", "scan_function", "scan_schema"]
 
 CARRY_LEVELS = 20
-#: chunks per group of the two-level carry scan (a sequential pass inside a group)
+#: chunks per group of the two-level carry scan (a sequential pass inside a group; a power of two)
 CARRY_GROUP = 32
 
 
@@ -176,7 +176,7 @@ def _carries(g: _Body, h: str, chunk_decay: str, layout: _Layout, levels: int) -
         h_i, p_i = g.op("Gather", h_g, g.const(i), axis=1), g.op("Gather", p_g, g.const(i), axis=1)
         local.append(h_i if i == 0 else g.op("Add", g.op("Mul", p_i, local[-1]), h_i))
         since.append(p_i if i == 0 else g.op("Mul", p_i, since[-1]))
-    ends = _hillis_steele(g, local[-1], since[-1], ng_1d, levels - CARRY_GROUP.bit_length() + 1)
+    ends = _hillis_steele(g, local[-1], since[-1], ng_1d, levels - (group - 1).bit_length())  # group: a power of 2
     one = g.op("Min", g.const([1]), ng_1d)  # no op on constants alone in the body (see _steps)
     carry_in = g.op("Unsqueeze", _shift_in(g, ends, one, ng_1d, 0.0), unsq1)  # (ng, 1, b, n, d)
     stacked = [g.op("Concat", *(g.op("Unsqueeze", x, unsq1) for x in xs), axis=1) for xs in (local, since)]

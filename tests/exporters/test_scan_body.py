@@ -56,3 +56,42 @@ def test_body_matches_recurrence(session, length, with_state):
     rel = np.abs(y - want.numpy()).max() / np.abs(want.numpy()).max()
     rel_state = np.abs(state - want_state.numpy()).max() / np.abs(want_state.numpy()).max()
     assert rel < REL and rel_state < REL, f"rel err y {rel:.3g}, state {rel_state:.3g}"
+
+
+@pytest.mark.parametrize("length", [2100, 5000, 40000])
+def test_body_carries_slow_decay_across_groups(session, length):
+    """A state that decays slowly reaches many groups of 32 chunks later: every level of the
+    carries' scan over groups shows (fast-decaying inputs forget within a group)."""
+    g = torch.Generator().manual_seed(length)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    b, d, n = 1, 3, 2
+    inp = dict(u=r(b, d, length), delta=r(b, d, length) * 0.1 - 6.0, A=-torch.rand(d, n, generator=g) * 1e-3 - 1e-4,
+               B=r(b, n, length), C=r(b, n, length), D=r(d), delta_bias=torch.zeros(d))
+    h0 = r(b, d, n) * 100
+    want, want_state = scan_reference_f64(**inp, delta_softplus=True, initial_state=h0)
+    y, state = session.run(None, {**{k: v.numpy() for k, v in inp.items()}, "initial_state": h0.numpy()})
+    rel = np.abs(y - want.numpy()).max() / np.abs(want.numpy()).max()
+    rel_state = np.abs(state - want_state.numpy()).max() / np.abs(want_state.numpy()).max()
+    assert rel < REL and rel_state < REL, f"rel err y {rel:.3g}, state {rel_state:.3g}"
+
+
+
+@pytest.mark.slow
+def test_body_reaches_its_documented_length(session):
+    """At L = SCAN_CHUNK * 2**CARRY_LEVELS (33.5M tokens) the initial state still reaches the
+    last step: every level of the scan over groups is exercised. u = 0, so the exact answer
+    has a closed form: y_t = C_t exp(A S_t) h0, S_t the running sum of softplus(delta)."""
+    from hvlm_export.exporters.scan_body import CARRY_LEVELS
+    from hvlm_export.ops.selective_scan import SCAN_CHUNK
+
+    length = SCAN_CHUNK * 2**CARRY_LEVELS
+    rng = np.random.default_rng(0)
+    delta = rng.normal(0.0, 0.1, (1, 1, length)).astype(np.float32)
+    a, h0 = np.array([[-1e-7]], np.float32), np.array([[[3.0]]], np.float32)
+    c = np.ones((1, 1, length), np.float32)
+    feeds = {"u": np.zeros((1, 1, length), np.float32), "delta": delta, "A": a, "B": c, "C": c,
+             "D": np.zeros(1, np.float32), "delta_bias": np.zeros(1, np.float32), "initial_state": h0}
+    y, state = session.run(None, feeds)
+    s_end = np.log1p(np.exp(delta.astype(np.float64))).sum()
+    want_end = 3.0 * np.exp(-1e-7 * s_end)
+    assert abs(state[0, 0, 0] - want_end) / want_end < 1e-2 and abs(y[0, 0, -1] - want_end) / want_end < 1e-2
