@@ -6,7 +6,9 @@ backward branch) and prints, per pass and configuration: registers, spills, the 
 instruction count per (channel, state, step) element, and its most frequent opcodes. Strides
 along L are specialised to 1, as Triton does for contiguous (B, D, L) tensors at launch.
 
-Static counts, not a profile: they show what each element costs to issue (the kernel is bounded
+Integer arguments are compiled as plain i32 here (the runtime also specialises on divisibility by
+16), so register counts can differ a little from what a launch compiles (ncu's occupancy is the
+authority); the loop's instruction mix is the point. Static counts, not a profile: they show what each element costs to issue (the kernel is bounded
 by the exp2 unit and by issue, docs/BENCHMARKS.md), e.g. what a softplus formulation costs.
 Needs the ``triton`` package (any machine; no CUDA driver).
 

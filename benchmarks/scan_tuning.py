@@ -15,7 +15,8 @@ y and of the final state), then timed with ``triton.testing.do_bench`` (median):
   the special-function floor: the hardware exp2 rate measured in the same run times the
   exponentials each pass takes.
 
-Usage: python benchmarks/scan_tuning.py [--out DIR] [--quick | --passes]
+Usage: python benchmarks/scan_tuning.py [--out DIR] [--quick | --sweep-only | --no-sweep | --passes | --plugin]
+Every mode writes DIR/scan_tuning-h200.json (docs/benchmarks/ keeps copies renamed per mode).
 """
 
 from __future__ import annotations

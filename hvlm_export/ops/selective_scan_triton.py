@@ -24,8 +24,8 @@ now live in benchmarks/scan_variants.py; numbers and profiles in docs/BENCHMARKS
   S = 1 one pass does everything from the initial state.
 
 Numerics: float32 state and arithmetic whatever the input dtype (fp16 / bf16 are read
-natively); exact up to float32 rounding (exp2 / log2 are the hardware's approximate ones,
-relative error ~1e-7, as ``tl.exp`` is).
+natively); exact up to float32 rounding (exp2 / log2 are the hardware's approximate ones, as
+``tl.exp`` is; softplus through them has an absolute error of ~1e-7).
 
 The TensorRT AOT plugin launches the same program as one pass over the whole L
 (``scan_plugin_kernel``: TensorRT's ahead-of-time route launches exactly one kernel).
@@ -37,6 +37,8 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+
+from hvlm_export.ops.scan_config import ScanConfig, default_config
 
 __all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "scan_plugin_kernel",
            "plugin_block_d", "PLUGIN_WARPS", "PLUGIN_SPLIT", "PLUGIN_STEPS"]
@@ -61,7 +63,7 @@ def _softplus(x):
 @triton.constexpr_function
 def _tile_layout(rows_contiguous, rows, steps, warps):
     """Layout of a (rows, T) tile read from memory: coalesced along T, or along the rows when
-    those are contiguous; a warp's lanes cover at most its share of the rows (no duplicates)."""
+    those are contiguous; a warp's lanes cover at most its share of the rows."""
     rows_per_warp = max(1, rows // warps)
     if rows_contiguous:
         lanes_r = min(32, rows_per_warp)
@@ -97,7 +99,7 @@ def _finish_tile(y, u, Dv, z_raw, y_base, sy_d, sy_t, d0, t0, dim, length, BLOCK
     y = gl.convert_layout(y, LC) + Dv * u
     if HAS_Z:
         z = _f32(z_raw, LC)
-        y = y * gl.fdiv(z, 1.0 + gl.exp2(-z * _LOG2E))  # silu, the approximate division (2 ulp)
+        y = y * (z / (1.0 + gl.exp2(-z * _LOG2E)))  # silu
     LY: gl.constexpr = _tile_layout(Y_DC, BLOCK_D, T, gl.num_warps())
     y = gl.convert_layout(y, LY)
     d_y, t_y = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LY)), t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LY))
@@ -132,9 +134,9 @@ def _scan_program(
     BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr, SPLIT: gl.constexpr,
     U_DC: gl.constexpr, DT_DC: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, BC_NC: gl.constexpr,
 ):
-    """One (channel block, batch row, segment) program (module docstring). *_DC: that
-    tensor's channels are contiguous in memory (else its steps); BC_NC: B / C's states are.
-    Stores the segment's end state and, without WRITE_Y (pass 1), its delta sum."""
+    """One (channel block, batch row, segment) program (module docstring); pid_b int64. *_DC:
+    that tensor's channels are contiguous in memory (else its steps); BC_NC: B / C's states
+    are. Stores the segment's end state and, without WRITE_Y (pass 1), its delta sum."""
     W: gl.constexpr = gl.num_warps()
     BLOCK_D: gl.constexpr = 32 * W * CPT // SPLIT
     # the state (CPT channels per lane group, a channel's N states over SPLIT lanes); a y tile
@@ -163,7 +165,7 @@ def _scan_program(
     s_b = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
     s_c = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
     dt_total = gl.zeros([BLOCK_D], gl.float32, gl.SliceLayout(1, LC))
-    pid_b, start = pid_b.to(gl.int64), pid_s * seg_len  # batch offsets may pass 2**31 elements
+    start = pid_s * seg_len
     # the first tile's loads; each iteration issues the next tile's before its steps run
     bases = (u_ptr + pid_b * su_b, delta_ptr + pid_b * sd_b, B_ptr + pid_b * sB_b, C_ptr + pid_b * sC_b,
              z_ptr + pid_b * sz_b)
@@ -217,7 +219,7 @@ def scan_kernel(
 ):
     """One launch of the (channel block, batch, segment) grid."""
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
-                  dtsum_ptr, dim, length, nstate, seg_len, nseg, gl.program_id(0), gl.program_id(1),
+                  dtsum_ptr, dim, length, nstate, seg_len, nseg, gl.program_id(0), gl.program_id(1).to(gl.int64),
                   gl.program_id(2), su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t,
                   sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_N, T, CPT,
                   SPLIT, U_DC, DT_DC, Z_DC, Y_DC, BC_NC)
@@ -233,10 +235,10 @@ def scan_plugin_kernel(
     """The same program as one pass over the whole L from the initial state, for contiguous
     (B, D, L) / (B, N, L) tensors, with the TensorRT AOT plugin's argument order (inputs,
     ints, outputs); grid (channel blocks, batch)."""
+    dl, nl = dim.to(gl.int64) * length, nstate.to(gl.int64) * length  # batch strides, past 2**31 allowed
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, init_ptr,
-                  state_ptr, dim, length, nstate, length, 1, gl.program_id(0), gl.program_id(1), 0,
-                  dim * length, length, 1, dim * length, length, 1, dim * length, length, 1, dim * length, length, 1,
-                  nstate * length, length, 1, nstate * length, length, 1,
+                  state_ptr, dim, length, nstate, length, 1, gl.program_id(0), gl.program_id(1).to(gl.int64), 0,
+                  dl, length, 1, dl, length, 1, dl, length, 1, dl, length, 1, nl, length, 1, nl, length, 1,
                   SOFTPLUS, False, True, True, BLOCK_N, T, 1, SPLIT, False, False, False, False, False)
 
 
@@ -280,42 +282,6 @@ def chain_segments_kernel(end_ptr, dtsum_ptr, A_ptr, init_ptr, carry_ptr, dim, n
         h = gl.expand_dims(gl.sum(gl.where(seg == CHUNK - 1, after, 0.0), axis=0), 0)
 
 
-class ScanConfig:
-    """Warps per program, steps per tile, steps per segment, channels per thread and lanes
-    per channel (``split``: a channel's N states spread over that many lanes, fewer
-    registers per thread). A program holds 32 * warps * channels / split channels."""
-
-    def __init__(self, warps: int = 1, steps: int = 16, segment: int = 256, channels: int = 1,
-                 split: int = 1) -> None:
-        if (warps not in (1, 2, 4, 8) or steps not in (8, 16, 32) or segment < steps or segment % steps
-                or channels not in (1, 2) or split not in (1, 2, 4)):
-            raise ValueError(f"ScanConfig: warps in (1, 2, 4, 8), steps in (8, 16, 32), segment a multiple of "
-                             f"steps, channels (per thread) 1 or 2, split (lanes per channel) 1, 2 or 4; got "
-                             f"warps={warps}, steps={steps}, segment={segment}, channels={channels}, split={split}.")
-        self.warps, self.steps, self.segment, self.channels, self.split = warps, steps, segment, channels, split
-
-    def block_d(self, nstate: int = 16) -> int:
-        """Channels per program (the split is capped at N's power of two)."""
-        return 32 * self.warps * self.channels // min(self.split, triton.next_power_of_2(nstate))
-
-    def __repr__(self) -> str:
-        return "ScanConfig(" + ", ".join(f"{k}={v}" for k, v in vars(self).items()) + ")"
-
-
-#: programs that keep an H200 busy (about 8 single-warp programs per multiprocessor)
-_TARGET_PROGRAMS = 1024
-
-
-def default_config(length: int, dim: int = 1536, batch: int = 1) -> ScanConfig:
-    """One warp of 16 channels per program (a channel's states over two lanes), 16-step
-    tiles, 128-step segments: the best of benchmarks/scan_tuning.py's sweep on an H200
-    (docs/BENCHMARKS.md). Shorter segments (down to 32 steps) where 128 would leave the GPU
-    with fewer than ~1024 programs."""
-    blocks = triton.cdiv(dim, 16) * max(batch, 1)
-    wanted = -(-length * blocks // _TARGET_PROGRAMS)  # segment length giving ~_TARGET_PROGRAMS programs
-    return ScanConfig(warps=1, steps=16, segment=min(128, max(32, -(-wanted // 16) * 16)), split=2)
-
-
 def _channels_contiguous(t: torch.Tensor) -> bool:
     """Whether a (B, rows, L) tensor's rows are its contiguous axis (rather than L)."""
     return t.shape[2] > 1 and t.stride(1) == 1 and t.stride(2) != 1
@@ -343,8 +309,8 @@ def selective_scan_triton(
     nstate = A.shape[1]
     A, D, delta_bias = (t.contiguous().float() for t in (A, D, delta_bias))
     h0 = initial_state.contiguous().float() if initial_state is not None else None
-    cfg = config or default_config(length, dim, batch)
-    nseg = max(1, triton.cdiv(length, cfg.segment))
+    cfg = config or default_config(length, dim, batch, nstate)
+    nseg = cfg.segments(length)
     y = torch.empty_like(u)
     state = torch.empty(batch, nseg, dim, nstate, device=u.device, dtype=torch.float32)
     dtsum = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
@@ -355,7 +321,8 @@ def selective_scan_triton(
     zz = z if z is not None else u
     strides = (*u.stride(), *delta.stride(), *zz.stride(), *y.stride(), *B.stride(), *C.stride())
     common = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, BLOCK_N=block_n, T=cfg.steps,
-                  CPT=cfg.channels, SPLIT=min(cfg.split, block_n), U_DC=_channels_contiguous(u), DT_DC=_channels_contiguous(delta),
+                  CPT=cfg.channels, SPLIT=cfg.lanes(nstate), U_DC=_channels_contiguous(u),
+                  DT_DC=_channels_contiguous(delta),
                   Z_DC=_channels_contiguous(zz), Y_DC=_channels_contiguous(y), BC_NC=_channels_contiguous(B), num_warps=cfg.warps)
     ints = (dim, length, nstate, cfg.segment, nseg, *strides)
     if nseg == 1:  # one pass, from the initial state (laid out like a (B, 1, D, N) carry)
