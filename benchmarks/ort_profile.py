@@ -4,7 +4,12 @@ Exports a registry mechanism, runs it with ONNX Runtime's session profiler on, a
 kernel time summed per op type (nodes inside function bodies count as their own op types),
 averaged over the profiled runs, next to the session's wall time and the eager module's.
 
-Usage: python benchmarks/ort_profile.py mamba [--dim 256] [--length 2048] [--runs 5] [--threads 2]
+``--scan-kernel`` (Mamba models) also times the session with the onnxruntime-extensions kernel
+for SelectiveScan (``runtime.load(..., scan_kernel=True)``): once with the numba scan, once with
+a kernel that returns zeros, each with the time spent inside the Python function; what is left
+is the op boundary of onnxruntime-extensions (its conversion of inputs and outputs).
+
+Usage: python benchmarks/ort_profile.py mamba [--dim 256] [--length 2048] [--runs 5] [--threads 2] [--scan-kernel]
 """
 
 from __future__ import annotations
@@ -36,6 +41,33 @@ def _median_ms(fn, runs: int) -> float:
     return statistics.median(times)
 
 
+def scan_kernel_boundary(path: Path, x: np.ndarray, runs: int) -> None:
+    """The session with the SelectiveScan PyOp: numba kernel, then a zeros kernel."""
+    from hvlm_export import runtime
+    from hvlm_export.runtime import ort_scan_kernel
+
+    real, inside = ort_scan_kernel.selective_scan_fast, []
+
+    def timed(kernel):
+        def run(*args):
+            t0 = time.perf_counter()
+            out = kernel(*args)
+            inside.append((time.perf_counter() - t0) * 1e3)
+            return out
+        return run
+
+    zeros = lambda u, *rest: (np.zeros_like(u), np.zeros_like(rest[6]))  # noqa: E731 (y, last_state)
+    session = runtime.load(path, providers=["CPUExecutionProvider"], scan_kernel=True)
+    try:
+        for name, kernel in (("numba scan", real), ("zeros", zeros)):
+            ort_scan_kernel.selective_scan_fast = timed(kernel)
+            wall = _median_ms(lambda: session.run({"x": x}), runs)
+            print(f"with the PyOp ({name}): {wall:.1f} ms per run, {statistics.median(inside[-runs:]):.1f} ms "
+                  f"inside the kernel function")
+    finally:
+        ort_scan_kernel.selective_scan_fast = real
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(REGISTRY))
@@ -43,6 +75,7 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=2048)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--scan-kernel", action="store_true", help="also time the SelectiveScan PyOp (Mamba models)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     kwargs = {"dim": args.dim, **({"num_heads": 8} if "num_heads" in REGISTRY[args.name].defaults else {})}
@@ -62,6 +95,8 @@ def main() -> None:
         for _ in range(args.runs):
             profiled.run(None, {"x": x})
         events = json.loads(Path(profiled.end_profiling()).read_text())
+        if args.scan_kernel:
+            scan_kernel_boundary(path, x, args.runs)
     per_op: collections.Counter[str] = collections.Counter()
     runs = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"]
     first_end = runs[0]["ts"] + runs[0]["dur"] if runs else 0
