@@ -46,6 +46,7 @@ __all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plu
 _LOG2E, _LN2 = gl.constexpr(1.4426950408889634), gl.constexpr(0.6931471805599453)
 #: warps, lanes per channel (ScanConfig.split) and steps per tile of the TensorRT AOT plugin's program
 PLUGIN_WARPS, PLUGIN_SPLIT, PLUGIN_STEPS = 1, 2, 16
+_PLUGIN = ScanConfig(PLUGIN_WARPS, PLUGIN_STEPS, PLUGIN_STEPS, split=PLUGIN_SPLIT)  # one pass: no segments
 #: warps per program (32 states each) and segments per step of the kernel that chains segments
 _CHAIN_WARPS, _CHAIN_CHUNK = 1, 16
 _TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
@@ -344,7 +345,7 @@ def selective_scan_triton(
 
 def plugin_block_d(block_n: int) -> int:
     """Channels per program of the plugin's kernel for a state block of ``block_n``."""
-    return 32 * PLUGIN_WARPS // min(PLUGIN_SPLIT, block_n)
+    return _PLUGIN.block_d(block_n)
 
 
 def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[str, str, int, int]:
@@ -361,7 +362,7 @@ def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[
                  "bias_ptr": "*fp32", "init_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32",
                  "y_ptr": ptr, "state_ptr": "*fp32"}
     constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_N": block_n, "T": PLUGIN_STEPS,
-                  "SPLIT": min(PLUGIN_SPLIT, block_n)}
+                  "SPLIT": _PLUGIN.lanes(block_n)}
     source = GluonASTSource(fn=scan_plugin_kernel, signature=signature, constexprs=constexprs)
     compiled = triton.compile(source, options={"num_warps": PLUGIN_WARPS})
     return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.shared, compiled.metadata.num_warps
