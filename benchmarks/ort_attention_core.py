@@ -12,24 +12,13 @@ Usage: python benchmarks/ort_attention_core.py [--blocks 64] [--heads 8] [--quer
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper
-
-
-def _median_ms(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+from ort_profile import median_ms  # benchmarks/ is on sys.path when run as a script
 
 
 def _model(shape_q, shape_kv, shape_m, scale: float, attention_op: bool):
@@ -69,15 +58,15 @@ def main() -> None:
     bias = torch.zeros(m.shape).masked_fill(~m, float("-inf"))
     with torch.no_grad():
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale).numpy()
-        rows = {"torch SDPA": _median_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale), a.runs),
-                "torch unfused": _median_ms(lambda: torch.softmax(q @ k.transpose(-1, -2) * scale + bias, -1) @ v, a.runs)}
+        rows = {"torch SDPA": median_ms(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale), a.runs),
+                "torch unfused": median_ms(lambda: torch.softmax(q @ k.transpose(-1, -2) * scale + bias, -1) @ v, a.runs)}
     options = ort.SessionOptions()
     options.intra_op_num_threads = a.threads
     for name, attention_op in (("ORT MatMul/Softmax", False), ("ORT Attention (opset 23)", True)):
         session = ort.InferenceSession(_model(shape_q, shape_kv, shape_m, scale, attention_op).SerializeToString(),
                                        options, providers=["CPUExecutionProvider"])
         assert np.allclose(session.run(None, feeds)[0], want, atol=1e-4), name
-        rows[name] = _median_ms(lambda session=session: session.run(None, feeds), a.runs)
+        rows[name] = median_ms(lambda session=session: session.run(None, feeds), a.runs)
     print(f"scores ({a.blocks}, {a.heads}, {a.queries}, {a.keys}), head dim {a.head_dim}, {a.threads} threads:")
     for name, ms in rows.items():
         print(f"  {name:26} {ms:7.2f} ms  ({ms / rows['torch SDPA']:.2f}x torch SDPA)")

@@ -31,7 +31,8 @@ from hvlm_export.registry import REGISTRY
 from hvlm_export.validators.reference import load_reference
 
 
-def _median_ms(fn, runs: int) -> float:
+def median_ms(fn, runs: int) -> float:
+    """Median milliseconds of ``fn()`` over ``runs`` calls after one warm-up call."""
     fn()
     times = []
     for _ in range(runs):
@@ -61,7 +62,7 @@ def scan_kernel_boundary(path: Path, x: np.ndarray, runs: int) -> None:
     try:
         for name, kernel in (("numba scan", real), ("zeros", zeros)):
             ort_scan_kernel.selective_scan_fast = timed(kernel)
-            wall = _median_ms(lambda: session.run({"x": x}), runs)
+            wall = median_ms(lambda: session.run({"x": x}), runs)
             print(f"with the PyOp ({name}): {wall:.1f} ms per run, {statistics.median(inside[-runs:]):.1f} ms "
                   f"inside the kernel function")
     finally:
@@ -87,8 +88,8 @@ def main() -> None:
         options.intra_op_num_threads, options.log_severity_level = args.threads, 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         with torch.no_grad():
-            eager = _median_ms(lambda: module(torch.from_numpy(x)), args.runs)
-        wall = _median_ms(lambda: session.run(None, {"x": x}), args.runs)
+            eager = median_ms(lambda: module(torch.from_numpy(x)), args.runs)
+        wall = median_ms(lambda: session.run(None, {"x": x}), args.runs)
         options.enable_profiling, options.profile_file_prefix = True, str(Path(tmp) / "profile")
         profiled = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         profiled.run(None, {"x": x})  # warm-up, also profiled: dropped below
