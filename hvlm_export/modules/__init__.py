@@ -6,7 +6,8 @@ from torch import nn
 from hvlm_export.modules.blocks import HierarchicalAttentionBlock, LinearAttentionBlock
 from hvlm_export.modules.mamba import MambaLayer
 from hvlm_export.modules.performer import PerformerAttention
-from hvlm_export.modules.sparse import CrossMemoryAttention, LocalGlobalAttention, StridedAttention
+from hvlm_export.modules.cross_memory import CrossMemoryAttention
+from hvlm_export.modules.sparse import LocalGlobalAttention, StridedAttention
 
 __all__ = [
     "StridedAttention",

@@ -16,6 +16,7 @@ from hvlm_export.modules._streaming import Streamable
 from hvlm_export.ops.favor import TRITON_AVAILABLE
 
 __all__ = [
+    "FUSED_IMPLS",
     "MultiHeadProjections",
     "check_dropout",
     "check_mask",
@@ -102,6 +103,40 @@ def fused_cuda_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
     Plain attribute and flag reads only, so torch.compile folds it without a graph break."""
     return (x.is_cuda and not autograd_on(x, weight) and TRITON_AVAILABLE
             and (torch.compiler.is_compiling() or not torch.compiler.is_exporting()))
+
+
+#: the ``impl`` choices of layers with a fused Triton kernel for CUDA inference
+FUSED_IMPLS = ("auto", "torch", "triton")
+HALF = (torch.float16, torch.bfloat16)
+
+
+def check_impl(impl: object, choices: tuple[str, ...] = FUSED_IMPLS) -> str:
+    """Return ``impl`` if it is one of ``choices``; raise ValueError naming them otherwise."""
+    if impl not in choices:
+        raise ValueError(f"Unknown impl {impl!r}.\nNote: valid choices are {', '.join(choices)}.")
+    return impl
+
+
+def use_fused(impl: str, x: torch.Tensor, weight: torch.Tensor, needs: str, misfit: str | None) -> bool:
+    """Whether a layer's call runs its fused Triton kernel: ``impl`` 'auto' or 'triton', a
+    float16/bfloat16 CUDA input without autograd (fused_cuda_inference), and ``misfit`` None
+    (else the layer's own reason why the kernel cannot serve this call). ``needs`` names the
+    kernel in the error: 'triton' never falls back silently, a call it cannot run is a
+    ValueError saying why. Plain attribute and flag reads only, so torch.compile folds it
+    without a graph break."""
+    if impl not in ("auto", "triton"):
+        return False
+    if misfit is None and x.dtype in HALF and fused_cuda_inference(x, weight):
+        return True
+    if impl == "triton":
+        grad = autograd_on(x, weight)
+        raise ValueError(
+            f"impl='triton' runs {needs} on float16/bfloat16 CUDA inputs without autograd "
+            f"(Triton installed: {TRITON_AVAILABLE}); this call has {x.dtype} on {x.device}, "
+            f"autograd {'on' if grad else 'off'}{'' if misfit is None else ', ' + misfit}.\n"
+            "Note: use impl='auto' to fall back to the torch path in such calls."
+        )
+    return False
 
 
 def crop(t: torch.Tensor, dim: int, length: int | torch.SymInt) -> torch.Tensor:

@@ -13,7 +13,8 @@ from hvlm_export.modules._attention import check_dropout, check_mask, check_posi
 from hvlm_export.modules._streaming import StateSpec, Streamable, prefixed
 from hvlm_export.modules.mamba import MambaLayer
 from hvlm_export.modules.performer import PerformerAttention
-from hvlm_export.modules.sparse import CrossMemoryAttention, LocalGlobalAttention, StridedAttention
+from hvlm_export.modules.cross_memory import CrossMemoryAttention
+from hvlm_export.modules.sparse import LocalGlobalAttention, StridedAttention
 
 __all__ = ["HierarchicalAttentionBlock", "LinearAttentionBlock", "SPARSE_TYPES", "LINEAR_TYPES"]
 

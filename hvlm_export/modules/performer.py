@@ -43,31 +43,30 @@ import torch
 import torch.nn.functional as F
 
 from hvlm_export.modules._attention import (
+    HALF,
     MultiHeadProjections,
-    autograd_on,
+    check_impl,
     check_mask,
     check_positive_int,
     check_sequence,
     crop,
-    fused_cuda_inference,
     merge_heads,
+    use_fused,
     zero_padding,
 )
 from hvlm_export.modules._streaming import StateSpec
-from hvlm_export.ops.favor import TRITON_AVAILABLE, favor_softmax
+from hvlm_export.ops.favor import favor_softmax
 
 __all__ = ["PerformerAttention", "orthogonal_random_features"]
 
 Kernel = Literal["softmax", "relu", "elu"]
 _KERNELS = ("softmax", "relu", "elu")
 PerformerImpl = Literal["auto", "torch", "triton"]
-_IMPLS = ("auto", "torch", "triton")
 _SOFTMAX_EPS = 1e-4  # floor of a softmax feature relative to its row max: no normaliser reaches 0
 _RELU_EPS = 1e-3
 #: the log-weight of padding and of "no key yet": exp(_NEG - anything real) == 0, and
 #: _NEG - _NEG == 0 (finite, unlike -inf - -inf)
 _NEG = -1e30
-_HALF = (torch.float16, torch.bfloat16)
 #: keys per partial sum of the non-causal half-precision path (few partials, no fp16 overflow)
 _KEY_SUM_CHUNK = 1024
 #: the largest chunk of a streaming step (decode steps are 1 token: pad little)
@@ -126,9 +125,7 @@ class PerformerAttention(MultiHeadProjections):
         self.kernel = kernel
         self.causal = bool(causal)
         self.chunk_size = check_positive_int("chunk_size", chunk_size)
-        if impl not in _IMPLS:
-            raise ValueError(f"Unknown impl {impl!r}.\nNote: valid choices are {', '.join(_IMPLS)}.")
-        self.impl = impl
+        self.impl = check_impl(impl)
         if kernel == "elu":
             self.register_buffer("projection_matrix", None)
         else:
@@ -197,22 +194,9 @@ class PerformerAttention(MultiHeadProjections):
         return self._causal(x, state)
 
     def _use_triton(self, x: torch.Tensor) -> bool:
-        """Whether this call runs the fused kernel (see ``impl``). Written with plain
-        attribute and flag reads only, so torch.compile folds it without a graph break."""
-        if self.impl == "torch":
-            return False
-        fits = self.kernel == "softmax" and x.dtype in _HALF
-        if fits and fused_cuda_inference(x, self.q_proj.weight):
-            return True
-        if self.impl == "triton":
-            grad = autograd_on(x, self.q_proj.weight)
-            raise ValueError(
-                "impl='triton' runs the 'softmax' kernel on float16/bfloat16 CUDA inputs without "
-                f"autograd (Triton installed: {TRITON_AVAILABLE}); this call has kernel={self.kernel!r}, "
-                f"{x.dtype} on {x.device}, autograd {'on' if grad else 'off'}.\n"
-                "Note: use impl='auto' to fall back to the torch path in such calls."
-            )
-        return False
+        """Whether this call runs the fused kernel (see ``impl``)."""
+        misfit = None if self.kernel == "softmax" else f"kernel={self.kernel!r}"
+        return use_fused(self.impl, x, self.q_proj.weight, "the 'softmax' kernel", misfit)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, L, Dh) -> (psi, l): psi (B, H, L, m') in x's dtype, scaled by m'^-1/2, each
@@ -243,7 +227,7 @@ class PerformerAttention(MultiHeadProjections):
         by 1024 |v| / sqrt(m)) and average the chunks in float32; wider inputs sum at once."""
         weight = torch.exp(logw - logw.amax(-1, keepdim=True))[..., None]  # (B, H, L, 1) <= 1
         vw = torch.cat([v, torch.ones_like(v[..., :1])], -1) * weight.to(v.dtype)  # [v, 1] weighted
-        if kf.dtype in _HALF:
+        if kf.dtype in HALF:
             kc, vc = _chunks(kf, _KEY_SUM_CHUNK), _chunks(vw, _KEY_SUM_CHUNK)
             sums = _wide(kc.transpose(-2, -1) @ vc).mean(2).to(qf.dtype)  # (B, H, m, Dh + 1), units 1 / nc
         else:
@@ -260,7 +244,7 @@ class PerformerAttention(MultiHeadProjections):
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Half inputs compute in half (fp32 statistics); others in at least float32."""
-    return dtype if dtype in _HALF else torch.promote_types(dtype, torch.float32)
+    return dtype if dtype in HALF else torch.promote_types(dtype, torch.float32)
 
 
 def _wide(t: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
-"""Sparse softmax attention: strided (dilated), local + global, and cross-memory.
+"""Sparse softmax attention: strided (dilated) and local + global (cross-memory attention,
+dense, lives in hvlm_export.modules.cross_memory and is re-exported here).
 
 Shapes follow the glossary in ``hvlm_export.modules._attention``. Strided and local/global
 attention never build an L x L mask: they pad the sequence, regroup it into groups or blocks
@@ -6,7 +7,9 @@ with reshapes and slices only (no ``unfold`` / ``as_strided``), and run
 ``scaled_dot_product_attention`` inside each group: strided with no mask at all (so the flash
 kernels apply), local/global with one small block mask shared by batch and heads (or, on CUDA,
 FlexAttention with a block-sparse mask). Every size is derived from the input's symbolic
-shape, so an exported graph works for any L.
+shape, so an exported graph works for any L. For CUDA inference in half precision both
+layers run one fused Triton kernel instead (``hvlm::sparse_attention``,
+hvlm_export.ops.sparse_attention), which needs none of the regrouping.
 
 References: Child et al. 2019, "Generating Long Sequences with Sparse Transformers" (strided
 pattern, section 4.2); Beltagy et al. 2020, "Longformer" (sliding window + global tokens,
@@ -23,20 +26,25 @@ from torch import nn
 
 from hvlm_export.modules._attention import (
     MultiHeadProjections,
+    check_impl,
     check_mask,
     check_positive_int,
     check_sequence,
     crop,
     merge_heads,
     split_heads,
+    use_fused,
     zero_padding,
 )
 from hvlm_export.modules._streaming import StateSpec
+from hvlm_export.modules.cross_memory import CrossMemoryAttention
+from hvlm_export.ops.sparse_attention import FUSED_MAX_GROUP, MAX_GROUPS, MAX_HEAD_DIM, sparse_attention
 
 __all__ = ["StridedAttention", "LocalGlobalAttention", "CrossMemoryAttention"]
 
-LocalImpl = Literal["blocked", "flex"]
-_LOCAL_IMPLS = ("blocked", "flex")
+FusedImpl = Literal["auto", "torch", "triton"]
+LocalImpl = Literal["auto", "blocked", "flex", "triton"]
+_LOCAL_IMPLS = ("auto", "blocked", "flex", "triton")
 #: smallest query block of the blocked local/global path: tiny windows still give blocks big
 #: enough for the fused SDPA kernels (cost per query: G + w + 2r keys)
 _MIN_BLOCK = 32
@@ -49,6 +57,33 @@ def _group_keys(mask: torch.Tensor, n, s: int) -> torch.Tensor:
     b, length = mask.shape
     keys = F.pad(mask.to(torch.uint8), (0, n * s - length)).view(b, n, s).permute(2, 0, 1).reshape(s * b, 1, 1, n) != 0
     return keys | ~keys.any(-1, keepdim=True)
+
+
+def _sparse_misfit(layer: MultiHeadProjections, x: torch.Tensor, mask: torch.Tensor | None, stride: int) -> str | None:
+    """Why the fused kernel (hvlm::sparse_attention) cannot serve this call of a sparse
+    layer, or None. A padding mask is no obstacle when causal: a real query's keys are real."""
+    if mask is not None and not layer.causal:
+        return "a padding mask (the kernel takes none; causal layers need none)"
+    if layer.training and layer.dropout > 0:
+        return "attention dropout in training"
+    if layer.head_dim > MAX_HEAD_DIM:
+        return f"head width {layer.head_dim} > {MAX_HEAD_DIM}"
+    if min(stride, x.shape[1]) * x.shape[0] * layer.num_heads > MAX_GROUPS:
+        return f"more than {MAX_GROUPS} (group, batch, head) programs"
+    return None
+
+
+def _fused_sparse(layer: MultiHeadProjections, x: torch.Tensor, stride: int, radius: int,
+                  glob: torch.Tensor | None = None) -> torch.Tensor:
+    """The fused CUDA path of both sparse layers: projections where they land, one kernel,
+    (B, L, E) before out_proj. ``glob`` (G, E): global tokens (keys and values for all)."""
+    b, length, _ = x.shape
+    h, dh = layer.num_heads, layer.head_dim
+    q, k, v = (proj(x).view(b, length, h, dh) for proj in (layer.q_proj, layer.k_proj, layer.v_proj))
+    gk = gv = None
+    if glob is not None:
+        gk, gv = (proj(glob).view(-1, h, dh) for proj in (layer.k_proj, layer.v_proj))
+    return sparse_attention(q, k, v, gk, gv, stride, radius, layer.causal, layer.scale)
 
 
 def _pad_tokens(x: torch.Tensor, amount) -> torch.Tensor:
@@ -73,6 +108,11 @@ class StridedAttention(MultiHeadProjections):
     * non-causal: groups r < rem (rem = L - (n - 1) s) hold n tokens and the others n - 1;
       the two sets are two SDPA calls (the second without its padded last slot).
 
+    On CUDA, in half precision and without autograd, one fused Triton kernel
+    (``hvlm::sparse_attention``) can replace the regrouping and the SDPA calls: it reads each
+    group's rows where the projections wrote them and writes the output in sequence order
+    (see ``impl`` for when).
+
     ``attention_mask`` (B, L) (1 = real token, right padding): padded positions output 0 and
     are no key of a real query (non-causal: one SDPA call with the groups' key mask; causal
     needs none, a real query's earlier keys are real).
@@ -83,6 +123,11 @@ class StridedAttention(MultiHeadProjections):
         stride: dilation s >= 1 (default 4).
         dropout: attention-probability dropout, training only (default 0.0).
         causal: restrict to j <= i (default False).
+        impl: 'auto' (default), 'torch' or 'triton'. 'triton' runs the fused kernel
+            (float16/bfloat16 CUDA inputs, no autograd, no padding mask unless causal, head
+            width <= 128); 'auto' picks it exactly when it can serve the call and the groups
+            hold at most ``FUSED_MAX_GROUP`` (4096) tokens (for longer groups flash SDPA over
+            the regrouped groups is faster), else the torch path (the one that exports).
     """
 
     def __init__(
@@ -93,17 +138,24 @@ class StridedAttention(MultiHeadProjections):
         dropout: float = 0.0,
         causal: bool = False,
         *,
+        impl: FusedImpl = "auto",
         device=None,
         dtype=None,
     ) -> None:
         super().__init__(dim, num_heads, dropout, device=device, dtype=dtype)
         self.stride = check_positive_int("stride", stride)
         self.causal = bool(causal)
+        self.impl = check_impl(impl)
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, L, E), attention_mask: (B, L) or None -> (B, L, E)."""
         check_sequence(x, self.dim)
         mask = None if attention_mask is None else check_mask(attention_mask, x)
+        # 'auto': the kernel for groups up to FUSED_MAX_GROUP tokens, flash SDPA for longer ones
+        fused = self.impl == "triton" or (self.impl == "auto" and -(-x.shape[1] // self.stride) <= FUSED_MAX_GROUP)
+        misfit = _sparse_misfit(self, x, mask, self.stride) if fused else None
+        if fused and use_fused(self.impl, x, self.q_proj.weight, "the fused strided kernel", misfit):
+            return zero_padding(self.out_proj(_fused_sparse(self, x, self.stride, -1)), mask)
         b, length, e = x.shape
         s = self.stride
         n = (length + s - 1) // s  # tokens per full group
@@ -165,7 +217,7 @@ class StridedAttention(MultiHeadProjections):
         return t.view(s * b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, stride={self.stride}, causal={self.causal}"
+        return f"{super().extra_repr()}, stride={self.stride}, causal={self.causal}, impl={self.impl!r}"
 
 
 class LocalGlobalAttention(MultiHeadProjections):
@@ -181,12 +233,17 @@ class LocalGlobalAttention(MultiHeadProjections):
       [b w - r, b w + w + r) (w + 2r keys; w + r if causal), gathered with one concatenation
       of slices, under one (nb, w, G + w + 2r) mask shared by batch and heads:
       O(L (G + w + 2r)) time and memory, never an L x L mask.
+    * ``'triton'`` (CUDA inference, half precision): one fused kernel
+      (``hvlm::sparse_attention``) that reads the window's keys where the projections wrote
+      them, the global keys first; no block padding, copies or mask tensor.
     * ``'flex'`` (CUDA, opt-in): FlexAttention over [global keys, sequence] with a
       block-sparse mask that visits only the key blocks inside the window
       (hvlm_export.modules._flex); no dropout. Measured on an H200 (docs/BENCHMARKS.md): in
       eager mode it is about 1.8x faster than 'blocked' at 64K tokens; under torch.compile
       'blocked' is as fast or faster, hence the default.
-    Both are tested against dense masked attention.
+    ``'auto'`` (default) is 'triton' exactly when the kernel can serve the call (float16 /
+    bfloat16 CUDA inputs, no autograd, no padding mask unless causal, head width <= 128), else
+    'blocked'. All are tested against dense masked attention.
 
     ``attention_mask`` (B, L) (1 = real token, right padding): padded positions output 0 and
     are no key of a real query (non-causal: the blocks' mask gets each sample's key mask,
@@ -199,7 +256,7 @@ class LocalGlobalAttention(MultiHeadProjections):
         num_global_tokens: G >= 0 (default 4).
         dropout: attention-probability dropout, training only (default 0.0).
         causal: restrict local keys to j <= i (default False); global tokens stay visible.
-        impl: 'blocked' (default) or 'flex'.
+        impl: 'auto' (default), 'blocked', 'flex' or 'triton'.
     """
 
     def __init__(
@@ -211,7 +268,7 @@ class LocalGlobalAttention(MultiHeadProjections):
         dropout: float = 0.0,
         causal: bool = False,
         *,
-        impl: LocalImpl = "blocked",
+        impl: LocalImpl = "auto",
         device=None,
         dtype=None,
     ) -> None:
@@ -219,9 +276,7 @@ class LocalGlobalAttention(MultiHeadProjections):
         self.local_window = check_positive_int("local_window", local_window)
         self.num_global_tokens = check_positive_int("num_global_tokens", num_global_tokens, minimum=0)
         self.causal = bool(causal)
-        if impl not in _LOCAL_IMPLS:
-            raise ValueError(f"Unknown impl {impl!r}.\nNote: valid choices are {', '.join(_LOCAL_IMPLS)}.")
-        self.impl = impl
+        self.impl = check_impl(impl, _LOCAL_IMPLS)
         self.radius = local_window // 2
         self.block = max(self.radius, _MIN_BLOCK)
         self.global_tokens = nn.Parameter(torch.randn(num_global_tokens, dim, device=device, dtype=dtype) * 0.02)
@@ -230,6 +285,10 @@ class LocalGlobalAttention(MultiHeadProjections):
         """x: (B, L, E), attention_mask: (B, L) or None -> (B, L, E)."""
         check_sequence(x, self.dim)
         mask = None if attention_mask is None else check_mask(attention_mask, x)
+        misfit = _sparse_misfit(self, x, mask, 1) if self.impl in ("auto", "triton") else None
+        if use_fused(self.impl, x, self.q_proj.weight, "the fused local/global kernel", misfit):
+            glob = self.global_tokens if self.num_global_tokens else None
+            return zero_padding(self.out_proj(_fused_sparse(self, x, 1, self.radius, glob)), mask)
         if self.impl == "flex" and (mask is None or self.causal):
             from hvlm_export.modules._flex import local_global_flex
 
@@ -330,58 +389,3 @@ class LocalGlobalAttention(MultiHeadProjections):
             f"{super().extra_repr()}, local_window={self.local_window}, "
             f"num_global_tokens={self.num_global_tokens}, causal={self.causal}, impl={self.impl!r}"
         )
-
-
-class CrossMemoryAttention(MultiHeadProjections):
-    """Cross-attention from a sequence to a memory bank (keys/values from memory).
-
-    Args:
-        dim: model width E (default 768).
-        num_heads: heads H (default 12).
-        dropout: attention-probability dropout, training only (default 0.0).
-    """
-
-    def __init__(self, dim: int = 768, num_heads: int = 12, dropout: float = 0.0, *, device=None, dtype=None) -> None:
-        super().__init__(dim, num_heads, dropout, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
-                attention_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, L, E); memory: (B, M, E) or None for self-attention. Returns (B, L, E).
-
-        attention_mask (B, L) / memory_mask (B, M): 1 = real token (right padding). Padded
-        positions of x output 0; padded memory tokens (padded tokens of x, without a memory)
-        are no key. A sample with no real key at all gets a zero attention output."""
-        check_sequence(x, self.dim)
-        if memory is not None:
-            check_sequence(memory, self.dim, name="memory")
-            if memory.shape[0] != x.shape[0]:
-                raise ValueError(
-                    f"memory batch size {memory.shape[0]} does not match x batch size {x.shape[0]}."
-                )
-        elif memory_mask is not None:
-            raise ValueError("memory_mask was given without a memory.\nNote: pass memory=..., or use attention_mask.")
-        mask = None if attention_mask is None else check_mask(attention_mask, x)
-        keys = mask if memory is None else (None if memory_mask is None else check_mask(memory_mask, memory, "memory_mask"))
-        q, k, v = self._qkv(x, memory)
-        if keys is None:
-            out = self._attend(q, k, v, None)
-        else:
-            some = keys.any(-1)[:, None, None, None]  # (B, 1, 1, 1): the sample has a real key
-            out = self._attend(q, k, v, (keys[:, None, None, :] | ~some)) * some.to(q.dtype)
-        return zero_padding(self.out_proj(merge_heads(out)), mask)
-
-    def streaming_error(self) -> str | None:
-        return "cross-memory attention is not causal"
-
-    def fuse_with_memory(
-        self, x: torch.Tensor, memory: torch.Tensor | None, fusion_ratio: float = 0.5,
-        attention_mask: torch.Tensor | None = None, memory_mask: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Return (1 - fusion_ratio) * x + fusion_ratio * self(x, memory, masks), 0 at padded
-        positions of x."""
-        if isinstance(fusion_ratio, bool) or not isinstance(fusion_ratio, (int, float)):
-            raise TypeError(f"fusion_ratio must be a float in [0, 1], got {fusion_ratio!r}.")
-        if not 0.0 <= fusion_ratio <= 1.0:
-            raise ValueError(f"fusion_ratio must be in [0, 1], got {fusion_ratio}.")
-        fused = (1.0 - fusion_ratio) * x + fusion_ratio * self(x, memory, attention_mask, memory_mask)
-        return zero_padding(fused, None if attention_mask is None else check_mask(attention_mask, x))

@@ -13,14 +13,25 @@ import importlib.util
 
 import torch
 
-__all__ = ["favor_softmax", "TRITON_AVAILABLE"]
+__all__ = ["favor_softmax", "favor_softmax_op", "TRITON_AVAILABLE"]
 
 #: whether the Triton kernels can be imported (a constant, so torch.compile folds checks of it)
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 
-@torch.library.custom_op("hvlm::favor_softmax", mutates_args=(), device_types="cuda")
 def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
+                  eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The op (see ``favor_softmax_op``); eager calls launch the kernels directly (the custom
+    op's dispatch is host time short sequences pay), under torch.compile it is the opaque op."""
+    if torch.compiler.is_compiling():
+        return favor_softmax_op(q, k, v, projection, eps, causal, key_mask)
+    from hvlm_export.ops.favor_triton import favor_softmax_triton
+
+    return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask)
+
+
+@torch.library.custom_op("hvlm::favor_softmax", mutates_args=(), device_types="cuda")
+def favor_softmax_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                   eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """q, k, v (B, H, L, D) half precision; projection (m, D); key_mask (B, L) bool, which
     tokens may be keys (non-causal only; None: all). Returns (B, L, H * D)."""
@@ -29,7 +40,7 @@ def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection:
     return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask)
 
 
-@favor_softmax.register_fake
+@favor_softmax_op.register_fake
 def _(q, k, v, projection, eps, causal=False, key_mask=None):
     b, h, length, d = q.shape
     return q.new_empty(b, length, h * d)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hvlm_export.modules import LocalGlobalAttention, PerformerAttention
+from hvlm_export.modules import LocalGlobalAttention, PerformerAttention, StridedAttention
 from hvlm_export.registry import REGISTRY
+from tests.references import dense_attention, local_global_mask, strided_mask
 
 pytestmark = [
     pytest.mark.gpu,
@@ -100,7 +101,8 @@ def test_compiled_matches_eager(name):
 
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["performer", "performer_causal", "mamba", "local_global_flex_causal",
-                                  "local_global_flex"])
+                                  "local_global_flex", "strided", "strided_causal", "local_global",
+                                  "local_global_causal"])
 def test_fused_cuda_paths_honour_padding_masks(name):
     """The fused CUDA paths (FAVOR+ kernels with a key mask, Mamba's fused conv + scan,
     FlexAttention) on a right-padded fp16 batch: each sample's real positions as when it runs
@@ -114,6 +116,10 @@ def test_fused_cuda_paths_honour_padding_masks(name):
         "mamba": lambda: MambaLayer(256, state_size=8),
         "local_global_flex_causal": lambda: LocalGlobalAttention(256, 4, local_window=64, causal=True, impl="flex"),
         "local_global_flex": lambda: LocalGlobalAttention(256, 4, local_window=64, impl="flex"),
+        "strided": lambda: StridedAttention(256, 4, stride=3),  # a mask: the torch path
+        "strided_causal": lambda: StridedAttention(256, 4, stride=3, causal=True),  # the fused kernel
+        "local_global": lambda: LocalGlobalAttention(256, 4, local_window=64),  # a mask: blocked
+        "local_global_causal": lambda: LocalGlobalAttention(256, 4, local_window=64, causal=True),  # fused
     }[name]().cuda().half().eval()
     real = [700, 301, 1]
     x = torch.randn(3, max(real), 256, device="cuda", dtype=torch.float16)
@@ -123,3 +129,63 @@ def test_fused_cuda_paths_honour_padding_masks(name):
         alone = layer(x[i : i + 1, :n])
         assert _rel(y[i : i + 1, :n], alone) < HALF_REL, f"sample {i}: rel err {_rel(y[i : i + 1, :n], alone):.3g}"
         assert not y[i, n:].any()
+
+
+def _sparse_case(kind: str, dim: int, heads: int, causal: bool, knob: int, globals_: int):
+    """A sparse layer and its dense (L, K) mask: 'strided' (knob = stride) or 'local'
+    (knob = local_window, ``globals_`` global tokens)."""
+    if kind == "strided":
+        layer = StridedAttention(dim, heads, stride=knob, causal=causal)
+        return layer, lambda n: strided_mask(n, knob, causal), None
+    layer = LocalGlobalAttention(dim, heads, local_window=knob, num_global_tokens=globals_, causal=causal)
+    return layer, lambda n: local_global_mask(n, knob, globals_, causal), layer.global_tokens
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize("kind, dim, heads, knob, globals_", [
+    ("strided", 768, 12, 4, 0), ("strided", 96, 4, 3, 0), ("strided", 64, 2, 1, 0), ("strided", 128, 1, 7, 0),
+    ("local", 768, 12, 128, 4), ("local", 96, 4, 9, 3), ("local", 64, 2, 1, 0), ("local", 256, 2, 300, 17),
+], ids=lambda v: str(v))
+def test_fused_sparse_kernel_matches_dense_reference(kind, dim, heads, knob, globals_, causal, dtype):
+    """hvlm::sparse_attention (impl='triton') against dense masked attention in float64 at
+    lengths around the tile sizes and below the stride, batch 1 and 3; never less accurate
+    than the torch path in the same precision (head widths 64, 24, 32, 128: padded tiles)."""
+    torch.manual_seed(knob)
+    layer, mask, prefix = _sparse_case(kind, dim, heads, causal, knob, globals_)
+    layer = layer.cuda().eval()
+    ref = layer.double()
+    for batch, length in ((1, 1), (3, 2), (1, 63), (3, 129), (1, 1000), (2, 4099)):
+        x = torch.randn(batch, length, dim, device="cuda", dtype=torch.float64)
+        want = dense_attention(ref, x, mask(length).cuda(), prefix=None if prefix is None else ref.global_tokens)
+        layer.to(dtype)
+        layer.impl = "triton"
+        got = layer(x.to(dtype))
+        layer.impl = "torch" if kind == "strided" else "blocked"
+        torch_path = layer(x.to(dtype))
+        layer.double()
+        errors = f"L={length} B={batch}: rel err fused {_rel(got, want):.3g}, torch path {_rel(torch_path, want):.3g}"
+        assert torch.isfinite(got).all(), errors
+        assert _rel(got, want) < (HALF_REL if dtype == torch.float16 else 4 * HALF_REL), errors
+        assert _rel(got, want) <= 1.5 * _rel(torch_path, want) + 2e-4, "the fused path is less accurate: " + errors
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["strided", "local"])
+def test_fused_sparse_kernel_is_causal_and_compiles(kind):
+    """Causal: tokens after 700 made 30x larger leave every earlier output bit-identical;
+    torch.compile(fullgraph=True) keeps the op whole and computes the same."""
+    torch.manual_seed(1)
+    layer, _, _ = _sparse_case(kind, 256, 4, True, 4 if kind == "strided" else 64, 2)
+    layer = layer.cuda().half().eval()
+    x = torch.randn(2, 1500, 256, device="cuda", dtype=torch.float16)
+    got = layer(x)
+    louder = x.clone()
+    louder[:, 700:] *= 30
+    again = layer(louder)
+    assert torch.isfinite(again).all()
+    assert torch.equal(again[:, :700], got[:, :700]), "a later token changed an earlier output"
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True)
+    for length in (1500, 333):
+        assert _rel(compiled(x[:, :length]), layer(x[:, :length])) < 1e-3

@@ -160,5 +160,32 @@ def test_flex_impl_has_no_dropout():
     layer = LocalGlobalAttention(dim=32, num_heads=4, local_window=8, dropout=0.1, impl="flex").train()
     with pytest.raises(ValueError, match="no attention dropout"):
         layer(torch.randn(1, 5, 32))
-    with pytest.raises(ValueError, match="valid choices are blocked, flex"):
-        LocalGlobalAttention(dim=32, num_heads=4, impl="auto")
+    with pytest.raises(ValueError, match="valid choices are auto, blocked, flex, triton"):
+        LocalGlobalAttention(dim=32, num_heads=4, impl="torch")
+
+
+def test_fused_impl_choices():
+    with pytest.raises(ValueError, match="valid choices are auto, torch, triton"):
+        StridedAttention(dim=32, num_heads=4, impl="blocked")
+    x = torch.randn(1, 9, 32)
+    auto, torch_path = StridedAttention(32, 4, stride=3), StridedAttention(32, 4, stride=3, impl="torch")
+    torch_path.load_state_dict(auto.state_dict())
+    assert torch.equal(auto(x), torch_path(x)), "on the CPU 'auto' is the torch path"
+    auto, blocked = LocalGlobalAttention(32, 4, local_window=8), LocalGlobalAttention(32, 4, local_window=8, impl="blocked")
+    blocked.load_state_dict(auto.state_dict())
+    assert torch.equal(auto(x), blocked(x)), "on the CPU 'auto' is the blocked path"
+    assert "impl='auto'" in repr(auto) and "impl='torch'" in repr(torch_path)
+
+
+@pytest.mark.parametrize("layer", [StridedAttention(32, 4, stride=3, impl="triton"),
+                                   LocalGlobalAttention(32, 4, local_window=8, impl="triton")], ids=["strided", "local"])
+def test_triton_impl_refuses_what_it_cannot_run(layer):
+    """impl='triton' never falls back silently: a call it cannot run (here: a float32 CPU
+    input, and a padding mask on a non-causal layer) is a ValueError saying why."""
+    with pytest.raises(ValueError, match="impl='triton' runs the fused .* on float16/bfloat16 CUDA.*float32 on cpu"):
+        layer(torch.randn(1, 5, 32))
+    with pytest.raises(ValueError, match="a padding mask"):
+        layer(torch.randn(1, 5, 32), torch.ones(1, 5))
+    layer.train().dropout = 0.1
+    with pytest.raises(ValueError, match="attention dropout in training"):
+        layer(torch.randn(1, 5, 32))

@@ -1,0 +1,55 @@
+"""``hvlm::sparse_attention``: strided or local + global softmax attention as one op (CUDA only).
+
+StridedAttention and LocalGlobalAttention call it for CUDA inference in half precision
+(``impl='auto'`` or ``'triton'``); it wraps the Triton kernel of
+``hvlm_export.ops.sparse_attention_triton`` so that ``torch.compile`` treats it as one opaque
+node (a fake implementation gives the output shape). There is no CPU kernel and no autograd:
+training, export, padding masks and other devices use the layers' torch paths, which compute
+the same function and are tested against it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["sparse_attention", "sparse_attention_op", "MAX_GROUPS", "MAX_HEAD_DIM", "FUSED_MAX_GROUP"]
+
+#: the kernel's grid axis of (group, batch, head) programs is limited to 65535 by CUDA
+MAX_GROUPS = 65535
+#: StridedAttention's 'auto' runs the kernel up to this many tokens per residue group; above
+#: it flash SDPA over the regrouped groups is faster (measured on the H200, docs/BENCHMARKS.md)
+FUSED_MAX_GROUP = 4096
+#: widest head the kernel keeps in registers (wider heads use the layers' torch paths)
+MAX_HEAD_DIM = 128
+
+
+def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, global_k: torch.Tensor | None,
+                     global_v: torch.Tensor | None, stride: int, radius: int, causal: bool,
+                     scale: float) -> torch.Tensor:
+    """The op (see ``sparse_attention_op``); eager calls launch the kernel directly, since the
+    custom op's dispatch costs tens of microseconds per call, which is what short sequences
+    are bound by (docs/BENCHMARKS.md); under torch.compile it is the opaque op."""
+    if torch.compiler.is_compiling():
+        return sparse_attention_op(q, k, v, global_k, global_v, stride, radius, causal, scale)
+    from hvlm_export.ops.sparse_attention_triton import sparse_attention_triton
+
+    return sparse_attention_triton(q, k, v, global_k, global_v, stride, radius, causal, scale)
+
+
+@torch.library.custom_op("hvlm::sparse_attention", mutates_args=(), device_types="cuda")
+def sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, global_k: torch.Tensor | None,
+                     global_v: torch.Tensor | None, stride: int, radius: int, causal: bool,
+                     scale: float) -> torch.Tensor:
+    """q, k, v (B, L, H, D) float16 / bfloat16 views with contiguous rows; global_k / global_v
+    (G, H, D) or None. Query i attends to key j iff (i - j) % stride == 0, and j <= i if
+    ``causal``, and |i - j| <= radius if radius >= 0; and to every global key. Returns
+    (B, L, H * D)."""
+    from hvlm_export.ops.sparse_attention_triton import sparse_attention_triton
+
+    return sparse_attention_triton(q, k, v, global_k, global_v, stride, radius, causal, scale)
+
+
+@sparse_attention_op.register_fake
+def _(q, k, v, global_k, global_v, stride, radius, causal, scale):
+    b, length, h, d = q.shape
+    return q.new_empty(b, length, h * d)
