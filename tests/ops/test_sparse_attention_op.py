@@ -1,0 +1,78 @@
+"""hvlm::sparse_attention and hvlm::favor_softmax without a GPU: the fake implementations
+torch.compile traces with, and the sparse kernel itself in Triton's interpreter (where Triton
+is installed) against dense masked attention. On a GPU: tests/gpu/test_attention_paths.py."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import hvlm_export.ops.favor  # noqa: F401  (registers hvlm::favor_softmax)
+import hvlm_export.ops.sparse_attention  # noqa: F401  (registers hvlm::sparse_attention)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("globals_", [0, 3])
+def test_sparse_attention_fake_gives_the_layers_layout(globals_):
+    with FakeTensorMode():
+        q = torch.empty(2, 10, 3, 8, device="cuda", dtype=torch.float16)
+        g = torch.empty(globals_, 3, 8, device="cuda", dtype=torch.float16) if globals_ else None
+        out = torch.ops.hvlm.sparse_attention(q, q, q, g, g, 4, -1 if not globals_ else 5, True, 0.35)
+    assert out.shape == (2, 10, 24) and out.dtype == torch.float16 and out.device.type == "cuda"
+
+
+def test_favor_softmax_fake_gives_the_layers_layout():
+    with FakeTensorMode():
+        q = torch.empty(2, 3, 10, 8, device="cuda", dtype=torch.bfloat16)
+        out = torch.ops.hvlm.favor_softmax(q, q, q, torch.empty(20, 8, device="cuda"), 1e-4, True, None)
+    assert out.shape == (2, 10, 24) and out.dtype == torch.bfloat16
+
+
+_INTERPRETED = """
+import torch
+from hvlm_export.ops.sparse_attention_triton import SparseConfig, sparse_attention_triton
+from tests.references import local_global_mask, strided_mask
+
+def dense(q, k, v, gk, gv, mask, scale):
+    qh, kh, vh = (t.double().transpose(1, 2) for t in (q, k, v))
+    if gk is not None:
+        kh = torch.cat([gk.double().transpose(0, 1)[None].expand(q.shape[0], -1, -1, -1), kh], 2)
+        vh = torch.cat([gv.double().transpose(0, 1)[None].expand(q.shape[0], -1, -1, -1), vh], 2)
+    p = (qh @ kh.transpose(-1, -2) * scale).masked_fill(~mask, float("-inf")).softmax(-1)
+    return (p @ vh).transpose(1, 2).reshape(q.shape[0], q.shape[1], -1)
+
+torch.manual_seed(0)
+worst = 0.0
+# (batch, length, heads, head width, stride, radius, causal, global tokens)
+for b, n, h, d, s, r, causal, g in [(2, 37, 2, 16, 4, -1, False, 0), (1, 300, 2, 24, 2, -1, True, 0),
+                                     (2, 3, 1, 16, 4, -1, False, 0), (2, 70, 2, 24, 1, 5, False, 3),
+                                     (1, 130, 1, 16, 1, 40, True, 0), (1, 100, 2, 16, 1, 0, False, 17)]:
+    q, k, v = torch.randn(b, n, 3, h, d).half().unbind(2)
+    gk, gv = (torch.randn(g, h, d).half() for _ in range(2)) if g else (None, None)
+    mask = strided_mask(n, s, causal) if r < 0 else local_global_mask(n, 2 * r, g, causal)
+    for config in (SparseConfig(32, 16, 4, 1), SparseConfig(16, 32, 4, 1)):
+        got = sparse_attention_triton(q, k, v, gk, gv, s, r, causal, d ** -0.5, config)
+        want = dense(q, k, v, gk, gv, mask, d ** -0.5)
+        worst = max(worst, ((got.double() - want).norm() / want.norm()).item())
+print(worst)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (it ships with CUDA torch builds)")
+def test_sparse_kernel_in_the_triton_interpreter():
+    """Strided (causal or not, ragged groups, L < stride) and windowed (global tokens, radius
+    0, padded head widths) against dense masked attention in float64, two tilings."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(_INTERPRETED)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 1e-3, done.stdout
