@@ -8,6 +8,8 @@ Glossary of dimension letters used across hvlm_export.modules:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ __all__ = [
     "check_mask",
     "check_positive_int",
     "check_sequence",
+    "kernels_allowed_here",
     "zero_padding",
     "merge_heads",
     "split_heads",
@@ -97,12 +100,20 @@ def autograd_on(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
+def kernels_allowed_here() -> bool:
+    """Whether this call may run a fused Triton kernel as far as tracing goes: eagerly or
+    under torch.compile yes (the kernels are custom ops), under torch.export no (an exported
+    graph must hold standard ops; torch.export and ``torch.onnx.export(dynamo=True)`` trace
+    non-strictly and set the exporting flag). A strict torch.export (``strict=True``) does
+    not set that flag: export such layers with ``impl='torch'``."""
+    return not torch.compiler.is_exporting()
+
+
 def fused_cuda_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a fused Triton kernel may serve this call: CUDA inputs, no autograd, Triton
-    importable, not under torch.export (torch.compile is fine: the kernels are custom ops).
-    Plain attribute and flag reads only, so torch.compile folds it without a graph break."""
-    return (x.is_cuda and not autograd_on(x, weight) and TRITON_AVAILABLE
-            and (torch.compiler.is_compiling() or not torch.compiler.is_exporting()))
+    importable, not under torch.export (kernels_allowed_here). Plain attribute and flag reads
+    only, so torch.compile folds it without a graph break."""
+    return x.is_cuda and not autograd_on(x, weight) and TRITON_AVAILABLE and kernels_allowed_here()
 
 
 #: the ``impl`` choices of layers with a fused Triton kernel for CUDA inference
@@ -117,23 +128,28 @@ def check_impl(impl: object, choices: tuple[str, ...] = FUSED_IMPLS) -> str:
     return impl
 
 
-def use_fused(impl: str, x: torch.Tensor, weight: torch.Tensor, needs: str, misfit: str | None) -> bool:
+def use_fused(impl: str, x: torch.Tensor, weight: torch.Tensor, needs: str,
+              misfit: Callable[[], str | None] = lambda: None) -> bool:
     """Whether a layer's call runs its fused Triton kernel: ``impl`` 'auto' or 'triton', a
-    float16/bfloat16 CUDA input without autograd (fused_cuda_inference), and ``misfit`` None
-    (else the layer's own reason why the kernel cannot serve this call). ``needs`` names the
-    kernel in the error: 'triton' never falls back silently, a call it cannot run is a
-    ValueError saying why. Plain attribute and flag reads only, so torch.compile folds it
-    without a graph break."""
+    float16/bfloat16 CUDA input without autograd (fused_cuda_inference), and ``misfit()``
+    None (else the layer's own reason why the kernel cannot serve this call). ``misfit`` is
+    called only once the rest holds (or to explain an error), so its shape checks never
+    guard an exported or CPU graph. ``needs`` names the kernel in the error: 'triton' never
+    falls back silently, a call it cannot run is a ValueError saying why."""
     if impl not in ("auto", "triton"):
         return False
-    if misfit is None and x.dtype in HALF and fused_cuda_inference(x, weight):
-        return True
+    reason = None
+    if x.dtype in HALF and fused_cuda_inference(x, weight):
+        reason = misfit()
+        if reason is None:
+            return True
     if impl == "triton":
         grad = autograd_on(x, weight)
+        reason = misfit() if reason is None else reason
         raise ValueError(
             f"impl='triton' runs {needs} on float16/bfloat16 CUDA inputs without autograd "
             f"(Triton installed: {TRITON_AVAILABLE}); this call has {x.dtype} on {x.device}, "
-            f"autograd {'on' if grad else 'off'}{'' if misfit is None else ', ' + misfit}.\n"
+            f"autograd {'on' if grad else 'off'}{'' if reason is None else ', ' + reason}.\n"
             "Note: use impl='auto' to fall back to the torch path in such calls."
         )
     return False

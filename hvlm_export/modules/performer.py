@@ -196,7 +196,7 @@ class PerformerAttention(MultiHeadProjections):
     def _use_triton(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused kernel (see ``impl``)."""
         misfit = None if self.kernel == "softmax" else f"kernel={self.kernel!r}"
-        return use_fused(self.impl, x, self.q_proj.weight, "the 'softmax' kernel", misfit)
+        return use_fused(self.impl, x, self.q_proj.weight, "the 'softmax' kernel", lambda: misfit)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, L, Dh) -> (psi, l): psi (B, H, L, m') in x's dtype, scaled by m'^-1/2, each

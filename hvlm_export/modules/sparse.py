@@ -18,6 +18,7 @@ section 3.1).
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import torch
@@ -38,7 +39,8 @@ from hvlm_export.modules._attention import (
 )
 from hvlm_export.modules._streaming import StateSpec
 from hvlm_export.modules.cross_memory import CrossMemoryAttention
-from hvlm_export.ops.sparse_attention import FUSED_MAX_GROUP, MAX_GROUPS, MAX_HEAD_DIM, sparse_attention
+from hvlm_export.modules._sparse_fused import fused_sparse, sparse_misfit
+from hvlm_export.ops.sparse_attention import FUSED_MAX_GROUP
 
 __all__ = ["StridedAttention", "LocalGlobalAttention", "CrossMemoryAttention"]
 
@@ -57,33 +59,6 @@ def _group_keys(mask: torch.Tensor, n, s: int) -> torch.Tensor:
     b, length = mask.shape
     keys = F.pad(mask.to(torch.uint8), (0, n * s - length)).view(b, n, s).permute(2, 0, 1).reshape(s * b, 1, 1, n) != 0
     return keys | ~keys.any(-1, keepdim=True)
-
-
-def _sparse_misfit(layer: MultiHeadProjections, x: torch.Tensor, mask: torch.Tensor | None, stride: int) -> str | None:
-    """Why the fused kernel (hvlm::sparse_attention) cannot serve this call of a sparse
-    layer, or None. A padding mask is no obstacle when causal: a real query's keys are real."""
-    if mask is not None and not layer.causal:
-        return "a padding mask (the kernel takes none; causal layers need none)"
-    if layer.training and layer.dropout > 0:
-        return "attention dropout in training"
-    if layer.head_dim > MAX_HEAD_DIM:
-        return f"head width {layer.head_dim} > {MAX_HEAD_DIM}"
-    if min(stride, x.shape[1]) * x.shape[0] * layer.num_heads > MAX_GROUPS:
-        return f"more than {MAX_GROUPS} (group, batch, head) programs"
-    return None
-
-
-def _fused_sparse(layer: MultiHeadProjections, x: torch.Tensor, stride: int, radius: int,
-                  glob: torch.Tensor | None = None) -> torch.Tensor:
-    """The fused CUDA path of both sparse layers: projections where they land, one kernel,
-    (B, L, E) before out_proj. ``glob`` (G, E): global tokens (keys and values for all)."""
-    b, length, _ = x.shape
-    h, dh = layer.num_heads, layer.head_dim
-    q, k, v = (proj(x).view(b, length, h, dh) for proj in (layer.q_proj, layer.k_proj, layer.v_proj))
-    gk = gv = None
-    if glob is not None:
-        gk, gv = (proj(glob).view(-1, h, dh) for proj in (layer.k_proj, layer.v_proj))
-    return sparse_attention(q, k, v, gk, gv, stride, radius, layer.causal, layer.scale)
 
 
 def _pad_tokens(x: torch.Tensor, amount) -> torch.Tensor:
@@ -151,11 +126,8 @@ class StridedAttention(MultiHeadProjections):
         """x: (B, L, E), attention_mask: (B, L) or None -> (B, L, E)."""
         check_sequence(x, self.dim)
         mask = None if attention_mask is None else check_mask(attention_mask, x)
-        # 'auto': the kernel for groups up to FUSED_MAX_GROUP tokens, flash SDPA for longer ones
-        fused = self.impl == "triton" or (self.impl == "auto" and -(-x.shape[1] // self.stride) <= FUSED_MAX_GROUP)
-        misfit = _sparse_misfit(self, x, mask, self.stride) if fused else None
-        if fused and use_fused(self.impl, x, self.q_proj.weight, "the fused strided kernel", misfit):
-            return zero_padding(self.out_proj(_fused_sparse(self, x, self.stride, -1)), mask)
+        if use_fused(self.impl, x, self.q_proj.weight, "the fused strided kernel", lambda: self._misfit(x, mask)):
+            return zero_padding(self.out_proj(fused_sparse(self, x, self.stride, -1)), mask)
         b, length, e = x.shape
         s = self.stride
         n = (length + s - 1) // s  # tokens per full group
@@ -172,6 +144,13 @@ class StridedAttention(MultiHeadProjections):
         # (s B, H, n, Dh) -> (B, n, s, H, Dh): back to sequence order in one copy
         out = out.reshape(s, b, self.num_heads, n, self.head_dim).permute(1, 3, 0, 2, 4).reshape(b, n * s, e)
         return zero_padding(self.out_proj(crop(out, 1, length)), mask)
+
+    def _misfit(self, x: torch.Tensor, mask: torch.Tensor | None) -> str | None:
+        """sparse_misfit, and for 'auto' groups longer than FUSED_MAX_GROUP tokens (flash SDPA
+        over the regrouped groups is faster there)."""
+        if self.impl == "auto" and -(-x.shape[1] // self.stride) > FUSED_MAX_GROUP:
+            return f"groups longer than {FUSED_MAX_GROUP} tokens"
+        return sparse_misfit(self, x, mask, self.stride)
 
     def _attend_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full: int) -> torch.Tensor:
         """Non-causal attention over (s * B, H, n, Dh) groups whose first ``full`` rows hold n
@@ -285,10 +264,10 @@ class LocalGlobalAttention(MultiHeadProjections):
         """x: (B, L, E), attention_mask: (B, L) or None -> (B, L, E)."""
         check_sequence(x, self.dim)
         mask = None if attention_mask is None else check_mask(attention_mask, x)
-        misfit = _sparse_misfit(self, x, mask, 1) if self.impl in ("auto", "triton") else None
+        misfit = functools.partial(sparse_misfit, self, x, mask, 1)
         if use_fused(self.impl, x, self.q_proj.weight, "the fused local/global kernel", misfit):
             glob = self.global_tokens if self.num_global_tokens else None
-            return zero_padding(self.out_proj(_fused_sparse(self, x, 1, self.radius, glob)), mask)
+            return zero_padding(self.out_proj(fused_sparse(self, x, 1, self.radius, glob)), mask)
         if self.impl == "flex" and (mask is None or self.causal):
             from hvlm_export.modules._flex import local_global_flex
 

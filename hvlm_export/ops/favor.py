@@ -13,6 +13,8 @@ import importlib.util
 
 import torch
 
+from hvlm_export.ops.sparse_attention import direct_launch_ok
+
 __all__ = ["favor_softmax", "favor_softmax_op", "TRITON_AVAILABLE"]
 
 #: whether the Triton kernels can be imported (a constant, so torch.compile folds checks of it)
@@ -21,9 +23,10 @@ TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                   eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """The op (see ``favor_softmax_op``); eager calls launch the kernels directly (the custom
-    op's dispatch is host time short sequences pay), under torch.compile it is the opaque op."""
-    if torch.compiler.is_compiling():
+    """The op (see ``favor_softmax_op``); plain eager calls launch the kernels directly (the
+    custom op's dispatch is host time short sequences pay), else it is the op
+    (``direct_launch_ok``)."""
+    if not direct_launch_ok():
         return favor_softmax_op(q, k, v, projection, eps, causal, key_mask)
     from hvlm_export.ops.favor_triton import favor_softmax_triton
 

@@ -12,24 +12,36 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["sparse_attention", "sparse_attention_op", "MAX_GROUPS", "MAX_HEAD_DIM", "FUSED_MAX_GROUP"]
+__all__ = ["direct_launch_ok", "sparse_attention", "sparse_attention_op", "MAX_GROUPS", "MAX_HEAD_DIM", "MAX_GLOBAL", "FUSED_MAX_GROUP"]
 
 #: the kernel's grid axis of (group, batch, head) programs is limited to 65535 by CUDA
 MAX_GROUPS = 65535
 #: StridedAttention's 'auto' runs the kernel up to this many tokens per residue group; above
 #: it flash SDPA over the regrouped groups is faster (measured on the H200, docs/BENCHMARKS.md)
 FUSED_MAX_GROUP = 4096
+#: most global tokens the kernel holds in one tile (more use the torch path)
+MAX_GLOBAL = 64
 #: widest head the kernel keeps in registers (wider heads use the layers' torch paths)
 MAX_HEAD_DIM = 128
+
+
+def direct_launch_ok() -> bool:
+    """Whether an eager call may launch a fused kernel without the custom op: not while
+    torch.compile, torch.jit.trace or a dispatch mode (FakeTensorMode, FlopCounterMode, ...)
+    is watching, which must see the op (a direct launch would be invisible to them)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None)
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, global_k: torch.Tensor | None,
                      global_v: torch.Tensor | None, stride: int, radius: int, causal: bool,
                      scale: float) -> torch.Tensor:
-    """The op (see ``sparse_attention_op``); eager calls launch the kernel directly, since the
-    custom op's dispatch costs tens of microseconds per call, which is what short sequences
-    are bound by (docs/BENCHMARKS.md); under torch.compile it is the opaque op."""
-    if torch.compiler.is_compiling():
+    """The op (see ``sparse_attention_op``); plain eager calls launch the kernel directly,
+    since the custom op's dispatch costs tens of microseconds per call, which is what short
+    sequences are bound by (docs/BENCHMARKS.md); under torch.compile, tracing or a dispatch
+    mode it is the op."""
+    if not direct_launch_ok():
         return sparse_attention_op(q, k, v, global_k, global_v, stride, radius, causal, scale)
     from hvlm_export.ops.sparse_attention_triton import sparse_attention_triton
 

@@ -28,6 +28,8 @@ keep the torch path (which exports) for everything else.
 
 from __future__ import annotations
 
+import contextlib
+
 import triton
 import triton.language as tl
 
@@ -170,7 +172,10 @@ def sparse_attention_triton(q, k, v, global_k, global_v, stride: int, radius: in
         raise ValueError(f"head width {dh} is above the kernel's {MAX_HEAD_DIM}.")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride}.")
-    groups = min(stride, length) * b * h
+    # a stride or radius beyond L means the same as L: clamped, so no index can overflow
+    stride = min(stride, max(length, 1))
+    radius = min(radius, length)
+    groups = stride * b * h
     if groups > MAX_GROUPS:
         raise ValueError(f"{groups} (group, batch, head) programs exceed the grid limit {MAX_GROUPS}.")
     out = torch.empty(b, length, h * dh, device=q.device, dtype=q.dtype)
@@ -184,11 +189,13 @@ def sparse_attention_triton(q, k, v, global_k, global_v, stride: int, radius: in
     block_m, block_n, warps, stages = config or CONFIGS[radius >= 0, bool(causal)]
     n = (length + stride - 1) // stride
     grid = (triton.cdiv(n, block_m), groups)
-    _sparse_fwd[grid](
-        q, k, v, global_k, global_v, out,
-        b, h, length, stride, radius, g, scale * _LOG2E, q.stride(0), q.stride(1),
-        D=dh, D_PAD=max(16, triton.next_power_of_2(dh)), G_PAD=max(16, triton.next_power_of_2(g)) if g else 0,
-        CAUSAL=bool(causal), WINDOW=radius >= 0, BLOCK_M=block_m, BLOCK_N=block_n,
-        num_warps=warps, num_stages=stages,
-    )
+    # Triton launches on the current device: make it q's (the interpreter runs on the CPU)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _sparse_fwd[grid](
+            q, k, v, global_k, global_v, out,
+            b, h, length, stride, radius, g, scale * _LOG2E, q.stride(0), q.stride(1),
+            D=dh, D_PAD=max(16, triton.next_power_of_2(dh)), G_PAD=max(16, triton.next_power_of_2(g)) if g else 0,
+            CAUSAL=bool(causal), WINDOW=radius >= 0, BLOCK_M=block_m, BLOCK_N=block_n,
+            num_warps=warps, num_stages=stages,
+        )
     return out

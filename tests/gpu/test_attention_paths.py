@@ -189,3 +189,35 @@ def test_fused_sparse_kernel_is_causal_and_compiles(kind):
     compiled = torch.compile(layer, fullgraph=True, dynamic=True)
     for length in (1500, 333):
         assert _rel(compiled(x[:, :length]), layer(x[:, :length])) < 1e-3
+
+
+@torch.no_grad()
+def test_auto_picks_the_fused_kernel_where_documented(monkeypatch):
+    """impl='auto': strided takes the kernel up to FUSED_MAX_GROUP tokens per group and flash
+    SDPA above; local/global takes it unless a non-causal call has a padding mask; float32
+    and autograd never take it."""
+    from hvlm_export.modules import _sparse_fused
+    from hvlm_export.ops.sparse_attention import FUSED_MAX_GROUP
+
+    calls = []
+    real = _sparse_fused.sparse_attention
+    monkeypatch.setattr(_sparse_fused, "sparse_attention", lambda *a: calls.append(a[0].shape[1]) or real(*a))
+
+    def took(layer, x, mask=None):
+        calls.clear()
+        layer(x, mask)
+        return bool(calls)
+
+    strided = StridedAttention(64, 2, stride=2).cuda().half().eval()
+    x = torch.randn(1, 2 * FUSED_MAX_GROUP + 1, 64, device="cuda", dtype=torch.float16)
+    assert took(strided, x[:, : 2 * FUSED_MAX_GROUP]) and not took(strided, x)
+    strided.impl = "triton"
+    assert took(strided, x)
+    local = LocalGlobalAttention(64, 2, local_window=16).cuda().half().eval()
+    mask = torch.ones(1, 100, dtype=torch.bool, device="cuda")
+    assert took(local, x[:, :100]) and not took(local, x[:, :100], mask)
+    local.causal = True
+    assert took(local, x[:, :100], mask)
+    assert not took(local.float(), x[:, :100].float())
+    with torch.enable_grad():
+        assert not took(local.half(), x[:, :100].clone().requires_grad_())

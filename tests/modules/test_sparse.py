@@ -189,3 +189,39 @@ def test_triton_impl_refuses_what_it_cannot_run(layer):
     layer.train().dropout = 0.1
     with pytest.raises(ValueError, match="attention dropout in training"):
         layer(torch.randn(1, 5, 32))
+
+
+@pytest.mark.parametrize("layer", [StridedAttention(32, 2, stride=1), StridedAttention(32, 2, stride=3, causal=True),
+                                   LocalGlobalAttention(32, 2, local_window=8)], ids=["strided1", "strided3", "local"])
+def test_export_keeps_batch_and_length_unbounded(layer):
+    """The fused kernel's fit checks (group length, grid size) run only for CUDA half
+    inference, so a torch.export of the layer puts no bound on B or L (they once became
+    guards such as L <= 4096 and 4 B <= 65535), and the program runs past those bounds."""
+    from torch.export import Dim
+
+    layer.eval()
+    program = torch.export.export(layer, (torch.randn(2, 50, 32),), strict=False,
+                                  dynamic_shapes={"x": {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}})  # as the exporter does
+    for symbol, bounds in program.range_constraints.items():
+        assert bounds.upper > 10**9, f"{symbol} is bounded: {bounds}"
+    x = torch.randn(1, 4100, 32)
+    with torch.no_grad():
+        assert torch.allclose(program.module()(x), layer(x), atol=1e-5)
+
+
+def test_fused_kernels_are_never_exported():
+    """kernels_allowed_here: True eagerly and under torch.compile, False while torch.export
+    (non-strict, as torch.onnx.export(dynamo=True) runs it) traces the module."""
+    from hvlm_export.modules._attention import kernels_allowed_here
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def forward(self, x):
+            seen.append(kernels_allowed_here())
+            return x + 1
+
+    Probe()(torch.ones(2))
+    torch.export.export(Probe(), (torch.ones(2),), strict=False)
+    torch.compile(Probe(), backend="eager", fullgraph=True)(torch.ones(2))
+    assert seen == [True, False, True]
