@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole GPU job in one call (device tool): GPU tests, scan tuning, scaling benchmarks
+# The whole GPU job in one call (device tool): GPU tests, scan and sparse-attention tuning, scaling benchmarks
 # (every registry case eager / torch.compile / CUDA graphs, with ratios to the dense module).
 # Usage on the GPU machine, from the repo root: OUT=/some/dir bash benchmarks/gpu_suite.sh
 set -uo pipefail
@@ -10,6 +10,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,memory.total 
 python3 -m pytest -m gpu tests/gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/r/gpu_tests.log" | tail -5
 python3 -m pytest -m trt tests/trt -q -p no:cacheprovider -rs 2>&1 | tee "$OUT/r/trt_tests.log" | tail -3
 python3 benchmarks/scan_tuning.py --out "$OUT/r" 2>&1 | tail -9
+python3 benchmarks/sparse_tuning.py --lengths 8192 32768 --out "$OUT/r/sparse_tuning.json" 2>&1 | tail -9
 python3 -m hvlm_export.cli bench --device cuda --dtype fp16 --repeats 20 --modes eager compiled cudagraphs \
   --lengths 1024 2048 4096 8192 16384 32768 65536 --out "$OUT/r" > "$OUT/r/bench_fp16.log" 2>&1
 tail -40 "$OUT/r/bench_fp16.log"

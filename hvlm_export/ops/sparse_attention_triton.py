@@ -85,7 +85,13 @@ def _tile(acc, m_i, l_i, q, k, v, allowed, scale, MASKED: tl.constexpr):
     return acc, m_new, l_i
 
 
-@triton.jit
+#: sizes that change from call to call are not specialised on (== 1, % 16): one compiled kernel
+#: serves every length and batch (a new specialisation is a compile of seconds mid-serving);
+#: the row strides keep theirs (alignment of the loads)
+_DYNAMIC = ["B", "H", "L", "S", "R", "G"]
+
+
+@triton.jit(do_not_specialize=_DYNAMIC)
 def _sparse_fwd(
     q_ptr, k_ptr, v_ptr, gk_ptr, gv_ptr, o_ptr,
     B, H, L, S, R, G, scale, s_b, s_l,
