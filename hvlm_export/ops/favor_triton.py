@@ -49,7 +49,9 @@ BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
 #: wrong sums at head width 32 (not understood, docs/BENCHMARKS.md), so every length uses the first.
 CAUSAL_CONFIG = (32, 64, 4)
 CAUSAL_PROGRAMS = 256
-_NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
+_NEG = -1e30
+# the kernels take sizes (H, L, per-program lengths) without specialising on them (== 1, % 16):
+# one compiled kernel per configuration serves every length, no compile of seconds mid-serving  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
 
 
 @triton.jit
@@ -68,7 +70,7 @@ def _proj_tile(x, w_ptr, m0, d, m, D: tl.constexpr, BLOCK_M: tl.constexpr):
     return tl.dot(x, tl.trans(w)), f
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "L"])
 def _row_stats(
     x_ptr, w_ptr, rowmax_ptr, logw_ptr, H, L, m, half_sq_scale, sx_b, sx_h, sx_l,
     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr, KEYS: tl.constexpr,
@@ -88,7 +90,7 @@ def _row_stats(
         tl.store(logw_ptr + bh * L + rows, best - half_sq, mask=rows < L)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "L", "per_split"])
 def _key_sums(
     k_ptr, v_ptr, w_ptr, rowmax_ptr, logw_ptr, frame_ptr, s_ptr, z_ptr, H, L, m, log_eps,
     sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, per_split, sf_bh, sf_split,
@@ -118,7 +120,7 @@ def _key_sums(
     tl.store(z_ptr + out, z_acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "L"])
 def _query_out(
     q_ptr, w_ptr, rowmax_ptr, s_ptr, z_ptr, o_ptr, H, L, m, log_eps, sq_b, sq_h, sq_l,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -143,7 +145,7 @@ def _query_out(
     tl.store(optr, out.to(o_ptr.dtype.element_ty), mask=(rows[:, None] < L) & (d[None, :] < D))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["H", "L", "seg"])
 def _causal_out(
     q_ptr, k_ptr, v_ptr, w_ptr, rowmax_q_ptr, rowmax_k_ptr, logw_ptr, run_ptr, frame_ptr, s_ptr, z_ptr, o_ptr,
     H, L, m, log_eps, seg, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
