@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hvlm_export.modules import LocalGlobalAttention, PerformerAttention, StridedAttention
 from hvlm_export.registry import REGISTRY
 
 NAMES = list(REGISTRY)
@@ -103,3 +104,20 @@ def test_memory_only_for_cross_memory():
     block = HierarchicalAttentionBlock("strided", dim=32, num_heads=4, stride=2)
     with pytest.raises(ValueError, match="does not use it"):
         block(torch.randn(1, 4, 32), torch.randn(1, 3, 32))
+
+
+@pytest.mark.parametrize("layer, torch_impl, bad", [
+    (lambda **kw: PerformerAttention(32, 4, **kw), "torch", "cuda"),
+    (lambda **kw: StridedAttention(32, 4, stride=3, **kw), "torch", "blocked"),
+    (lambda **kw: LocalGlobalAttention(32, 4, local_window=8, **kw), "blocked", "torch"),
+], ids=["performer", "strided", "local_global"])
+def test_fused_impl_choices(layer, torch_impl, bad):
+    """The layers with a fused CUDA kernel: 'auto' by default, an unknown impl is a
+    ValueError naming the choices, and on the CPU 'auto' computes exactly the torch path."""
+    with pytest.raises(ValueError, match="valid choices are auto, "):
+        layer(impl=bad)
+    auto, torch_path = layer(), layer(impl=torch_impl)
+    torch_path.load_state_dict(auto.state_dict())
+    x = torch.randn(1, 9, 32)
+    assert torch.equal(auto(x), torch_path(x)), "on the CPU 'auto' is the torch path"
+    assert "impl='auto'" in repr(auto) and f"impl={torch_impl!r}" in repr(torch_path)

@@ -83,15 +83,6 @@ def test_bad_kernel():
         PerformerAttention(dim=32, num_heads=4, kernel="cosine")
 
 
-def test_impl_choices():
-    with pytest.raises(ValueError, match="valid choices are auto, torch, triton"):
-        PerformerAttention(dim=32, num_heads=4, impl="cuda")
-    x = torch.randn(1, 5, 32)
-    auto, torch_path = PerformerAttention(dim=32, num_heads=4), PerformerAttention(dim=32, num_heads=4, impl="torch")
-    torch_path.load_state_dict(auto.state_dict())
-    assert torch.equal(auto(x), torch_path(x)), "on the CPU 'auto' is the torch path"
-
-
 @pytest.mark.parametrize("kwargs", [{}, {"causal": True}, {"kernel": "relu"}])
 def test_triton_impl_refuses_what_it_cannot_run(kwargs):
     """impl='triton' never falls back silently: a call it cannot run is a ValueError saying why."""

@@ -164,19 +164,6 @@ def test_flex_impl_has_no_dropout():
         LocalGlobalAttention(dim=32, num_heads=4, impl="torch")
 
 
-def test_fused_impl_choices():
-    with pytest.raises(ValueError, match="valid choices are auto, torch, triton"):
-        StridedAttention(dim=32, num_heads=4, impl="blocked")
-    x = torch.randn(1, 9, 32)
-    auto, torch_path = StridedAttention(32, 4, stride=3), StridedAttention(32, 4, stride=3, impl="torch")
-    torch_path.load_state_dict(auto.state_dict())
-    assert torch.equal(auto(x), torch_path(x)), "on the CPU 'auto' is the torch path"
-    auto, blocked = LocalGlobalAttention(32, 4, local_window=8), LocalGlobalAttention(32, 4, local_window=8, impl="blocked")
-    blocked.load_state_dict(auto.state_dict())
-    assert torch.equal(auto(x), blocked(x)), "on the CPU 'auto' is the blocked path"
-    assert "impl='auto'" in repr(auto) and "impl='torch'" in repr(torch_path)
-
-
 @pytest.mark.parametrize("layer", [StridedAttention(32, 4, stride=3, impl="triton"),
                                    LocalGlobalAttention(32, 4, local_window=8, impl="triton")], ids=["strided", "local"])
 def test_triton_impl_refuses_what_it_cannot_run(layer):
