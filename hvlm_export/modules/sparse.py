@@ -219,10 +219,10 @@ class LocalGlobalAttention(MultiHeadProjections):
       block-sparse mask that visits only the key blocks inside the window
       (hvlm_export.modules._flex); no dropout. Measured on an H200 (docs/BENCHMARKS.md): in
       eager mode it is about 1.8x faster than 'blocked' at 64K tokens; under torch.compile
-      'blocked' is as fast or faster, hence the default.
+      'blocked' is as fast or faster, hence opt-in.
     ``'auto'`` (default) is 'triton' exactly when the kernel can serve the call (float16 /
-    bfloat16 CUDA inputs, no autograd, no padding mask unless causal, head width <= 128), else
-    'blocked'. All are tested against dense masked attention.
+    bfloat16 CUDA inputs, no autograd, no padding mask unless causal, head width <= 128, at
+    most 64 global tokens), else 'blocked'. All are tested against dense masked attention.
 
     ``attention_mask`` (B, L) (1 = real token, right padding): padded positions output 0 and
     are no key of a real query (non-causal: the blocks' mask gets each sample's key mask,
