@@ -202,7 +202,15 @@ def _causal_out(
 
 def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                          eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """FAVOR+ softmax attention, fused (module docstring).
+    """FAVOR+ softmax attention, fused (module docstring); launched on q's device (Triton
+    launches on the current one)."""
+    with torch.cuda.device(q.device):
+        return _favor_softmax(q, k, v, projection, eps, causal, key_mask)
+
+
+def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
+                   eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """favor_softmax_triton on the current device.
 
     Args:
         q, k, v: (B, H, L, D) float16/bfloat16 on CUDA (any strides with a unit last one).
