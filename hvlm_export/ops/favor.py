@@ -35,7 +35,7 @@ def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection:
 
 @torch.library.custom_op("hvlm::favor_softmax", mutates_args=(), device_types="cuda")
 def favor_softmax_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
-                  eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                     eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """q, k, v (B, H, L, D) half precision; projection (m, D); key_mask (B, L) bool, which
     tokens may be keys (non-causal only; None: all). Returns (B, L, H * D)."""
     from hvlm_export.ops.favor_triton import favor_softmax_triton

@@ -49,9 +49,9 @@ BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
 #: wrong sums at head width 32 (not understood, docs/BENCHMARKS.md), so every length uses the first.
 CAUSAL_CONFIG = (32, 64, 4)
 CAUSAL_PROGRAMS = 256
-_NEG = -1e30
+_NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
 # the kernels take sizes (H, L, per-program lengths) without specialising on them (== 1, % 16):
-# one compiled kernel per configuration serves every length, no compile of seconds mid-serving  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
+# one compiled kernel per configuration serves every length, no compile of seconds mid-serving
 
 
 @triton.jit
