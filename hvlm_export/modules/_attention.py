@@ -9,6 +9,7 @@ Glossary of dimension letters used across hvlm_export.modules:
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from hvlm_export.ops.favor import TRITON_AVAILABLE
 
 __all__ = [
     "FUSED_IMPLS",
+    "FusedImpl",
     "MultiHeadProjections",
     "check_dropout",
     "check_mask",
@@ -117,6 +119,7 @@ def fused_cuda_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 #: the ``impl`` choices of layers with a fused Triton kernel for CUDA inference
+FusedImpl = Literal["auto", "torch", "triton"]
 FUSED_IMPLS = ("auto", "torch", "triton")
 HALF = (torch.float16, torch.bfloat16)
 

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from hvlm_export.modules._attention import (
     HALF,
+    FusedImpl,
     MultiHeadProjections,
     check_impl,
     check_mask,
@@ -61,7 +62,6 @@ __all__ = ["PerformerAttention", "orthogonal_random_features"]
 
 Kernel = Literal["softmax", "relu", "elu"]
 _KERNELS = ("softmax", "relu", "elu")
-PerformerImpl = Literal["auto", "torch", "triton"]
 _SOFTMAX_EPS = 1e-4  # floor of a softmax feature relative to its row max: no normaliser reaches 0
 _RELU_EPS = 1e-3
 #: the log-weight of padding and of "no key yet": exp(_NEG - anything real) == 0, and
@@ -112,7 +112,7 @@ class PerformerAttention(MultiHeadProjections):
         causal: bool = False,
         *,
         chunk_size: int = 128,
-        impl: PerformerImpl = "auto",
+        impl: FusedImpl = "auto",
         device=None,
         dtype=None,
     ) -> None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvlm_export.modules._attention import (
+    FusedImpl,
     MultiHeadProjections,
     check_impl,
     check_mask,
@@ -44,7 +45,6 @@ from hvlm_export.ops.sparse_attention import FUSED_MAX_GROUP
 
 __all__ = ["StridedAttention", "LocalGlobalAttention", "CrossMemoryAttention"]
 
-FusedImpl = Literal["auto", "torch", "triton"]
 LocalImpl = Literal["auto", "blocked", "flex", "triton"]
 _LOCAL_IMPLS = ("auto", "blocked", "flex", "triton")
 #: smallest query block of the blocked local/global path: tiny windows still give blocks big
