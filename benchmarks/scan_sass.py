@@ -1,18 +1,19 @@
-"""Instruction mix of the scan kernel's tile loop, compiled for an H100/H200 (sm_90) without a GPU.
+"""Instruction mix of the scan kernel's chunk loop, compiled for an H100/H200 (sm_90) without a GPU.
 
 Compiles ``scan_kernel`` (hvlm_export/ops/selective_scan_triton.py) with Triton's own ptxas for
-``cuda:90``, disassembles it with the nvdisasm Triton ships, finds the loop over tiles (the
-backward branch) and prints, per pass and configuration: registers, spills, the loop's static
-instruction count per (channel, state, step) element, and its most frequent opcodes. Strides
-along L are specialised to 1, as Triton does for contiguous (B, D, L) tensors at launch.
+``cuda:90``, disassembles it with the nvdisasm Triton ships, finds the loop over chunks (the
+longest backward branch) and prints, per configuration: registers, spills, the loop's static
+instruction count per (channel, state, step) element a thread handles, and its most frequent
+opcodes. Strides along L are specialised to 1, as Triton does for contiguous (B, D, L) tensors at
+launch.
 
 Integer arguments are compiled as plain i32 here (the runtime also specialises on divisibility by
-16), so register counts can differ a little from what a launch compiles (ncu's occupancy is the
-authority); the loop's instruction mix is the point. Static counts, not a profile: they show what each element costs to issue (the kernel is bounded
-by the exp2 unit and by issue, docs/BENCHMARKS.md), e.g. what a softplus formulation costs.
+16, which lets the tile loads vectorise), so register and spill counts differ from what a launch
+compiles (ncu's occupancy is the authority); the loop's instruction mix is the point. Static
+counts, not a profile: they show what each element costs to issue.
 Needs the ``triton`` package (any machine; no CUDA driver).
 
-Usage: python benchmarks/scan_sass.py [--steps 8 16] [--split 1 2]
+Usage: python benchmarks/scan_sass.py [--items 4 8 16] [--warps 4]
 """
 
 from __future__ import annotations
@@ -31,19 +32,20 @@ from triton.experimental.gluon._runtime import GluonASTSource
 from hvlm_export.ops.selective_scan_triton import scan_kernel
 
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-_INTS = ["dim", "length", "nstate", "seg_len", "nseg", "su_b", "su_d", "su_t", "sd_b", "sd_d", "sd_t", "sz_b",
-         "sz_d", "sz_t", "sy_b", "sy_d", "sy_t", "sB_b", "sB_n", "sB_t", "sC_b", "sC_n", "sC_t"]
+_INTS = ["dim", "length", "nstate", "su_b", "su_d", "su_t", "sd_b", "sd_d", "sd_t", "sz_b", "sz_d", "sz_t", "sy_b",
+         "sy_d", "sy_t", "sB_b", "sB_n", "sB_t", "sC_b", "sC_n", "sC_t"]
 _PTRS = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "bias_ptr", "z_ptr", "y_ptr", "state_ptr",
-         "carry_ptr", "dtsum_ptr"]
+         "init_ptr"]
 
 
-def compile_pass(write_y: bool, steps: int, split: int, nstate: int = 16):
+def compile_kernel(items: int, warps: int, buffers: int = 2, maxnreg: int | None = 168, nstate: int = 16):
     unit_strides = {n: 1 for n in _INTS if n.endswith("_t")}
     signature = {**{p: "*fp32" for p in _PTRS}, **{n: "constexpr" if n in unit_strides else "i32" for n in _INTS}}
-    constexprs = dict(unit_strides, SOFTPLUS=True, HAS_Z=True, WRITE_Y=write_y, HAS_CARRY=write_y, BLOCK_N=nstate,
-                      T=steps, CPT=1, SPLIT=split, U_DC=False, DT_DC=False, Z_DC=False, Y_DC=False, BC_NC=False)
+    constexprs = dict(unit_strides, SOFTPLUS=True, HAS_Z=True, HAS_INIT=False, BLOCK_N=nstate, ITEMS=items,
+                      NBUF=buffers)
     source = GluonASTSource(fn=scan_kernel, signature=signature, constexprs=constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 1})
+    options = {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg else {})}
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 
 def loop_body(cubin: bytes) -> tuple[list[str], str]:
@@ -70,18 +72,16 @@ def loop_body(cubin: bytes) -> tuple[list[str], str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--split", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--items", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--warps", type=int, nargs="+", default=[4])
     args = parser.parse_args()
-    for write_y in (False, True):
-        for steps in args.steps:
-            for split in args.split:
-                body, resources = loop_body(compile_pass(write_y, steps, split).asm["cubin"])
-                ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", x).split()[0].split(".")[0] for x in body)
-                per_element = len(body) / (steps * 16 // split)
-                print(f"pass {2 if write_y else 1}, steps {steps}, split {split}: {resources}; loop {len(body)} "
-                      f"instructions, {per_element:.2f} per (d, n, t); "
-                      + ", ".join(f"{k} {v}" for k, v in ops.most_common(8)))
+    for items in args.items:
+        for warps in args.warps:
+            body, resources = loop_body(compile_kernel(items, warps).asm["cubin"])
+            ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", x).split()[0].split(".")[0] for x in body)
+            per_element = len(body) / (items * 16)
+            print(f"items {items}, warps {warps}: {resources}; chunk loop {len(body)} instructions, "
+                  f"{per_element:.2f} per (d, n, t); " + ", ".join(f"{k} {v}" for k, v in ops.most_common(8)))
 
 
 if __name__ == "__main__":

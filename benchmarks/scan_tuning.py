@@ -3,19 +3,21 @@
 Every configuration is first checked against the float64 sequential loop (relative error of
 y and of the final state), then timed with ``triton.testing.do_bench`` (median):
 
-* a sweep of the kernel's configurations (warps, steps per tile, steps per segment) at L=8192;
+* a sweep of the kernel's configurations (warps, steps per lane, B / C buffers, register cap)
+  at L=8192;
 * the default configuration over L, fp32 / fp16 / bf16, kernel only and through the op
   (``torch.ops.hvlm.selective_scan`` with D, z and delta_bias: what MambaLayer calls);
-* channel-contiguous inputs (the (B, L, D) views MambaLayer passes) against L-contiguous ones;
+* channel-contiguous inputs ((B, L, D) memory viewed as (B, D, L)) against L-contiguous ones;
 * the previous kernel (benchmarks/scan_variants.py) at L=8192, for the record;
 * the HBM floor: the bytes that must move (u, delta, z, y over (D, L); B, C over (N, L)) at
   the copy bandwidth measured in the same run;
-* ``--passes``: per configuration, the GPU time of one call (a CUDA graph replayed: no host
-  launch cost) and of each kernel (pass 1, chain, pass 2; torch.profiler medians), next to
-  the special-function floor: the hardware exp2 rate measured in the same run times the
-  exponentials each pass takes.
+* ``--graph``: the GPU time of one call (a CUDA graph replayed: no host launch cost) and of
+  each kernel (torch.profiler medians), current and previous kernel, next to the
+  special-function floor: the hardware exp2 rate measured in the same run times the
+  exponentials a call takes;
+* ``--plugin``: the TensorRT AOT plugin's kernel, fp32 and fp16.
 
-Usage: python benchmarks/scan_tuning.py [--out DIR] [--quick | --sweep-only | --no-sweep | --passes | --plugin]
+Usage: python benchmarks/scan_tuning.py [--out DIR] [--quick | --sweep-only | --no-sweep | --graph | --plugin]
 Every mode writes DIR/scan_tuning-h200.json (docs/benchmarks/ keeps copies renamed per mode).
 """
 
@@ -81,16 +83,18 @@ def hbm_floor_ms(length, bandwidth, d=1536, n=16, itemsize=4):
 
 def sweep(rows, quick):
     """Configurations at L=8192; the four fastest again at L=65536."""
-    configs = [ScanConfig(w, t, s, 1, p) for p in (1, 2, 4) for w in (1, 2) for t in (8, 16) for s in (128, 256)]
-    configs += [ScanConfig(1, 8, 512, 1, p) for p in (1, 2, 4)] + [ScanConfig(1, 8, 128, 2, 2)]
+    configs = [ScanConfig(w, i, nb, r) for w in (4, 8) for i in (4, 8, 16) for nb in (1, 2) for r in (168, None)]
     if quick:
         configs = configs[::3]
-    configs.append(ScanConfig(1, 16, 1 << 20))  # one pass over L
     timed = []
     for cfg in configs:
         fn = functools.partial(selective_scan_triton, config=cfg)
-        err = error(8192, 1536, 16, "fp32", fn)
-        ms = bench(functools.partial(fn, **inputs(8192), delta_softplus=True))
+        try:
+            err = error(8192, 1536, 16, "fp32", fn)
+            ms = bench(functools.partial(fn, **inputs(8192), delta_softplus=True))
+        except triton.runtime.errors.OutOfResources as exc:  # e.g. 16 steps per lane with two buffers
+            print(f"sweep {cfg}: {exc}", flush=True)
+            continue
         rows.append({"table": "sweep", "config": repr(cfg), "L": 8192, "dtype": "fp32", "ms": ms, "rel_err": err})
         timed.append((ms, cfg))
         print(f"sweep {cfg}: {ms:.4f} ms, rel err {err:.1e}", flush=True)
@@ -145,43 +149,48 @@ def kernel_us(fn, reps=20):
     return [(events[i].name, statistics.median(e.device_time for e in events[i::per_call])) for i in range(per_call)]
 
 
-def passes(rows, configs, length=8192, d=1536, n=16):
-    """Where one call's time goes, against the exp2 floor (pass 1 takes an exp2 per (d, n, t)
-    and two per (d, t) for softplus; pass 2 two more per (d, t) for the silu gate)."""
+def graph_times(rows, length=8192, d=1536, n=16):
+    """GPU time of one call (CUDA graph replay: no host launch cost) and per kernel, the current
+    kernel and the previous two-pass one, against the exp2 floor: the exponentials a call
+    takes (one per (d, n, t), two per (d, t) for softplus, one for the silu gate; the previous
+    kernel takes the per-state one twice) at the hardware exp2 rate measured in the same run."""
     rate = exp2_rate()
-    floor1, floor2 = (d * length * (n + 2)) / rate * 1e6, (d * length * (n + 4)) / rate * 1e6
-    print(f"exp2 rate {rate / 1e12:.2f} T/s; exp2 floor: pass 1 {floor1:.1f} us, pass 2 {floor2:.1f} us")
+    floor = d * length * (n + 3) / rate * 1e6
+    print(f"exp2 rate {rate / 1e12:.2f} T/s; exp2 floor of one pass {floor:.1f} us")
     inp = inputs(length)
-    for cfg in configs:
-        fn = functools.partial(selective_scan_triton, **inp, delta_softplus=True, config=cfg)
-        err = error(length, d, n, "fp32", functools.partial(selective_scan_triton, config=cfg))
-        kernels = kernel_us(fn)
-        rows.append({"table": "passes", "config": repr(cfg), "L": length, "dtype": "fp32", "ms": graph_ms(fn),
-                     "rel_err": err, "kernels_us": kernels, "exp2_floor_us": [floor1, floor2]})
-        print(f"passes {cfg}: graph {rows[-1]['ms']:.4f} ms,", ", ".join(f"{k[:14]} {v:.1f} us" for k, v in kernels))
+    for name, fn, cfg in (("current", selective_scan_triton, default_config(n)),
+                          ("previous", scan_variants.selective_scan_triton, scan_variants.default_config(length))):
+        call = functools.partial(fn, **inp, delta_softplus=True)
+        kernels = kernel_us(call)
+        rows.append({"table": "graph", "config": f"{name} {cfg!r}", "L": length, "dtype": "fp32",
+                     "ms": graph_ms(call), "rel_err": error(length, d, n, "fp32", fn), "kernels_us": kernels,
+                     "exp2_floor_us": floor})
+        print(f"graph {name}: {rows[-1]['ms']:.4f} ms,", ", ".join(f"{k[:14]} {v:.1f} us" for k, v in kernels))
 
 
 def plugin(rows, length=8192, d=1536, n=16):
-    """The TensorRT AOT plugin's kernel (one pass over L), one and PLUGIN_SPLIT lanes per channel."""
+    """The TensorRT AOT plugin's kernel (the same program, no gate), fp32 and fp16."""
     from hvlm_export.ops import selective_scan_triton as sst
 
-    inp = inputs(length, d, n)
-    h0 = torch.zeros(1, d, n, device="cuda")
-    y_ref, _ = reference(length, d, n, "fp32")
-    for split in sorted({1, sst.PLUGIN_SPLIT}):
+    cfg = sst.plugin_config(n)
+    for name in ("fp32", "fp16"):
+        inp = inputs(length, d, n, dtype=DTYPES[name])
+        h0 = torch.zeros(1, d, n, device="cuda")
+        y_ref, _ = reference(length, d, n, name)
         y, state = torch.empty_like(inp["u"]), torch.empty_like(h0)
-        grid = (triton.cdiv(d, 32 * sst.PLUGIN_WARPS // split), 1)
 
-        def run(y=y, state=state, grid=grid, split=split):
-            sst.scan_plugin_kernel[grid](inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"],
-                                         inp["delta_bias"], h0, d, length, n, y, state, SOFTPLUS=True, BLOCK_N=n,
-                                         T=sst.PLUGIN_STEPS, SPLIT=split, num_warps=sst.PLUGIN_WARPS)
+        def run(inp=inp, y=y, state=state, h0=h0):
+            sst.scan_plugin_kernel[(triton.cdiv(d, cfg.warps), 1)](
+                inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], h0, d, length, n,
+                y, state, SOFTPLUS=True, BLOCK_N=n, ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
+                maxnreg=cfg.maxnreg)
 
         run()
-        y_gated = y * inp["z"] * torch.sigmoid(inp["z"])  # the plugin's node has no gate: applied after it
+        z = inp["z"].float()
+        y_gated = y.float() * z * torch.sigmoid(z)  # the plugin's node has no gate: applied after it
         err = ((y_gated.double() - y_ref).abs().max() / y_ref.abs().max()).item()
-        rows.append({"table": "plugin", "config": f"one pass, split {split}", "L": length, "dtype": "fp32",
-                     "ms": bench(run), "rel_err": err})
+        rows.append({"table": "plugin", "config": repr(cfg), "L": length, "dtype": name, "ms": bench(run),
+                     "rel_err": err})
 
 
 def over_lengths(rows, bandwidth, lengths):
@@ -192,7 +201,7 @@ def over_lengths(rows, bandwidth, lengths):
             op = bench(lambda inp=inp: torch.ops.hvlm.selective_scan(
                 inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["z"], inp["delta_bias"], True))
             err = error(length, 1536, 16, name, selective_scan_triton) if length <= 16384 else None
-            rows.append({"table": "lengths", "config": repr(default_config(length, 1536)), "L": length, "dtype": name,
+            rows.append({"table": "lengths", "config": repr(default_config(16)), "L": length, "dtype": name,
                          "ms": kernel, "op_ms": op, "rel_err": err,
                          "floor_ms": hbm_floor_ms(length, bandwidth, itemsize=dtype.itemsize)})
             print(f"{name} L={length}: kernel {kernel:.4f} ms, op {op:.4f} ms, err {err}", flush=True)
@@ -218,7 +227,7 @@ def main() -> None:
     parser.add_argument("--sweep-only", action="store_true", help="only the configuration sweep")
     parser.add_argument("--no-sweep", action="store_true", help="everything but the configuration sweep")
     parser.add_argument("--once", action="store_true", help="one call at L=8192, fp32 (to run under a profiler)")
-    parser.add_argument("--passes", action="store_true", help="only the GPU time per call and per kernel")
+    parser.add_argument("--graph", action="store_true", help="only the GPU time per call and per kernel")
     parser.add_argument("--plugin", action="store_true", help="only the TensorRT plugin's one-pass kernel")
     args = parser.parse_args()
     buffer = torch.empty(1 << 28, device="cuda")
@@ -231,12 +240,11 @@ def main() -> None:
     rows: list[dict] = []
     if args.plugin:
         plugin(rows)
-    elif args.passes:
-        passes(rows, [ScanConfig(*c) for c in [(1, 8, 128, 1, 1), (1, 16, 128, 1, 1), (1, 8, 128, 1, 2),
-                                               (1, 16, 128, 1, 2), (1, 16, 256, 1, 2), (1, 8, 128, 1, 4)]])
+    elif args.graph:
+        graph_times(rows)
     elif not args.no_sweep:
         sweep(rows, args.quick)
-    if not (args.sweep_only or args.passes or args.plugin):
+    if not (args.sweep_only or args.graph or args.plugin):
         over_lengths(rows, bandwidth, (8192, 65536) if args.quick else (1024, 8192, 16384, 32768, 65536))
         layouts_and_previous(rows)
     bad = [r for r in rows if r.get("rel_err") is not None and r["rel_err"] > (1e-4 if r["dtype"] == "fp32" else 1e-2)]

@@ -27,6 +27,7 @@ __all__ = [
     "check_positive_int",
     "check_sequence",
     "kernels_allowed_here",
+    "exporting",
     "zero_padding",
     "merge_heads",
     "split_heads",
@@ -102,13 +103,24 @@ def autograd_on(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
 
 
+def exporting() -> bool:
+    """Whether torch.export (strict or not; ``torch.onnx.export(dynamo=True)`` runs it) is
+    tracing this call.
+
+    Reads the flag that ``torch.compiler.is_exporting()`` returns rather than calling it:
+    inside torch.compile, Dynamo replaces that *call* by a constant, which some releases set
+    to True (torch 2.11, measured on the project's GPU machine: under torch.compile every
+    fused kernel was skipped), while the flag itself reads False there and True under both
+    kinds of torch.export (torch 2.13, tests/modules/test_sparse.py)."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
+
+
 def kernels_allowed_here() -> bool:
     """Whether this call may run a fused Triton kernel as far as tracing goes: eagerly or
     under torch.compile yes (the kernels are custom ops), under torch.export no (an exported
-    graph must hold standard ops; torch.export and ``torch.onnx.export(dynamo=True)`` trace
-    non-strictly and set the exporting flag). A strict torch.export (``strict=True``) does
-    not set that flag: export such layers with ``impl='torch'``."""
-    return not torch.compiler.is_exporting()
+    graph must hold standard ops)."""
+    return not exporting()
 
 
 def fused_cuda_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -164,7 +176,7 @@ def crop(t: torch.Tensor, dim: int, length: int | torch.SymInt) -> torch.Tensor:
     Exported as a Gather of arange(length), not a Slice: shape inference then gives the output
     exactly the input's sequence axis (onnxruntime's symbolic shape inference cannot prove a
     padded length such as s * ceil(L / s) >= L, and would give the padded size)."""
-    if torch.compiler.is_exporting():
+    if exporting():
         return t.index_select(dim, torch.arange(length, device=t.device))
     return t.narrow(dim, 0, length)
 

@@ -18,10 +18,11 @@ so its state_dict loads with ``strict=True``. The forward pass is that block's r
 The scan is ``torch.ops.hvlm.selective_scan`` (one node under export) or, with
 ``scan_impl='reference'``, the sequential loop.
 
-CUDA inference (no autograd, not under export) takes a fused path with the same numbers:
-the conv + SiLU as one kernel (``torch.ops.hvlm.causal_conv1d_silu``) on the input
-projection's (B, L, Di) half, and the scan reading x, z, delta, B and C in place as (B, L, .)
-views; training, export and other devices run the path above.
+CUDA inference (no autograd, not under export) takes a fused path with the same numbers,
+channel-first as mamba-ssm's: every projection one GEMM writing (B, rows, L) memory (the
+scan kernel's fast layout), the conv + SiLU as one kernel (``torch.ops.hvlm.causal_conv1d_silu``)
+in that layout, and the scan reading x, z, delta, B and C in place; training, export and
+other devices run the path above.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ from hvlm_export.ops.selective_scan import selective_scan
 __all__ = ["MambaLayer"]
 
 ScanImpl = Literal["op", "reference"]
+
+
+def _project(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """weight (out, in) applied to the channels of a channel-first x (B, in, L): one batched
+    GEMM into contiguous (B, out, L) memory (``torch.matmul`` would fold it into a GEMM whose
+    result is the transposed view)."""
+    out = torch.bmm(weight.expand(x.shape[0], -1, -1), x)
+    return out if bias is None else out + bias[:, None]
 
 
 class MambaLayer(Streamable):
@@ -140,11 +149,7 @@ class MambaLayer(Streamable):
         check_sequence(x, self.dim)
         mask = None if attention_mask is None else check_mask(attention_mask, x)
         if self._fused(x):
-            # CUDA inference: conv + SiLU in one kernel on the projection's (B, L, Di) half, and
-            # the scan reads every (B, L, .) tensor in place (no transposed copies)
-            xs, z = self.in_proj(x).chunk(2, dim=-1)
-            xs = torch.ops.hvlm.causal_conv1d_silu(xs, self.conv1d.weight, self.conv1d.bias)
-            return zero_padding(self._ssm(xs.transpose(1, 2), z.transpose(1, 2), None)[0], mask)
+            return zero_padding(self._fused_forward(x), mask)
         length = x.shape[1]
         xz = self.in_proj(x).transpose(1, 2)  # (B, 2 Di, L)
         xs, z = xz.chunk(2, dim=1)
@@ -155,6 +160,21 @@ class MambaLayer(Streamable):
         """Whether this call takes the fused CUDA path: the fast scan, and inference that a
         Triton kernel may serve (``fused_cuda_inference``)."""
         return self.scan_impl == "op" and fused_cuda_inference(x, self.in_proj.weight)
+
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """CUDA inference, channel-first (as mamba-ssm): each projection is one GEMM writing
+        (B, rows, L) memory, the scan kernel's fast layout (L-contiguous rows); conv + SiLU is
+        one kernel that keeps that layout."""
+        xz = _project(self.in_proj.weight, x.transpose(1, 2), self.in_proj.bias)  # (B, 2 Di, L)
+        xs, z = xz.chunk(2, dim=1)
+        xs = torch.ops.hvlm.causal_conv1d_silu(xs.transpose(1, 2), self.conv1d.weight, self.conv1d.bias)
+        xs = xs.transpose(1, 2)  # (B, Di, L), L-contiguous
+        x_dbl = _project(self.x_proj.weight, xs, self.x_proj.bias)  # (B, R + 2N, L)
+        dt, b_in, c_in = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=1)
+        y = selective_scan(xs, _project(self.dt_proj.weight, dt), -torch.exp(self.A_log.float()), b_in, c_in,
+                           D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                           impl=self.scan_impl)
+        return self.out_proj(y.transpose(1, 2))
 
     def _ssm(self, xs: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None):
         """The selective SSM and output projection of the conv output xs (B, Di, L) and gate z,

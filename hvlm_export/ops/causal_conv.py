@@ -2,8 +2,10 @@
 
     out[b, t, d] = silu(bias[d] + sum_k weight[d, 0, k] * x[b, t - K + 1 + k, d])   (x = 0 before t = 0)
 
-x is (B, L, D) in any strides (MambaLayer passes its half of the input projection's output,
-a view), out is a contiguous (B, L, D) tensor in x's dtype; arithmetic in float32. The op
+x is (B, L, D) in any strides (MambaLayer passes its half of the input projection's
+(B, 2 D, L) output, transposed: a view), out is a (B, L, D) tensor in x's dtype: contiguous,
+or a view of contiguous (B, D, L) memory when x's steps are its contiguous axis (so a
+channel-first caller stays channel-first); arithmetic in float32. The op
 wraps one Triton kernel so that ``torch.compile`` treats it as one opaque node (a fake
 implementation gives the shape). There is no CPU kernel and no autograd: MambaLayer calls
 it for CUDA inference only and keeps ``nn.Conv1d`` + SiLU for training, export and other
@@ -14,12 +16,21 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["causal_conv1d_silu"]
+__all__ = ["causal_conv1d_silu", "conv_output"]
+
+
+def conv_output(x: torch.Tensor) -> torch.Tensor:
+    """The op's output for x (B, L, D): contiguous (B, L, D), or, when x's steps are its
+    contiguous axis (a (B, D, L) layout), a (B, L, D) view of contiguous (B, D, L) memory."""
+    batch, length, dim = x.shape
+    if length > 1 and x.stride(1) == 1 and x.stride(2) != 1:
+        return x.new_empty(batch, dim, length).transpose(1, 2)
+    return x.new_empty(batch, length, dim)
 
 
 @torch.library.custom_op("hvlm::causal_conv1d_silu", mutates_args=(), device_types="cuda")
 def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (B, L, D); weight (D, 1, K); bias (D,) or None. Returns (B, L, D), contiguous."""
+    """x (B, L, D); weight (D, 1, K); bias (D,) or None. Returns (B, L, D) (layout above)."""
     from hvlm_export.ops.causal_conv_triton import causal_conv1d_silu_triton
 
     return causal_conv1d_silu_triton(x, weight, bias)
@@ -27,4 +38,4 @@ def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
 
 @causal_conv1d_silu.register_fake
 def _(x, weight, bias):
-    return x.new_empty(x.shape)
+    return conv_output(x)

@@ -1,7 +1,7 @@
 """Triton kernel of ``hvlm::causal_conv1d_silu`` (hvlm_export.ops.causal_conv).
 
 One program per (block of steps, block of channels, batch row): K shifted (BLOCK_T, BLOCK_D)
-tiles of x, coalesced along the channels, are weighted and summed in float32, SiLU applied,
+tiles of x (in its layout: channels or steps contiguous) are weighted and summed in float32, SiLU applied,
 and the tile is written once. Memory-bound: x is read about once (the shifted tiles overlap
 in cache) and the output written once.
 """
@@ -12,13 +12,15 @@ import torch
 import triton
 import triton.language as tl
 
+from hvlm_export.ops.causal_conv import conv_output
+
 __all__ = ["causal_conv1d_silu_triton"]
 
 BLOCK_T, BLOCK_D = 32, 128
 
 
 @triton.jit
-def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, length, dim, sx_b, sx_t, sx_d,
+def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, length, dim, sx_b, sx_t, sx_d, so_b, so_t, so_d,
                       K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -35,18 +37,20 @@ def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, length, dim, sx_b, sx_t, 
         w = tl.load(w_ptr + d * K + k, mask=dmask, other=0.0).to(tl.float32)
         acc += x.to(tl.float32) * w[None, :]
     out = acc / (1.0 + tl.exp(-acc))
-    offsets = (b * length + t.to(tl.int64)[:, None]) * dim + d[None, :]
+    offsets = b * so_b + t.to(tl.int64)[:, None] * so_t + d[None, :].to(tl.int64) * so_d
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=(t < length)[:, None] & dmask[None, :])
 
 
 def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (B, L, D) any strides; weight (D, 1, K); bias (D,) or None -> contiguous (B, L, D)."""
+    """x (B, L, D) any strides; weight (D, 1, K); bias (D,) or None -> (B, L, D) in the
+    layout of ``conv_output``."""
     batch, length, dim = x.shape
-    out = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
+    out = conv_output(x)
     if out.numel() == 0:
         return out
     w = weight.reshape(dim, -1).contiguous()
     grid = (triton.cdiv(length, BLOCK_T), triton.cdiv(dim, BLOCK_D), batch)
-    _conv_silu_kernel[grid](x, w, bias if bias is not None else w, out, length, dim, *x.stride(), K=w.shape[1],
+    _conv_silu_kernel[grid](x, w, bias if bias is not None else w, out, length, dim, *x.stride(), *out.stride(),
+                            K=w.shape[1],
                             HAS_BIAS=bias is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, num_warps=4)
     return out

@@ -1,34 +1,37 @@
-"""CUDA path of ``hvlm::selective_scan``: one Gluon (Triton) scan program, parallel over L.
+"""CUDA path of ``hvlm::selective_scan``: one Gluon (Triton) program, one pass over L.
 
-Glossary: B batch, D channels, L length, N state size, S segments of L, T = ``STEPS`` steps
-per tile, W warps per program, P lanes per channel (``ScanConfig.split``).
+Glossary: B batch, D channels, L length, N state size (power-of-two block ``BLOCK_N``),
+W warps per program, ITEMS steps per lane (``ScanConfig.items``), T = 32 ITEMS steps per chunk.
 
-Design (benchmarks/scan_tuning.py measured it against the earlier Triton variants, which
-now live in benchmarks/scan_variants.py; numbers and profiles in docs/BENCHMARKS.md):
+Design (benchmarks/scan_tuning.py measured it against the previous two-pass kernel, now in
+benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
 
-* **A channel's N states in registers of P lanes** (default 2). A program owns 32 W / P
-  channels of one batch row and one segment of L. Every step is N / P independent exp2 / FMA
-  chains per thread and one P-lane sum for y; the exponent is taken once per (d, n, t), as
-  exp2 of delta * (A log2 e). The hardware's exp2 bounds it: pass 1 ran at 80 % of the
-  special-function unit's peak on an H200 (ncu).
-* **Coalesced tiles, staged in shared memory.** u / delta / z are read as (32 W / P, T) tiles
-  in whichever layout they have in memory (L contiguous, or D contiguous as in MambaLayer,
-  where they are views of the projections' outputs: no copies), softplus(delta + bias) and
-  delta * u are computed on the tile (the hardware's exp2 / log2: the libdevice log cost a
-  fifth of pass 1's instructions), and the tiles go to shared memory with a step's channels
-  in one row; each step reads its row (broadcast reads for B and C). y of a tile collects in
-  registers and is written back as one coalesced tile with D u and the silu(z) gate applied.
-* **Segments.** L is cut into S segments. With S > 1, pass 1 computes each segment's end
-  state from zero and its delta sum, a small kernel chains the segments (a scan over S in
-  registers), and pass 2 reruns every segment from its true carry-in and writes y. With
-  S = 1 one pass does everything from the initial state.
+* **Time across the lanes.** A warp owns one channel of one batch row and walks L in chunks
+  of T steps; lane j holds steps j ITEMS .. j ITEMS + ITEMS - 1 of the chunk. For each state n the lane
+  runs its ITEMS steps from zero (h <- a h + b, a = exp(delta A), b = delta u B), the 32 lanes'
+  (total decay, end state) pairs are scanned with warp shuffles (5 levels), the state that
+  enters the chunk is folded in, and the lane reruns its steps from its true entering state,
+  adding C h to y. The exponential is taken once per (d, n, t) (the two-pass kernel took it
+  twice) and there is no second pass, chain kernel or carry tensor in memory.
+* **Every state in registers.** The N states are unrolled (N <= 16), so their chains
+  interleave; the carries between chunks stay in registers (each lane a copy).
+* **Staging.** B and C (shared by the program's W channels) go to shared memory as float32,
+  by cp.async (16-bit ones through registers: cp.async moves 4 bytes or more), the next
+  chunk's while this one runs (two buffers), swizzled so that each lane's
+  ITEMS steps are one conflict-free 16-byte read; u, delta and z are loaded a chunk ahead into
+  registers. Softplus(delta + bias), delta u, D u and the silu(z) gate are applied on the
+  chunk in registers; y is written once, coalesced.
+
+Inputs are read in place when their steps are adjacent in memory ((B, rows, L) memory, what
+MambaLayer's CUDA path produces); the launcher copies other layouts to that one first (on an
+H200 at L = 8192, strided reads took 0.49 ms against 0.16 ms, a copy about 0.04 ms per tensor).
 
 Numerics: float32 state and arithmetic whatever the input dtype (fp16 / bf16 are read
-natively); exact up to float32 rounding (exp2 / log2 are the hardware's approximate ones, as
-``tl.exp`` is; softplus through them has an absolute error of ~1e-7).
+natively); exp2 / log2 are the hardware's approximate ones (``ex2.approx.ftz``: decays below
+2^-126 flush to zero), softplus through them has an absolute error of ~1e-7.
 
-The TensorRT AOT plugin launches the same program as one pass over the whole L
-(``scan_plugin_kernel``: TensorRT's ahead-of-time route launches exactly one kernel).
+The TensorRT AOT plugin launches the same program (``scan_plugin_kernel``), which is a
+single kernel by construction.
 """
 
 from __future__ import annotations
@@ -37,19 +40,21 @@ import torch
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
-from hvlm_export.ops.scan_config import ScanConfig, default_config
+from hvlm_export.ops.scan_config import MAX_GRID_Y, ScanConfig, default_config, plugin_config
 
 __all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "scan_plugin_kernel",
-           "plugin_block_d", "PLUGIN_WARPS", "PLUGIN_SPLIT", "PLUGIN_STEPS"]
+           "plugin_config"]
 
 _LOG2E, _LN2 = gl.constexpr(1.4426950408889634), gl.constexpr(0.6931471805599453)
-#: warps, lanes per channel (ScanConfig.split) and steps per tile of the TensorRT AOT plugin's program
-PLUGIN_WARPS, PLUGIN_SPLIT, PLUGIN_STEPS = 1, 2, 16
-_PLUGIN = ScanConfig(PLUGIN_WARPS, PLUGIN_STEPS, PLUGIN_STEPS, split=PLUGIN_SPLIT)  # one pass: no segments
-#: warps per program (32 states each) and segments per step of the kernel that chains segments
-_CHAIN_WARPS, _CHAIN_CHUNK = 1, 16
 _TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
+
+
+@gluon.jit
+def _ex2(x):
+    return gl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=r,r", [x], dtype=gl.float32, is_pure=True,
+                                     pack=1)
 
 
 @gluon.jit
@@ -62,230 +67,248 @@ def _softplus(x):
 
 
 @triton.constexpr_function
-def _tile_layout(rows_contiguous, rows, steps, warps):
-    """Layout of a (rows, T) tile read from memory: coalesced along T, or along the rows when
-    those are contiguous; a warp's lanes cover at most its share of the rows."""
-    rows_per_warp = max(1, rows // warps)
-    if rows_contiguous:
-        lanes_r = min(32, rows_per_warp)
-        return gl.BlockedLayout([1, 1], [lanes_r, 32 // lanes_r], [warps, 1], [0, 1])
-    lanes_r = min(32 // max(1, steps // 4), rows_per_warp)
-    lanes_t = 32 // lanes_r
-    return gl.BlockedLayout([1, max(1, steps // lanes_t)], [lanes_r, lanes_t], [warps, 1], [1, 0])
+def _shfl_up_asm(offset):
+    return f"shfl.sync.up.b32 $0, $1, {offset}, 0, -1;"
 
 
 @gluon.jit
-def _fetch(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, T: gl.constexpr,
-           ROWS_CONTIGUOUS: gl.constexpr):
-    """Issue the load of the (ROWS, T) tile at (row0, t0), in its dtype and its coalesced
-    layout (zeros outside the tensor); the values are used one tile later (a prefetch)."""
-    W: gl.constexpr = gl.num_warps()
-    LL: gl.constexpr = _tile_layout(ROWS_CONTIGUOUS, ROWS, T, W)
-    r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, LL))
-    t = t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LL))
-    mask = gl.expand_dims(r < nrows, 1) & gl.expand_dims(t < length, 0)
-    offsets = gl.expand_dims(r.to(gl.int64) * s_row, 1) + gl.expand_dims(t.to(gl.int64) * s_t, 0)
+def _shfl_up(x, OFFSET: gl.constexpr):
+    """The value of the lane OFFSET below (a lane below OFFSET keeps its own)."""
+    return gl.inline_asm_elementwise(_shfl_up_asm(OFFSET), "=r,r", [x], dtype=gl.float32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _from_last_lane(x):
+    return gl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, 31, 31, -1;", "=r,r", [x], dtype=gl.float32,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
+def _chain(a1, b1, a2, b2):
+    """One more step, h -> a2 h + b2 (a left fold over a lane's own steps; not associative)."""
+    return a2, b1 * a2 + b2
+
+
+@gluon.jit
+def _last(a1, b1, a2, b2):
+    return a2, b2
+
+
+@triton.constexpr_function
+def _tile_layout(warps, items):
+    """Layout of a (rows, 32, ITEMS) tile of an L-contiguous tensor (step = lane ITEMS + item):
+    each thread's ITEMS consecutive steps, one vector load."""
+    return gl.BlockedLayout([1, 1, items], [1, 32, 1], [warps, 1, 1], [2, 1, 0])
+
+
+@triton.constexpr_function
+def _staging_layout(rank, items, itemsize):
+    """Row-major (.., 32, ITEMS) staging of B / C; the 16-byte vectors of a row are XOR-swizzled
+    so that 8 lanes reading one vector each hit 8 different bank groups."""
+    vec, per_lane = max(1, 16 // itemsize), max(1, items * itemsize // 16)
+    order = [2, 1, 0] if rank == 3 else [1, 0]
+    if per_lane == 1:
+        return gl.SwizzledSharedLayout(vec, 1, 1, order)
+    return gl.SwizzledSharedLayout(vec, max(1, 8 // per_lane), per_lane, order)
+
+
+@gluon.jit
+def _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS: gl.constexpr, L: gl.constexpr):
+    """int64 offsets and in-bounds mask of the (ROWS, 32, ITEMS) tile at (row0, t0)."""
+    r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, gl.SliceLayout(2, L)))
+    j = gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(2, L)))
+    i = gl.arange(0, ITEMS, layout=gl.SliceLayout(0, gl.SliceLayout(1, L)))
+    r3 = gl.expand_dims(gl.expand_dims(r, 1), 2)
+    t3 = t0 + gl.expand_dims(gl.expand_dims(j, 0), 2) * ITEMS + gl.expand_dims(gl.expand_dims(i, 0), 1)
+    return r3.to(gl.int64) * s_row + t3.to(gl.int64) * s_t, (r3 < nrows) & (t3 < length)
+
+
+@gluon.jit
+def _fetch(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS: gl.constexpr):
+    """Issue the load of a (ROWS, 32, ITEMS) tile in its dtype (zeros outside the tensor)."""
+    L: gl.constexpr = _tile_layout(gl.num_warps(), ITEMS)
+    offsets, mask = _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS, ITEMS, L)
     return gl.load(base + offsets, mask=mask, other=0.0)
 
 
 @gluon.jit
-def _f32(tile, layout: gl.constexpr):
-    return gl.convert_layout(tile.to(gl.float32), layout)
+def _stage_bc(s_b, s_c, b_base, c_base, sB_n, sB_t, sC_n, sC_t, t0, nstate, length, BLOCK_N: gl.constexpr,
+              ITEMS: gl.constexpr):
+    """The chunk's B and C tiles into one float32 staging buffer: cp.async (one commit group)
+    for float32 inputs, a load and store for 16-bit ones."""
+    L: gl.constexpr = _tile_layout(gl.num_warps(), ITEMS)
+    b_offsets, b_mask = _tile_offsets(sB_n, sB_t, 0, t0, nstate, length, BLOCK_N, ITEMS, L)
+    c_offsets, c_mask = _tile_offsets(sC_n, sC_t, 0, t0, nstate, length, BLOCK_N, ITEMS, L)
+    if b_base.dtype.element_ty.primitive_bitwidth == 32:
+        cp.async_copy_global_to_shared(s_b, b_base + b_offsets, mask=b_mask)
+        cp.async_copy_global_to_shared(s_c, c_base + c_offsets, mask=c_mask)
+    else:
+        s_b.store(gl.load(b_base + b_offsets, mask=b_mask, other=0.0).to(gl.float32))
+        s_c.store(gl.load(c_base + c_offsets, mask=c_mask, other=0.0).to(gl.float32))
+    cp.commit_group()
 
 
 @gluon.jit
-def _finish_tile(y, u, Dv, z_raw, y_base, sy_d, sy_t, d0, t0, dim, length, BLOCK_D: gl.constexpr,
-                 T: gl.constexpr, HAS_Z: gl.constexpr, Y_DC: gl.constexpr, LC: gl.constexpr):
-    """y + D u of a (BLOCK_D, T) tile, gated by silu(z) when given, stored coalesced in y's layout."""
-    y = gl.convert_layout(y, LC) + Dv * u
-    if HAS_Z:
-        z = _f32(z_raw, LC)
-        y = y * (z / (1.0 + gl.exp2(-z * _LOG2E)))  # silu
-    LY: gl.constexpr = _tile_layout(Y_DC, BLOCK_D, T, gl.num_warps())
-    y = gl.convert_layout(y, LY)
-    d_y, t_y = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LY)), t0 + gl.arange(0, T, layout=gl.SliceLayout(0, LY))
-    offsets = gl.expand_dims(d_y.to(gl.int64) * sy_d, 1) + gl.expand_dims(t_y.to(gl.int64) * sy_t, 0)
-    gl.store(y_base + offsets, y.to(y_base.dtype.element_ty),
-             mask=gl.expand_dims(d_y < dim, 1) & gl.expand_dims(t_y < length, 0))
+def _state_chunk(n, buf, dt, du, dsum, y, carry, nc, s_a, s_b, s_c, item, lane, BLOCK_N: gl.constexpr):
+    """State n over the chunk (module docstring): y + C h, and the carries with state n's
+    updated to its value after the chunk."""
+    LX: gl.constexpr = item.type.layout
+    L2: gl.constexpr = gl.SliceLayout(2, LX)
+    a2 = gl.expand_dims(s_a.index(n).load(L2), 2)  # (W, 1, 1): A log2(e)
+    b_row = gl.expand_dims(s_b.index(buf * BLOCK_N + n).load(gl.SliceLayout(0, LX)), 0)
+    c_row = gl.expand_dims(s_c.index(buf * BLOCK_N + n).load(gl.SliceLayout(0, LX)), 0)
+    h_in = gl.convert_layout(gl.sum(gl.where(nc == n, carry, 0.0), axis=2), L2)  # (W, 32): entering the chunk
+    a = _ex2(dt * a2)
+    b = du * b_row
+    _, h = gl.associative_scan((a, b), 2, _chain)  # the lane's steps from zero
+    _, lane_end = gl.reduce((a, h), 2, _last)
+    # inclusive scan over the lanes of (decay, end state) pairs: h -> decay h + end
+    dec, end = _ex2(dsum * gl.sum(a2, axis=2)), lane_end
+    for k in gl.static_range(5):
+        dec_below, end_below = _shfl_up(dec, 1 << k), _shfl_up(end, 1 << k)
+        take = lane >= (1 << k)
+        end = gl.where(take, end_below * dec + end, end)
+        dec = gl.where(take, dec_below * dec, dec)
+    dec_before = gl.where(lane == 0, 1.0, _shfl_up(dec, 1))
+    end_before = gl.where(lane == 0, 0.0, _shfl_up(end, 1))
+    entering = gl.expand_dims(end_before + dec_before * h_in, 2)  # the state entering the lane's steps
+    b = gl.where(item == 0, b + a * entering, b)
+    _, h = gl.associative_scan((a, b), 2, _chain)
+    out = gl.expand_dims(gl.convert_layout(_from_last_lane(end + dec * h_in), gl.SliceLayout(2, nc.type.layout)), 2)
+    return y + c_row * h, gl.where(nc == n, out, carry)
 
 
 @gluon.jit
-def _fetch_tiles(u_base, d_base, b_base, c_base, z_base, su_d, su_t, sd_d, sd_t, sB_n, sB_t, sC_n, sC_t, sz_d,
-                 sz_t, d0, t0, dim, nstate, length, BLOCK_D: gl.constexpr, BLOCK_N: gl.constexpr, T: gl.constexpr,
-                 WRITE_Y: gl.constexpr, HAS_Z: gl.constexpr, U_DC: gl.constexpr, DT_DC: gl.constexpr,
-                 Z_DC: gl.constexpr, BC_NC: gl.constexpr):
-    """Issue the loads of the tiles at step t0: u, delta, B and, when y is written, C and z."""
-    u_raw = _fetch(u_base, su_d, su_t, d0, t0, dim, length, BLOCK_D, T, U_DC)
-    d_raw = _fetch(d_base, sd_d, sd_t, d0, t0, dim, length, BLOCK_D, T, DT_DC)
-    b_raw = _fetch(b_base, sB_n, sB_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC)
-    c_raw, z_raw = b_raw, u_raw
-    if WRITE_Y:
-        c_raw = _fetch(c_base, sC_n, sC_t, 0, t0, nstate, length, BLOCK_N, T, BC_NC)
-        if HAS_Z:
-            z_raw = _fetch(z_base, sz_d, sz_t, d0, t0, dim, length, BLOCK_D, T, Z_DC)
-    return u_raw, d_raw, b_raw, c_raw, z_raw
+def _initial_carries(A_ptr, init_ptr, pid_b, d0, dim, nstate, W: gl.constexpr, BLOCK_N: gl.constexpr,
+                     HAS_INIT: gl.constexpr):
+    """The carries (W, 32, N) in registers, every lane holding its channel's N states (the
+    initial state or zero), their index tensors and mask, and A log2(e) as (N, W, 1) in
+    shared memory (read-only: a state's row is one broadcast read)."""
+    LCAR: gl.constexpr = gl.BlockedLayout([1, 1, BLOCK_N], [1, 32, 1], [W, 1, 1], [2, 1, 0])
+    dc = gl.expand_dims(gl.expand_dims(d0 + gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, LCAR))), 1), 2)
+    jc = gl.expand_dims(gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(2, LCAR))), 0), 2)
+    nc = gl.expand_dims(gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, gl.SliceLayout(1, LCAR))), 0), 1)
+    cmask = (dc < dim) & (nc < nstate) & (jc >= 0)
+    carry = gl.zeros([W, 32, BLOCK_N], gl.float32, LCAR)
+    if HAS_INIT:
+        carry = gl.load(init_ptr + (pid_b * dim + dc) * nstate + nc + jc * 0, mask=cmask, other=0.0)
+    LA: gl.constexpr = gl.BlockedLayout([1, 1, 1], [32, 1, 1], [1, W, 1], [0, 1, 2])
+    na = gl.expand_dims(gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, gl.SliceLayout(2, LA))), 1), 2)
+    da = gl.expand_dims(gl.expand_dims(d0 + gl.arange(0, W, layout=gl.SliceLayout(0, gl.SliceLayout(2, LA))), 0), 2)
+    a_log2 = gl.load(A_ptr + da * nstate + na, mask=(da < dim) & (na < nstate), other=0.0) * _LOG2E
+    s_a = gl.allocate_shared_memory(gl.float32, [BLOCK_N, W, 1], gl.SwizzledSharedLayout(1, 1, 1, [2, 1, 0]), a_log2)
+    s_a = s_a._reinterpret(gl.float32, [BLOCK_N, W, 1], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))
+    return carry, nc, dc, jc, cmask, s_a
 
 
 @gluon.jit
 def _scan_program(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr, dtsum_ptr,
-    dim, length, nstate, seg_len, nseg, pid_d, pid_b, pid_s,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, init_ptr, dim, length, nstate,
     su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
-    SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, WRITE_Y: gl.constexpr, HAS_CARRY: gl.constexpr,
-    BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr, SPLIT: gl.constexpr,
-    U_DC: gl.constexpr, DT_DC: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, BC_NC: gl.constexpr,
+    SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, HAS_INIT: gl.constexpr, BLOCK_N: gl.constexpr, ITEMS: gl.constexpr,
+    NBUF: gl.constexpr,
 ):
-    """One (channel block, batch row, segment) program (module docstring); pid_b int64. *_DC:
-    that tensor's channels are contiguous in memory (else its steps); BC_NC: B / C's states
-    are. Stores the segment's end state and, without WRITE_Y (pass 1), its delta sum."""
+    """W channels (a warp each) of one batch row over the whole L (module docstring); every
+    (B, rows, L) tensor has unit stride along L."""
     W: gl.constexpr = gl.num_warps()
-    BLOCK_D: gl.constexpr = 32 * W * CPT // SPLIT
-    # the state (CPT channels per lane group, a channel's N states over SPLIT lanes); a y tile
-    LS: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_N // SPLIT], [32 // SPLIT, SPLIT], [W, 1], [1, 0])
-    LR: gl.constexpr = gl.BlockedLayout([CPT, T // SPLIT], [32 // SPLIT, SPLIT], [W, 1], [1, 0])
-    LC: gl.constexpr = _tile_layout(U_DC, BLOCK_D, T, W)  # where a tile's elementwise work happens
-    LB: gl.constexpr = _tile_layout(BC_NC, BLOCK_N, T, W)
-    SH: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
-    d_s = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LS))
-    n_s = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, LS))
-    dn_mask = gl.expand_dims(d_s < dim, 1) & gl.expand_dims(n_s < nstate, 0)
-    A2 = gl.load(A_ptr + gl.expand_dims(d_s, 1) * nstate + gl.expand_dims(n_s, 0), mask=dn_mask, other=0.0) * _LOG2E
-    sn_off = ((pid_b * nseg + pid_s) * dim + gl.expand_dims(d_s, 1)) * nstate + gl.expand_dims(n_s, 0)
-    if HAS_CARRY:
-        h = gl.load(carry_ptr + sn_off, mask=dn_mask, other=0.0)
-    else:
-        h = gl.zeros([BLOCK_D, BLOCK_N], gl.float32, LS)
-    d0 = pid_d * BLOCK_D
-    d_c = d0 + gl.arange(0, BLOCK_D, layout=gl.SliceLayout(1, LC))
-    t_c = gl.arange(0, T, layout=gl.SliceLayout(0, LC))
-    bias = gl.expand_dims(gl.load(bias_ptr + d_c, mask=d_c < dim, other=0.0), 1)
-    Dv = gl.expand_dims(gl.load(D_ptr + d_c, mask=d_c < dim, other=0.0), 1)
-    col = gl.expand_dims(gl.arange(0, T, layout=gl.SliceLayout(0, LR)), 0)
-    s_dt = gl.allocate_shared_memory(gl.float32, [T, BLOCK_D], SH)  # a step's channels: one row, no bank conflicts
-    s_du = gl.allocate_shared_memory(gl.float32, [T, BLOCK_D], SH)
-    s_b = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
-    s_c = gl.allocate_shared_memory(gl.float32, [T, BLOCK_N], SH)
-    dt_total = gl.zeros([BLOCK_D], gl.float32, gl.SliceLayout(1, LC))
-    start = pid_s * seg_len
-    # the first tile's loads; each iteration issues the next tile's before its steps run
-    bases = (u_ptr + pid_b * su_b, delta_ptr + pid_b * sd_b, B_ptr + pid_b * sB_b, C_ptr + pid_b * sC_b,
-             z_ptr + pid_b * sz_b)
-    strides = (su_d, su_t, sd_d, sd_t, sB_n, sB_t, sC_n, sC_t, sz_d, sz_t)
-    u_raw, d_raw, b_raw, c_raw, z_raw = _fetch_tiles(*bases, *strides, d0, start, dim, nstate, length, BLOCK_D,
-                                                     BLOCK_N, T, WRITE_Y, HAS_Z, U_DC, DT_DC, Z_DC, BC_NC)
-    for t0 in range(start, gl.minimum(start + seg_len, length), T):
-        inside = gl.expand_dims(d_c < dim, 1) & gl.expand_dims(t0 + t_c < length, 0)
-        u = _f32(u_raw, LC)
-        dt = _f32(d_raw, LC) + bias
+    LX: gl.constexpr = gl.BlockedLayout([1, 1, ITEMS], [1, 32, 1], [W, 1, 1], [2, 1, 0])  # (channel, lane, step)
+    pid_b = gl.program_id(1).to(gl.int64)
+    d0 = gl.program_id(0) * W
+    lane = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(2, LX))), 0)
+    item = gl.expand_dims(gl.expand_dims(gl.arange(0, ITEMS, layout=gl.SliceLayout(0, gl.SliceLayout(1, LX))), 0), 1)
+    d3 = gl.expand_dims(gl.expand_dims(d0 + gl.arange(0, W, layout=gl.SliceLayout(1, gl.SliceLayout(2, LX))), 1), 2)
+    bias = gl.load(bias_ptr + d3, mask=d3 < dim, other=0.0)
+    Dv = gl.load(D_ptr + d3, mask=d3 < dim, other=0.0)
+    carry, nc, dc, jc, cmask, s_a = _initial_carries(A_ptr, init_ptr, pid_b, d0, dim, nstate, W, BLOCK_N, HAS_INIT)
+    # B / C staging buffers (NBUF, N, 32, ITEMS) and their row view
+    SH3: gl.constexpr = _staging_layout(3, ITEMS, 4)
+    SH2: gl.constexpr = _staging_layout(2, ITEMS, 4)
+    s_b4 = gl.allocate_shared_memory(gl.float32, [NBUF, BLOCK_N, 32, ITEMS], SH3)
+    s_c4 = gl.allocate_shared_memory(gl.float32, [NBUF, BLOCK_N, 32, ITEMS], SH3)
+    s_b = s_b4._reinterpret(gl.float32, [NBUF * BLOCK_N, 32, ITEMS], SH2)
+    s_c = s_c4._reinterpret(gl.float32, [NBUF * BLOCK_N, 32, ITEMS], SH2)
+    u_base, d_base, z_base = u_ptr + pid_b * su_b, delta_ptr + pid_b * sd_b, z_ptr + pid_b * sz_b
+    b_base, c_base = B_ptr + pid_b * sB_b, C_ptr + pid_b * sC_b
+    _stage_bc(s_b4.index(0), s_c4.index(0), b_base, c_base, sB_n, sB_t, sC_n, sC_t, 0, nstate, length, BLOCK_N, ITEMS)
+    u_raw = _fetch(u_base, su_d, su_t, d0, 0, dim, length, W, ITEMS)
+    d_raw = _fetch(d_base, sd_d, sd_t, d0, 0, dim, length, W, ITEMS)
+    z_raw = u_raw
+    if HAS_Z:
+        z_raw = _fetch(z_base, sz_d, sz_t, d0, 0, dim, length, W, ITEMS)
+    T: gl.constexpr = 32 * ITEMS
+    for t0 in range(0, length, T):
+        buf = (t0 // T) % NBUF
+        u = gl.convert_layout(u_raw.to(gl.float32), LX)
+        dt = gl.convert_layout(d_raw.to(gl.float32), LX) + bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        dt = gl.where(inside, dt, 0.0)  # padding steps: decay 1, no input
-        dt_total += gl.sum(dt, axis=1)
-        gl.thread_barrier()  # the previous tile's steps are done with the buffers
-        s_dt.permute([1, 0]).store(dt)
-        s_du.permute([1, 0]).store(dt * u)
-        s_b.permute([1, 0]).store(_f32(b_raw, LB))
-        if WRITE_Y:
-            s_c.permute([1, 0]).store(_f32(c_raw, LB))
+        dt = gl.where((d3 < dim) & (t0 + gl.expand_dims(lane, 2) * ITEMS + item < length), dt, 0.0)  # pad: decay 1
+        du, y, dsum = dt * u, Dv * u, gl.sum(dt, axis=2)
         z_cur = z_raw
-        u_raw, d_raw, b_raw, c_raw, z_raw = _fetch_tiles(*bases, *strides, d0, t0 + T, dim, nstate, length, BLOCK_D,
-                                                         BLOCK_N, T, WRITE_Y, HAS_Z, U_DC, DT_DC, Z_DC, BC_NC)
-        gl.thread_barrier()
-        y = gl.zeros([BLOCK_D, T], gl.float32, LR)
-        for i in gl.static_range(T):
-            dt_i = s_dt.slice(i, 1, dim=0).permute([1, 0]).load(LS)  # (BLOCK_D, 1): the thread's channel
-            du_i = s_du.slice(i, 1, dim=0).permute([1, 0]).load(LS)
-            b_i = s_b.slice(i, 1, dim=0).load(LS)  # (1, BLOCK_N): the same in every thread
-            h = gl.exp2(dt_i * A2) * h + du_i * b_i
-            if WRITE_Y:
-                c_i = s_c.slice(i, 1, dim=0).load(LS)
-                y_i = gl.convert_layout(gl.sum(h * c_i, axis=1), gl.SliceLayout(1, LR), assert_trivial=True)
-                y = gl.where(col == i, gl.expand_dims(y_i, 1), y)  # register i of the thread's row
-        if WRITE_Y:
-            _finish_tile(y, u, Dv, z_cur, y_ptr + pid_b * sy_b, sy_d, sy_t, d0, t0, dim, length, BLOCK_D, T, HAS_Z,
-                         Y_DC, LC)
-    gl.store(state_ptr + sn_off, h, mask=dn_mask)
-    if not WRITE_Y:
-        gl.store(dtsum_ptr + (pid_b * nseg + pid_s) * dim + d_c, dt_total, mask=d_c < dim)
+        if NBUF == 2:
+            _stage_bc(s_b4.index(1 - buf), s_c4.index(1 - buf), b_base, c_base, sB_n, sB_t, sC_n, sC_t, t0 + T,
+                      nstate, length, BLOCK_N, ITEMS)
+            cp.wait_group(1)
+        else:
+            cp.wait_group(0)
+        u_raw = _fetch(u_base, su_d, su_t, d0, t0 + T, dim, length, W, ITEMS)
+        d_raw = _fetch(d_base, sd_d, sd_t, d0, t0 + T, dim, length, W, ITEMS)
+        if HAS_Z:
+            z_raw = _fetch(z_base, sz_d, sz_t, d0, t0 + T, dim, length, W, ITEMS)
+        gl.thread_barrier()  # every thread's copies of this chunk's B and C have landed
+        if BLOCK_N <= 16:
+            for n in gl.static_range(BLOCK_N):
+                y, carry = _state_chunk(n, buf, dt, du, dsum, y, carry, nc, s_a, s_b, s_c, item, lane, BLOCK_N)
+        else:
+            for n in range(BLOCK_N):
+                y, carry = _state_chunk(n, buf, dt, du, dsum, y, carry, nc, s_a, s_b, s_c, item, lane, BLOCK_N)
+        gl.thread_barrier()  # every thread is done with this chunk's buffer
+        if NBUF == 1:
+            _stage_bc(s_b4.index(0), s_c4.index(0), b_base, c_base, sB_n, sB_t, sC_n, sC_t, t0 + T, nstate, length,
+                      BLOCK_N, ITEMS)
+        if HAS_Z:
+            z = gl.convert_layout(z_cur.to(gl.float32), LX)
+            y = y * (z / (1.0 + gl.exp2(-z * _LOG2E)))  # silu
+        LY: gl.constexpr = _tile_layout(W, ITEMS)
+        offsets, mask = _tile_offsets(sy_d, sy_t, d0, t0, dim, length, W, ITEMS, LY)
+        gl.store(y_ptr + pid_b * sy_b + offsets, gl.convert_layout(y, LY).to(y_ptr.dtype.element_ty), mask=mask)
+    cp.wait_group(0)
+    gl.store(state_ptr + (pid_b * dim + dc) * nstate + nc + jc * 0, carry, mask=cmask & (jc == 0))
 
 
 @gluon.jit
 def scan_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr, dtsum_ptr,
-    dim, length, nstate, seg_len, nseg,
+    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, init_ptr, dim, length, nstate,
     su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
-    SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, WRITE_Y: gl.constexpr, HAS_CARRY: gl.constexpr,
-    BLOCK_N: gl.constexpr, T: gl.constexpr, CPT: gl.constexpr, SPLIT: gl.constexpr,
-    U_DC: gl.constexpr, DT_DC: gl.constexpr, Z_DC: gl.constexpr, Y_DC: gl.constexpr, BC_NC: gl.constexpr,
+    SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, HAS_INIT: gl.constexpr, BLOCK_N: gl.constexpr, ITEMS: gl.constexpr,
+    NBUF: gl.constexpr,
 ):
-    """One launch of the (channel block, batch, segment) grid."""
-    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, carry_ptr,
-                  dtsum_ptr, dim, length, nstate, seg_len, nseg, gl.program_id(0), gl.program_id(1).to(gl.int64),
-                  gl.program_id(2), su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t,
-                  sB_b, sB_n, sB_t, sC_b, sC_n, sC_t, SOFTPLUS, HAS_Z, WRITE_Y, HAS_CARRY, BLOCK_N, T, CPT,
-                  SPLIT, U_DC, DT_DC, Z_DC, Y_DC, BC_NC)
+    """Grid (channel blocks of W, batch rows)."""
+    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, init_ptr, dim,
+                  length, nstate, su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n,
+                  sB_t, sC_b, sC_n, sC_t, SOFTPLUS, HAS_Z, HAS_INIT, BLOCK_N, ITEMS, NBUF)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["dim", "length", "nstate"])  # int64 arithmetic on them, even when 1
 def scan_plugin_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, init_ptr,
     dim, length, nstate,
     y_ptr, state_ptr,
-    SOFTPLUS: gl.constexpr, BLOCK_N: gl.constexpr, T: gl.constexpr, SPLIT: gl.constexpr,
+    SOFTPLUS: gl.constexpr, BLOCK_N: gl.constexpr, ITEMS: gl.constexpr, NBUF: gl.constexpr,
 ):
-    """The same program as one pass over the whole L from the initial state, for contiguous
-    (B, D, L) / (B, N, L) tensors, with the TensorRT AOT plugin's argument order (inputs,
-    ints, outputs); grid (channel blocks, batch)."""
+    """The same program for contiguous (B, D, L) / (B, N, L) tensors with an initial state and
+    no gate, in the TensorRT AOT plugin's argument order (inputs, ints, outputs); grid
+    (ceil(D / W), B)."""
     dl, nl = dim.to(gl.int64) * length, nstate.to(gl.int64) * length  # batch strides, past 2**31 allowed
-    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, init_ptr,
-                  state_ptr, dim, length, nstate, length, 1, gl.program_id(0), gl.program_id(1).to(gl.int64), 0,
-                  dl, length, 1, dl, length, 1, dl, length, 1, dl, length, 1, nl, length, 1, nl, length, 1,
-                  SOFTPLUS, False, True, True, BLOCK_N, T, 1, SPLIT, False, False, False, False, False)
+    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, init_ptr, dim,
+                  length, nstate, dl, length, 1, dl, length, 1, dl, length, 1, dl, length, 1, nl, length, 1, nl,
+                  length, 1, SOFTPLUS, False, True, BLOCK_N, ITEMS, NBUF)
 
 
-@gluon.jit
-def _then(a1, b1, a2, b2):
-    """Two segments in a row: h -> a2 (a1 h + b1) + b2."""
-    return a1 * a2, b1 * a2 + b2
-
-
-@gluon.jit
-def chain_segments_kernel(end_ptr, dtsum_ptr, A_ptr, init_ptr, carry_ptr, dim, nstate, nseg,
-                          HAS_INIT: gl.constexpr, CHUNK: gl.constexpr):
-    """carry[s] = exp(A * dtsum[s-1]) * carry[s-1] + end[s-1]; carry[0] = initial state (or 0).
-
-    A thread per state of the flattened (D, N), a program per 32 W states and batch row; CHUNK
-    segments at a time, loaded at once (coalesced) and scanned in the thread's registers."""
-    W: gl.constexpr = gl.num_warps()
-    L2: gl.constexpr = gl.BlockedLayout([CHUNK, 1], [1, 32], [1, W], [0, 1])
-    pid_b = gl.program_id(1).to(gl.int64)
-    e = gl.program_id(0) * (32 * W) + gl.arange(0, 32 * W, layout=gl.SliceLayout(0, L2))
-    size = dim * nstate
-    row = gl.expand_dims(e, 0)  # (1, 32 W): the states
-    emask = row < size
-    A2 = gl.load(A_ptr + row, mask=emask, other=0.0) * _LOG2E
-    channel = row // nstate
-    if HAS_INIT:
-        h = gl.load(init_ptr + pid_b * size + row, mask=emask, other=0.0)
-    else:
-        h = gl.zeros([1, 32 * W], gl.float32, L2)
-    seg = gl.expand_dims(gl.arange(0, CHUNK, layout=gl.SliceLayout(1, L2)), 1)  # (CHUNK, 1)
-    for s0 in range(0, nseg, CHUNK):
-        m = ((s0 + seg) < nseg) & emask
-        end = gl.load(end_ptr + (pid_b * nseg + s0 + seg) * size + row, mask=m, other=0.0)
-        dts = gl.load(dtsum_ptr + (pid_b * nseg + s0 + seg) * dim + channel, mask=m, other=0.0)
-        decay, into = gl.associative_scan((gl.exp2(A2 * dts), end), 0, _then)
-        after = decay * h + into  # the state after segment s0 + i
-        gl.store(carry_ptr + (pid_b * nseg + s0) * size + row, h, mask=emask)
-        later = s0 + 1 + seg
-        gl.store(carry_ptr + (pid_b * nseg + later) * size + row, after,
-                 mask=(later < s0 + CHUNK) & (later < nseg) & emask)
-        h = gl.expand_dims(gl.sum(gl.where(seg == CHUNK - 1, after, 0.0), axis=0), 0)
-
-
-def _channels_contiguous(t: torch.Tensor) -> bool:
-    """Whether a (B, rows, L) tensor's rows are its contiguous axis (rather than L)."""
-    return t.shape[2] > 1 and t.stride(1) == 1 and t.stride(2) != 1
+def _unit_l_stride(t: torch.Tensor) -> torch.Tensor:
+    """t (B, rows, L) itself when its steps are adjacent in memory (any row / batch strides),
+    else an L-contiguous copy: the kernel reads each lane's steps as one vector."""
+    return t if t.shape[2] <= 1 or t.stride(2) == 1 else t.contiguous()
 
 
 def selective_scan_triton(
@@ -301,51 +324,35 @@ def selective_scan_triton(
     initial_state: torch.Tensor | None = None,
     config: ScanConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the scan with the Gluon kernels; same contract as ``selective_scan_ref``.
+    """Run the scan with the Gluon kernel; same contract as ``selective_scan_ref``.
 
-    u, delta, z, B and C are read in place with their strides (L-contiguous or channel-
-    contiguous, as the views MambaLayer passes); y gets u's layout.
+    u, delta, z, B and C are read in place when their steps are adjacent in memory (unit stride
+    along L, any other strides: views of (B, rows, L) memory); other layouts, such as (B, L,
+    rows) memory viewed as (B, rows, L), are copied to that layout first (cheaper than reading
+    them strided). y is a contiguous (B, D, L) tensor.
     """
     batch, dim, length = u.shape
     nstate = A.shape[1]
+    u, delta, B, C = (_unit_l_stride(t) for t in (u, delta, B, C))
+    zz = _unit_l_stride(z) if z is not None else u
     A, D, delta_bias = (t.contiguous().float() for t in (A, D, delta_bias))
     h0 = initial_state.contiguous().float() if initial_state is not None else None
-    cfg = config or default_config(length, dim, batch, nstate)
-    nseg = cfg.segments(length)
-    y = torch.empty_like(u)
-    state = torch.empty(batch, nseg, dim, nstate, device=u.device, dtype=torch.float32)
-    dtsum = torch.empty(batch, nseg, dim, device=u.device, dtype=torch.float32)
+    cfg = config or default_config(nstate)
+    y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
+    state = torch.empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
     if length == 0 or batch == 0 or dim == 0:
-        return y, (h0.clone() if h0 is not None else state.new_zeros(batch, dim, nstate))
-    block_n = triton.next_power_of_2(nstate)
-    grid = (triton.cdiv(dim, cfg.block_d(nstate)), batch, nseg)
-    zz = z if z is not None else u
-    strides = (*u.stride(), *delta.stride(), *zz.stride(), *y.stride(), *B.stride(), *C.stride())
-    common = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, BLOCK_N=block_n, T=cfg.steps,
-                  CPT=cfg.channels, SPLIT=cfg.lanes(nstate), U_DC=_channels_contiguous(u),
-                  DT_DC=_channels_contiguous(delta),
-                  Z_DC=_channels_contiguous(zz), Y_DC=_channels_contiguous(y), BC_NC=_channels_contiguous(B), num_warps=cfg.warps)
-    ints = (dim, length, nstate, cfg.segment, nseg, *strides)
-    if nseg == 1:  # one pass, from the initial state (laid out like a (B, 1, D, N) carry)
-        carry = h0 if h0 is not None else state
-        scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, carry, dtsum, *ints, WRITE_Y=True,
-                          HAS_CARRY=h0 is not None, **common)
-        return y, state[:, 0]
-    scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, state, state, dtsum, *ints, WRITE_Y=False,
-                      HAS_CARRY=False, **common)
-    carry = torch.empty_like(state)
-    chain_segments_kernel[(triton.cdiv(dim * nstate, 32 * _CHAIN_WARPS), batch)](
-        state, dtsum, A, h0 if h0 is not None else state, carry, dim, nstate, nseg, HAS_INIT=h0 is not None,
-        CHUNK=_CHAIN_CHUNK, num_warps=_CHAIN_WARPS)
-    final = torch.empty_like(state)
-    scan_kernel[grid](u, delta, A, B, C, D, delta_bias, zz, y, final, carry, dtsum, *ints, WRITE_Y=True,
-                      HAS_CARRY=True, **common)
-    return y, final[:, -1]
-
-
-def plugin_block_d(block_n: int) -> int:
-    """Channels per program of the plugin's kernel for a state block of ``block_n``."""
-    return _PLUGIN.block_d(block_n)
+        return y, (h0.clone() if h0 is not None else state.zero_())
+    flags = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, HAS_INIT=h0 is not None,
+                 BLOCK_N=triton.next_power_of_2(nstate), ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
+                 **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+    for b0 in range(0, batch, MAX_GRID_Y):  # the grid's batch axis holds 65535 rows
+        rows = slice(b0, min(batch, b0 + MAX_GRID_Y))
+        t = [x[rows] for x in (u, delta, B, C, zz, y, state)]
+        strides = (*t[0].stride(), *t[1].stride(), *t[4].stride(), *t[5].stride(), *t[2].stride(), *t[3].stride())
+        scan_kernel[(triton.cdiv(dim, cfg.warps), t[0].shape[0])](
+            t[0], t[1], A, t[2], t[3], D, delta_bias, t[4], t[5], t[6], h0[rows] if h0 is not None else t[6], dim,
+            length, nstate, *strides, **flags)
+    return y, state
 
 
 def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[str, str, int, int]:
@@ -353,16 +360,16 @@ def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[
 
     Returns (kernel name, PTX, shared memory bytes, warps). ``dtype`` is the dtype of u,
     delta, B, C and y ('float32', 'float16' or 'bfloat16'); ``block_n`` a power of two >= N.
-    The grid is (ceil(D / plugin_block_d(block_n)), B).
     """
     from triton.experimental.gluon._runtime import GluonASTSource
 
+    cfg = plugin_config(block_n)
     ptr = _TRITON_PTR[dtype]
     signature = {"u_ptr": ptr, "delta_ptr": ptr, "A_ptr": "*fp32", "B_ptr": ptr, "C_ptr": ptr, "D_ptr": "*fp32",
                  "bias_ptr": "*fp32", "init_ptr": "*fp32", "dim": "i32", "length": "i32", "nstate": "i32",
                  "y_ptr": ptr, "state_ptr": "*fp32"}
-    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_N": block_n, "T": PLUGIN_STEPS,
-                  "SPLIT": _PLUGIN.lanes(block_n)}
+    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_N": block_n, "ITEMS": cfg.items, "NBUF": cfg.buffers}
     source = GluonASTSource(fn=scan_plugin_kernel, signature=signature, constexprs=constexprs)
-    compiled = triton.compile(source, options={"num_warps": PLUGIN_WARPS})
+    options = {"num_warps": cfg.warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})}
+    compiled = triton.compile(source, options=options)
     return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.shared, compiled.metadata.num_warps

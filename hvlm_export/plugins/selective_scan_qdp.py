@@ -69,16 +69,19 @@ def _aot_impl(
     D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, initial_state: trtp.TensorDesc, delta_softplus: int,
     outputs: Tuple[trtp.TensorDesc], tactic: int,
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx, plugin_block_d
+    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx, plugin_config
 
     dtype = dtype_name(trt, u.dtype)
     n_state = _constant(A.shape_expr[1])
     if n_state is None:
         raise logic.PluginInputError("the AOT SelectiveScan kernel needs a build-time constant state size N")
     n_block = _next_pow2(n_state)
-    name, ptx, shared, warps = compile_plugin_ptx(dtype, n_block, bool(delta_softplus))
+    try:
+        name, ptx, shared, warps = compile_plugin_ptx(dtype, n_block, bool(delta_softplus))
+    except ValueError as err:  # a state size whose tiles do not fit the launch's shared memory
+        raise logic.PluginInputError(str(err)) from err
     params = trtp.KernelLaunchParams()
-    params.grid_x = trtp.cdiv(u.shape_expr[1], plugin_block_d(n_block))
+    params.grid_x = trtp.cdiv(u.shape_expr[1], plugin_config(n_block).warps)  # a warp per channel
     params.grid_y = u.shape_expr[0]
     params.block_x = warps * 32
     params.shared_mem = shared

@@ -56,63 +56,57 @@ def test_triton_scan_fp32(shape):
     assert _rel(state, want_state) < FP32_REL, f"state rel err {_rel(state, want_state):.3g}"
 
 
-@pytest.mark.parametrize("segment", [16, 64, 256, 1 << 20])
-@pytest.mark.parametrize("warps, steps, channels, split", [
-    (1, 8, 1, 1), (1, 16, 2, 1), (2, 16, 1, 1), (4, 32, 1, 1), (1, 8, 1, 2), (1, 16, 1, 4), (2, 8, 2, 2)])
-def test_triton_configs_agree(segment, warps, steps, channels, split):
+@pytest.mark.parametrize("warps, items, buffers, maxnreg", [
+    (4, 8, 2, 168), (4, 8, 1, 168), (1, 1, 1, None), (2, 4, 2, 128), (8, 16, 1, None), (4, 2, 2, None)])
+@pytest.mark.parametrize("nstate", [16, 5, 1])
+def test_triton_configs_agree(warps, items, buffers, maxnreg, nstate):
+    """Every configuration against the float64 loop: chunks of 32 to 512 steps, L not a
+    multiple of any, D not a multiple of the warps, fewer states than the block."""
     from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
-    if segment < steps:
-        pytest.skip("a segment holds whole tiles")
-    inp = _inputs(2, 45, 16, 3001, seed=segment + warps)
+    inp = _inputs(2, 45, nstate, 3001, seed=warps + items + nstate)
     want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
-    y, state = selective_scan_triton(**inp, delta_softplus=True,
-                                     config=ScanConfig(warps, steps, segment, channels, split))
+    y, state = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(warps, items, buffers, maxnreg))
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
 
 
-@pytest.mark.parametrize("nstate", [1, 2, 3, 5])
-@pytest.mark.parametrize("split", [2, 4])
-def test_triton_split_with_few_states(nstate, split):
-    """A channel's states split over more lanes than there are states: the split is capped."""
-    from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
+@pytest.mark.parametrize("nstate", [32, 64])
+def test_triton_wide_states(nstate):
+    """Past 16 states the states run in a loop (not unrolled) and the tiles shrink to fit."""
+    from hvlm_export.ops.selective_scan_triton import selective_scan_triton
 
-    inp = _inputs(2, 37, nstate, 700, seed=nstate * split)
+    inp = _inputs(1, 20, nstate, 700, seed=nstate)
     want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
-    y, state = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(1, 8, 64, 1, split))
+    y, state = selective_scan_triton(**inp, delta_softplus=True)
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
 
 
-@pytest.mark.parametrize("split", [1, 2])
-@pytest.mark.parametrize("segment", [16, 1 << 20])
-def test_triton_initial_state(segment, split):
-    """Continuing from a state (streaming): single pass and chained segments."""
-    from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
+@pytest.mark.parametrize("length", [1, 255, 256, 257, 1000])
+def test_triton_initial_state(length):
+    """Continuing from a state (streaming), across chunk boundaries."""
+    from hvlm_export.ops.selective_scan_triton import selective_scan_triton
 
-    inp = _inputs(2, 40, 16, 500, seed=segment % 97)
+    inp = _inputs(2, 40, 16, length, seed=length)
     h0 = torch.randn(2, 40, 16, device="cuda")
     want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True,
                                           initial_state=h0.cpu())
-    y, state = selective_scan_triton(**inp, delta_softplus=True, initial_state=h0,
-                                     config=ScanConfig(1, 16, segment, split=split))
+    y, state = selective_scan_triton(**inp, delta_softplus=True, initial_state=h0)
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
 
 
-@pytest.mark.parametrize("split", [1, 2, 4])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_triton_scan_reads_channel_contiguous_views(dtype, split):
-    """MambaLayer passes (B, L, rows) memory as (B, rows, L) views: read in place, same numbers."""
-    from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+def test_triton_scan_reads_channel_contiguous_views(dtype):
+    """(B, L, rows) memory passed as (B, rows, L) views: copied to unit L-stride, same numbers."""
+    from hvlm_export.ops.selective_scan_triton import selective_scan_triton
 
     inp = _inputs(2, 70, 16, 1000, seed=5, dtype=dtype)
     views = {k: (v.transpose(1, 2).contiguous().transpose(1, 2) if v.dim() == 3 else v) for k, v in inp.items()}
     assert views["u"].stride(1) == 1
-    cfg = ScanConfig(1, 8, 128, split=split)
-    want, want_state = selective_scan_triton(**inp, delta_softplus=True, config=cfg)
-    got, got_state = selective_scan_triton(**views, delta_softplus=True, config=cfg)
-    assert got.stride(1) == 1  # y takes u's layout
-    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
-    torch.testing.assert_close(got, want, **tol)  # other tile layouts: other FMA contractions
+    want, want_state = selective_scan_triton(**inp, delta_softplus=True)
+    got, got_state = selective_scan_triton(**views, delta_softplus=True)
+    assert got.is_contiguous()
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got, want, **tol)
     torch.testing.assert_close(got_state, want_state, rtol=1e-5, atol=1e-6)
 
 
@@ -183,25 +177,27 @@ def test_plugin_kernel_single_pass_and_aot_compiles():
     """The kernel the TensorRT AOT plugin embeds: run it, and compile it to PTX as TRT would."""
     import triton
 
-    from hvlm_export.ops.selective_scan_triton import (PLUGIN_SPLIT, PLUGIN_STEPS, PLUGIN_WARPS, compile_plugin_ptx,
-                                                      plugin_block_d, scan_plugin_kernel)
+    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx, plugin_config, scan_plugin_kernel
 
-    for nstate in (16, 1, 3):  # fewer states than lanes per channel: the split is capped
-        inp = _inputs(2, 48, nstate, 777, seed=4 + nstate)
+    for nstate, dtype in ((16, torch.float32), (1, torch.float32), (3, torch.float32), (16, torch.float16),
+                          (5, torch.bfloat16)):
+        inp = _inputs(2, 48, nstate, 777, seed=4 + nstate, dtype=dtype)
         y = torch.full_like(inp["u"], float("nan"))
         state = torch.full((2, 48, nstate), float("nan"), device="cuda")
         h0 = torch.randn(2, 48, nstate, device="cuda")
-        want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items() if k != "z"},
+        want, want_state = scan_reference_f64(**{k: v.cpu().float() for k, v in inp.items() if k != "z"},
                                               delta_softplus=True, initial_state=h0.cpu())
         block_n = triton.next_power_of_2(nstate)
-        scan_plugin_kernel[(triton.cdiv(48, plugin_block_d(block_n)), 2)](
+        cfg = plugin_config(block_n)
+        scan_plugin_kernel[(triton.cdiv(48, cfg.warps), 2)](
             inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], h0, 48, 777, nstate,
-            y, state, SOFTPLUS=True, BLOCK_N=block_n, T=PLUGIN_STEPS, SPLIT=min(PLUGIN_SPLIT, block_n),
-            num_warps=PLUGIN_WARPS)
-        assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL, nstate
+            y, state, SOFTPLUS=True, BLOCK_N=block_n, ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
+            **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+        tol = FP32_REL if dtype == torch.float32 else 1e-2
+        assert _rel(y, want) < tol and _rel(state, want_state) < tol, (nstate, dtype)
     for dtype in ("float32", "float16", "bfloat16"):
         name, ptx, shared, warps = compile_plugin_ptx(dtype, 16, True)
-        assert ".entry" in ptx and name in ptx and warps == PLUGIN_WARPS
+        assert ".entry" in ptx and name in ptx and warps == plugin_config(16).warps and ".maxnreg" in ptx
 
 
 # fp32 on CUDA: SDPA's fused kernels and cuBLAS may use TF32-like tensor-core arithmetic for

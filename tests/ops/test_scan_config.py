@@ -1,46 +1,51 @@
-"""Launch configurations of the CUDA scan, checked without a GPU (hvlm_export/ops/scan_config.py)."""
+"""Launch configuration of the CUDA scan, checked without a GPU (hvlm_export/ops/scan_config.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from hvlm_export.ops.scan_config import MAX_SEGMENTS, ScanConfig, default_config
+from hvlm_export.ops.scan_config import LAUNCH_SMEM_LIMIT, SMEM_BUDGET, ScanConfig, default_config, plugin_config
 
 
-@pytest.mark.parametrize("kwargs", [dict(warps=3), dict(steps=12), dict(segment=8), dict(segment=100, steps=16),
-                                    dict(channels=4), dict(split=3), dict(split=8)])
+@pytest.mark.parametrize("kwargs", [dict(warps=3), dict(warps=0), dict(items=3), dict(items=32), dict(buffers=0),
+                                    dict(buffers=3), dict(maxnreg=32), dict(maxnreg=300), dict(maxnreg=168.0)])
 def test_bad_configurations_are_refused_with_the_valid_choices(kwargs):
-    with pytest.raises(ValueError, match="split \\(lanes per channel\\) 1, 2 or 4"):
+    with pytest.raises(ValueError, match=r"warps in \(1, 2, 4, 8\), items in \(1, 2, 4, 8, 16\), buffers 1 or 2"):
         ScanConfig(**kwargs)
 
 
-@pytest.mark.parametrize("nstate, lanes, block_d", [(16, 2, 16), (5, 2, 16), (2, 2, 16), (1, 1, 32), (64, 2, 16)])
-def test_the_split_is_capped_at_the_states(nstate, lanes, block_d):
-    cfg = ScanConfig(split=2)
-    assert cfg.lanes(nstate) == lanes and cfg.block_d(nstate) == block_d
-    assert ScanConfig(warps=2, channels=2, split=4).block_d(3) == 32  # 128 channel slots over 4 lanes
+def test_chunk_and_staging_sizes():
+    cfg = ScanConfig(warps=4, items=8, buffers=2)
+    assert cfg.chunk() == 256
+    assert cfg.smem_bytes(16) == 2 * 2 * 16 * 256 * 4  # B and C, two buffers, float32
+    assert cfg.smem_bytes(5) == cfg.smem_bytes(8) == cfg.smem_bytes(16) // 2  # states padded to a power of two
 
 
-def test_segments_count_and_the_grid_limit():
-    cfg = ScanConfig(steps=16, segment=128)
-    assert [cfg.segments(n) for n in (0, 1, 128, 129)] == [1, 1, 1, 2]
-    assert cfg.segments(128 * MAX_SEGMENTS) == MAX_SEGMENTS
-    with pytest.raises(ValueError, match="at least 129 steps"):
-        cfg.segments(128 * MAX_SEGMENTS + 1)
+def test_default_config_is_the_measured_one_for_mamba_states():
+    cfg = default_config(16)
+    assert (cfg.warps, cfg.items, cfg.buffers, cfg.maxnreg) == (4, 8, 2, 168)
+    assert default_config(1).items == 8  # fewer states: smaller tiles, same chunk
 
 
-@pytest.mark.parametrize("length", [1, 100, 2048, 8192, 65536, 10**7, 10**9])
-@pytest.mark.parametrize("dim, batch, nstate", [(1536, 1, 16), (64, 1, 16), (768, 8, 1)])
-def test_default_config_is_launchable_everywhere(length, dim, batch, nstate):
-    cfg = default_config(length, dim, batch, nstate)
-    assert cfg.segment % cfg.steps == 0 and cfg.segment >= 32
-    assert cfg.segments(length) <= MAX_SEGMENTS  # no ValueError either
-    if length <= 128 * MAX_SEGMENTS:
-        assert cfg.segment <= 128
+@pytest.mark.parametrize("nstate", [1, 3, 16, 17, 32, 64, 100, 256])
+def test_default_config_fits_shared_memory_for_wide_states(nstate):
+    cfg = default_config(nstate)
+    assert cfg.smem_bytes(nstate) <= SMEM_BUDGET
+    assert (cfg.maxnreg is None) == (nstate > 16)  # unrolled states only up to 16
+    shrunk = {32: (1, 8), 64: (1, 4), 100: (1, 2), 256: (1, 1)}  # one buffer first, then shorter chunks
+    if nstate in shrunk:
+        assert (cfg.buffers, cfg.items) == shrunk[nstate]
 
 
-def test_default_config_keeps_the_gpu_busy_and_segments_long():
-    assert default_config(8192).segment == 128  # 96 channel blocks x 64 segments
-    assert default_config(2048, dim=64).segment == 32  # few channels: short segments, more programs
-    small = default_config(4096, dim=64)
-    assert 32 <= small.segment < 128 and (64 // 16) * small.segments(4096) >= 256
+@pytest.mark.parametrize("nstate", [1, 5, 16, 32, 64, 128])
+def test_plugin_config_needs_no_shared_memory_opt_in(nstate):
+    """TensorRT launches the AOT kernel without raising its shared-memory limit (48 KiB)."""
+    cfg = plugin_config(nstate)
+    assert cfg.buffers == 1 and cfg.smem_bytes(nstate) + 4096 <= LAUNCH_SMEM_LIMIT
+    assert (cfg.warps, cfg.items) == ((4, 8) if nstate <= 16 else (4, cfg.items))
+    assert plugin_config(16).items == 8 and plugin_config(64).items == 2
+
+
+def test_plugin_config_refuses_states_that_do_not_fit():
+    with pytest.raises(ValueError, match=r"(?s)N=256 states needs 68 KiB .*hvlm-export build --no-aot"):
+        plugin_config(256)
