@@ -329,16 +329,18 @@ def selective_scan_triton(
     u, delta, z, B and C are read in place when their steps are adjacent in memory (unit stride
     along L, any other strides: views of (B, rows, L) memory); other layouts, such as (B, L,
     rows) memory viewed as (B, rows, L), are copied to that layout first (cheaper than reading
-    them strided). y is a contiguous (B, D, L) tensor.
+    them strided). y has u's layout (``torch.empty_like(u)``), as on every path of the op.
     """
     batch, dim, length = u.shape
     nstate = A.shape[1]
+    y = torch.empty_like(u)  # the op's contract (and its fake's, and the CPU path's): y in u's layout
+    out = y if length <= 1 or y.stride(2) == 1 else torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
     u, delta, B, C = (_unit_l_stride(t) for t in (u, delta, B, C))
+    C = C if C.dtype == B.dtype else C.to(B.dtype)  # the kernel stages both as B's dtype says
     zz = _unit_l_stride(z) if z is not None else u
     A, D, delta_bias = (t.contiguous().float() for t in (A, D, delta_bias))
     h0 = initial_state.contiguous().float() if initial_state is not None else None
     cfg = config or default_config(nstate)
-    y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
     state = torch.empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
     if length == 0 or batch == 0 or dim == 0:
         return y, (h0.clone() if h0 is not None else state.zero_())
@@ -347,11 +349,13 @@ def selective_scan_triton(
                  **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
     for b0 in range(0, batch, MAX_GRID_Y):  # the grid's batch axis holds 65535 rows
         rows = slice(b0, min(batch, b0 + MAX_GRID_Y))
-        t = [x[rows] for x in (u, delta, B, C, zz, y, state)]
+        t = [x[rows] for x in (u, delta, B, C, zz, out, state)]
         strides = (*t[0].stride(), *t[1].stride(), *t[4].stride(), *t[5].stride(), *t[2].stride(), *t[3].stride())
         scan_kernel[(triton.cdiv(dim, cfg.warps), t[0].shape[0])](
             t[0], t[1], A, t[2], t[3], D, delta_bias, t[4], t[5], t[6], h0[rows] if h0 is not None else t[6], dim,
             length, nstate, *strides, **flags)
+    if out is not y:
+        y.copy_(out)
     return y, state
 
 

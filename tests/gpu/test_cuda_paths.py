@@ -104,7 +104,7 @@ def test_triton_scan_reads_channel_contiguous_views(dtype):
     assert views["u"].stride(1) == 1
     want, want_state = selective_scan_triton(**inp, delta_softplus=True)
     got, got_state = selective_scan_triton(**views, delta_softplus=True)
-    assert got.is_contiguous()
+    assert got.stride(1) == 1  # y takes u's layout (the op's fake says so too)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=1e-2)
     torch.testing.assert_close(got, want, **tol)
     torch.testing.assert_close(got_state, want_state, rtol=1e-5, atol=1e-6)
