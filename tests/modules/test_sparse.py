@@ -221,3 +221,7 @@ def test_exporting_reads_the_flag_not_the_folded_call(monkeypatch):
     assert not exporting()
     monkeypatch.setattr(torch.compiler, "_is_exporting_flag", True)
     assert exporting()
+    monkeypatch.delattr(torch.compiler, "_is_exporting_flag")  # a release without the flag: the call decides
+    assert exporting()
+    monkeypatch.setattr(torch.compiler, "is_exporting", lambda: False)
+    assert not exporting()
