@@ -7,14 +7,18 @@ Design (benchmarks/scan_tuning.py measured it against the previous two-pass kern
 benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
 
 * **Time across the lanes.** A warp owns one channel of one batch row and walks L in chunks
-  of T steps; lane j holds steps j ITEMS .. j ITEMS + ITEMS - 1 of the chunk. For each state n the lane
-  runs its ITEMS steps from zero (h <- a h + b, a = exp(delta A), b = delta u B), the 32 lanes'
-  (total decay, end state) pairs are scanned with warp shuffles (5 levels), the state that
-  enters the chunk is folded in, and the lane reruns its steps from its true entering state,
-  adding C h to y. The exponential is taken once per (d, n, t) (the two-pass kernel took it
-  twice) and there is no second pass, chain kernel or carry tensor in memory.
-* **Every state in registers.** The N states are unrolled (N <= 16), so their chains
-  interleave; the carries between chunks stay in registers (each lane a copy).
+  of T steps; lane j holds steps j ITEMS .. (j + 1) ITEMS - 1 of the chunk. For each state n
+  the lane runs its ITEMS steps from zero (h <- a h + b, a = exp(delta A), b = delta u B), the
+  32 lanes' (total decay, end state) pairs are scanned with warp shuffles (5 levels), the
+  state that enters the chunk is folded in, and the lane reruns its steps from its true
+  entering state, adding C h to y. The exponential is taken once per (d, n, t) (the two-pass
+  kernel took it twice) and there is no second pass, chain kernel or carry tensor in memory.
+  A lane's run through its steps is ``gl.associative_scan`` along an axis held entirely by
+  one thread, which Triton lowers as a left fold in order; its combine (``_chain``) relies on
+  that and is not associative.
+* **Every state in registers.** The N states are unrolled (N <= 16; wider N runs them in a
+  loop), so their chains interleave; the carries between chunks stay in registers (each lane
+  a copy).
 * **Staging.** B and C (shared by the program's W channels) go to shared memory as float32,
   by cp.async (16-bit ones through registers: cp.async moves 4 bytes or more), the next
   chunk's while this one runs (two buffers), swizzled so that each lane's
