@@ -27,25 +27,14 @@ from pathlib import Path
 
 import triton
 from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon._runtime import GluonASTSource
 
-from hvlm_export.ops.selective_scan_triton import scan_kernel
+from hvlm_export.ops.selective_scan_triton import ScanConfig, compile_ahead, scan_kernel
 
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-_INTS = ["dim", "length", "nstate", "su_b", "su_d", "su_t", "sd_b", "sd_d", "sd_t", "sz_b", "sz_d", "sz_t", "sy_b",
-         "sy_d", "sy_t", "sB_b", "sB_n", "sB_t", "sC_b", "sC_n", "sC_t"]
-_PTRS = ["u_ptr", "delta_ptr", "A_ptr", "B_ptr", "C_ptr", "D_ptr", "bias_ptr", "z_ptr", "y_ptr", "state_ptr",
-         "init_ptr"]
-
-
 def compile_kernel(items: int, warps: int, buffers: int = 2, maxnreg: int | None = 168, nstate: int = 16):
-    unit_strides = {n: 1 for n in _INTS if n.endswith("_t")}
-    signature = {**{p: "*fp32" for p in _PTRS}, **{n: "constexpr" if n in unit_strides else "i32" for n in _INTS}}
-    constexprs = dict(unit_strides, SOFTPLUS=True, HAS_Z=True, HAS_INIT=False, BLOCK_N=nstate, ITEMS=items,
-                      NBUF=buffers)
-    source = GluonASTSource(fn=scan_kernel, signature=signature, constexprs=constexprs)
-    options = {"num_warps": warps, **({"maxnreg": maxnreg} if maxnreg else {})}
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    flags = dict(SOFTPLUS=True, HAS_Z=True, HAS_INIT=False, BLOCK_N=nstate, ITEMS=items, NBUF=buffers)
+    return compile_ahead(scan_kernel, "float32", flags, ScanConfig(warps, items, buffers, maxnreg),
+                         target=GPUTarget("cuda", 90, 32), unit_l_strides=True)
 
 
 def loop_body(cubin: bytes) -> tuple[list[str], str]:
