@@ -51,8 +51,8 @@ ScanImpl = Literal["op", "reference"]
 
 def _project(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """weight (out, in) applied to the channels of a channel-first x (B, in, L): one batched
-    GEMM into contiguous (B, out, L) memory (``torch.matmul`` would fold it into a GEMM whose
-    result is the transposed view)."""
+    GEMM into contiguous (B, out, L) memory (``torch.matmul`` may return a transposed view
+    instead: on torch 2.11 on the GPU it did, and the scan then had to copy its inputs)."""
     out = torch.bmm(weight.expand(x.shape[0], -1, -1), x)
     return out if bias is None else out + bias[:, None]
 

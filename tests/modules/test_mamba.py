@@ -98,3 +98,57 @@ def test_bad_arguments():
         MambaLayer(dim=32, scan_impl="cuda")
     with pytest.raises(ValueError, match="dt_min"):
         MambaLayer(dim=32, dt_min=0.5, dt_max=0.1)
+
+
+def _conv_silu_cpu(x, weight, bias):
+    """torch.ops.hvlm.causal_conv1d_silu's contract on the CPU (the op is CUDA-only): the
+    causal depthwise conv + SiLU of x (B, L, D), in the layout of ``conv_output``."""
+    from hvlm_export.ops.causal_conv import conv_output
+
+    length, dim = x.shape[1], x.shape[2]
+    y = F.silu(F.conv1d(x.transpose(1, 2), weight, bias, padding=weight.shape[-1] - 1, groups=dim)[..., :length])
+    return conv_output(x).copy_(y.transpose(1, 2))
+
+
+@pytest.mark.parametrize("batch, bias", [(1, False), (3, False), (2, True)])
+def test_fused_channel_first_path_computes_the_layer(monkeypatch, batch, bias):
+    """The CUDA inference path's channel-first projections (one bmm each into (B, rows, L)
+    memory), with the conv op stood in for on the CPU, against the float64 reference; the
+    scan gets unit-L-stride inputs, which the CUDA kernel reads without copies."""
+    from hvlm_export.modules import mamba as mamba_module
+
+    torch.manual_seed(batch)
+    layer = MambaLayer(dim=24, state_size=5, bias=bias).double().eval()
+    x = torch.randn(batch, 37, 24, dtype=torch.float64)
+    seen, real_scan = [], mamba_module.selective_scan
+
+    def scan(u, delta, A, B, C, **kwargs):
+        seen.extend(t.stride(2) for t in (u, delta, B, C, kwargs["z"]))
+        return real_scan(u, delta, A, B, C, **kwargs)
+
+    monkeypatch.setattr(torch.ops.hvlm, "causal_conv1d_silu", _conv_silu_cpu, raising=False)
+    monkeypatch.setattr(mamba_module, "selective_scan", scan)
+    with torch.no_grad():
+        got = layer._fused_forward(x)
+        assert seen == [1] * 5  # u, delta, B, C, z: steps adjacent in memory
+        want = layer(x)  # the CPU path (nn.Conv1d, (B, L, .) projections)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    if not bias:  # mamba-ssm's layer has no in / out projection bias
+        ref = reference_forward(layer.state_dict(), x, 5, layer.conv1d.kernel_size[0])
+        err = ((got - ref).abs().max() / ref.abs().max()).item()
+        assert err < 1e-5, f"relative max err {err:.3g}"  # the CPU scan op runs in float32 whatever the dtype
+
+
+@pytest.mark.parametrize("shape, transposed", [((2, 9, 6), False), ((2, 9, 6), True), ((1, 1, 6), True)])
+def test_conv_output_keeps_the_input_layout(shape, transposed):
+    """hvlm::causal_conv1d_silu's output (and its fake's): channel-first stays channel-first."""
+    from hvlm_export.ops.causal_conv import conv_output
+
+    b, length, d = shape
+    x = torch.randn(b, d, length).transpose(1, 2) if transposed else torch.randn(b, length, d)
+    out = conv_output(x)
+    assert out.shape == x.shape
+    if transposed and length > 1:
+        assert out.stride() == (d * length, 1, length)  # a (B, L, D) view of contiguous (B, D, L)
+    else:
+        assert out.is_contiguous()
