@@ -171,10 +171,7 @@ class MambaLayer(Streamable):
         xs = xs.transpose(1, 2)  # (B, Di, L), L-contiguous
         x_dbl = _project(self.x_proj.weight, xs, self.x_proj.bias)  # (B, R + 2N, L)
         dt, b_in, c_in = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=1)
-        y = selective_scan(xs, _project(self.dt_proj.weight, dt), -torch.exp(self.A_log.float()), b_in, c_in,
-                           D=self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
-                           impl=self.scan_impl)
-        return self.out_proj(y.transpose(1, 2))
+        return self._scan_out(xs, _project(self.dt_proj.weight, dt), b_in, c_in, z, None)[0]
 
     def _ssm(self, xs: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None):
         """The selective SSM and output projection of the conv output xs (B, Di, L) and gate z,
@@ -182,12 +179,17 @@ class MambaLayer(Streamable):
         x_dbl = self.x_proj(xs.transpose(1, 2))  # (B, L, R + 2N)
         dt, b_in, c_in = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, Di, L), bias added in the scan
+        return self._scan_out(xs, delta, b_in.transpose(1, 2), c_in.transpose(1, 2), z, h0)
+
+    def _scan_out(self, xs, delta, b_in, c_in, z, h0):
+        """The scan of xs (B, Di, L) with delta (B, Di, L), B / C (B, N, L) and gate z (delta_bias
+        and softplus inside), then the output projection: (y (B, L, E), last state or None)."""
         y, last = selective_scan(
             xs,
             delta,
             -torch.exp(self.A_log.float()),
-            b_in.transpose(1, 2),
-            c_in.transpose(1, 2),
+            b_in,
+            c_in,
             D=self.D.float(),
             z=z,
             delta_bias=self.dt_proj.bias.float(),

@@ -69,7 +69,7 @@ def _aot_impl(
     D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, initial_state: trtp.TensorDesc, delta_softplus: int,
     outputs: Tuple[trtp.TensorDesc], tactic: int,
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx, plugin_config
+    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx
 
     dtype = dtype_name(trt, u.dtype)
     n_state = _constant(A.shape_expr[1])
@@ -81,7 +81,7 @@ def _aot_impl(
     except ValueError as err:  # a state size whose tiles do not fit the launch's shared memory
         raise logic.PluginInputError(str(err)) from err
     params = trtp.KernelLaunchParams()
-    params.grid_x = trtp.cdiv(u.shape_expr[1], plugin_config(n_block).warps)  # a warp per channel
+    params.grid_x = trtp.cdiv(u.shape_expr[1], warps)  # a warp per channel
     params.grid_y = u.shape_expr[0]
     params.block_x = warps * 32
     params.shared_mem = shared
