@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvlm_export.modules._streaming import Streamable
-from hvlm_export.ops.favor import TRITON_AVAILABLE
+from hvlm_export.ops.triton_backed import TRITON_AVAILABLE
 
 __all__ = [
     "FUSED_IMPLS",

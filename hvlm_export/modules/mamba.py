@@ -43,6 +43,7 @@ from hvlm_export.modules._attention import (
 )
 from hvlm_export.modules._streaming import StateSpec, Streamable
 from hvlm_export.ops.selective_scan import selective_scan
+from hvlm_export.ops.causal_conv import conv_silu
 
 __all__ = ["MambaLayer"]
 
@@ -167,7 +168,7 @@ class MambaLayer(Streamable):
         one kernel that keeps that layout."""
         xz = _project(self.in_proj.weight, x.transpose(1, 2), self.in_proj.bias)  # (B, 2 Di, L)
         xs, z = xz.chunk(2, dim=1)
-        xs = torch.ops.hvlm.causal_conv1d_silu(xs.transpose(1, 2), self.conv1d.weight, self.conv1d.bias)
+        xs = conv_silu(xs.transpose(1, 2), self.conv1d.weight, self.conv1d.bias)
         xs = xs.transpose(1, 2)  # (B, Di, L), L-contiguous
         x_dbl = _project(self.x_proj.weight, xs, self.x_proj.bias)  # (B, R + 2N, L)
         dt, b_in, c_in = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=1)

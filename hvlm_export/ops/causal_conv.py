@@ -6,8 +6,8 @@ x is (B, L, D) in any strides (MambaLayer passes its half of the input projectio
 (B, 2 D, L) output, transposed: a view), out is a (B, L, D) tensor in x's dtype: contiguous,
 or a view of contiguous (B, D, L) memory when x's steps are its contiguous axis (so a
 channel-first caller stays channel-first); arithmetic in float32. The op
-wraps one Triton kernel so that ``torch.compile`` treats it as one opaque node (a fake
-implementation gives the shape). There is no CPU kernel and no autograd: MambaLayer calls
+wraps one Triton kernel as a triton_op (``hvlm_export.ops.triton_backed``): torch.compile
+launches the kernel from Inductor's generated code (a fake implementation gives the shape without Triton). There is no CPU kernel and no autograd: MambaLayer calls
 it for CUDA inference only and keeps ``nn.Conv1d`` + SiLU for training, export and other
 devices, which compute the same function.
 """
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["causal_conv1d_silu", "conv_output"]
+from hvlm_export.ops.triton_backed import direct_launch_ok, require_cuda, triton_backed_op
+
+__all__ = ["causal_conv1d_silu", "conv_silu", "conv_output"]
 
 
 def conv_output(x: torch.Tensor) -> torch.Tensor:
@@ -28,12 +30,24 @@ def conv_output(x: torch.Tensor) -> torch.Tensor:
     return x.new_empty(batch, length, dim)
 
 
-@torch.library.custom_op("hvlm::causal_conv1d_silu", mutates_args=(), device_types="cuda")
-def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x (B, L, D); weight (D, 1, K); bias (D,) or None. Returns (B, L, D) (layout above)."""
+def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The op; a plain eager call on CUDA launches the kernel directly (the op's dispatch is
+    host time, ``direct_launch_ok``), anything else (torch.compile, tracing) calls the op."""
+    if not (x.is_cuda and direct_launch_ok()):
+        return torch.ops.hvlm.causal_conv1d_silu(x, weight, bias)
     from hvlm_export.ops.causal_conv_triton import causal_conv1d_silu_triton
 
     return causal_conv1d_silu_triton(x, weight, bias)
+
+
+@triton_backed_op("hvlm::causal_conv1d_silu")
+def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """x (B, L, D); weight (D, 1, K); bias (D,) or None. Returns (B, L, D) (layout above).
+    CUDA tensors only (a ValueError otherwise)."""
+    require_cuda("hvlm::causal_conv1d_silu", x)
+    from hvlm_export.ops.causal_conv_triton import causal_conv1d_silu_triton
+
+    return causal_conv1d_silu_triton(x, weight, bias, traced=True)
 
 
 @causal_conv1d_silu.register_fake

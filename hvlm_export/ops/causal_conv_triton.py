@@ -13,6 +13,7 @@ import triton
 import triton.language as tl
 
 from hvlm_export.ops.causal_conv import conv_output
+from hvlm_export.ops.triton_backed import launchable
 
 __all__ = ["causal_conv1d_silu_triton"]
 
@@ -41,16 +42,17 @@ def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, length, dim, sx_b, sx_t, 
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=(t < length)[:, None] & dmask[None, :])
 
 
-def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                              traced: bool = False) -> torch.Tensor:
     """x (B, L, D) any strides; weight (D, 1, K); bias (D,) or None -> (B, L, D) in the
-    layout of ``conv_output``."""
+    layout of ``conv_output``; ``traced``: called as the op's body (``launchable``)."""
     batch, length, dim = x.shape
     out = conv_output(x)
     if out.numel() == 0:
         return out
     w = weight.reshape(dim, -1).contiguous()
     grid = (triton.cdiv(length, BLOCK_T), triton.cdiv(dim, BLOCK_D), batch)
-    _conv_silu_kernel[grid](x, w, bias if bias is not None else w, out, length, dim, *x.stride(), *out.stride(),
+    launchable(_conv_silu_kernel, traced)[grid](x, w, bias if bias is not None else w, out, length, dim, *x.stride(), *out.stride(),
                             K=w.shape[1],
                             HAS_BIAS=bias is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, num_warps=4)
     return out

@@ -1,24 +1,20 @@
 """``hvlm::favor_softmax``: fused FAVOR+ attention (non-causal or causal) as one op (CUDA only).
 
 PerformerAttention calls it for CUDA inference in half precision (``impl='auto'`` or
-``'triton'``); the op wraps the Triton kernels of ``hvlm_export.ops.favor_triton`` so that
-``torch.compile`` treats them as one opaque node (a fake implementation gives the output
-shape). There is no CPU kernel and no autograd: training, export and other devices use the
-module's torch path, which computes the same function.
+``'triton'``); the op wraps the Triton kernels of ``hvlm_export.ops.favor_triton`` as a
+triton_op (``hvlm_export.ops.triton_backed``): torch.compile traces through it to the kernels and the torch
+glue between them and launches them from Inductor's generated code (a fake implementation
+gives the output shape without Triton). There is no CPU kernel and no autograd: training,
+export and other devices use the module's torch path, which computes the same function.
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from hvlm_export.ops.sparse_attention import direct_launch_ok
+from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, direct_launch_ok, require_cuda, triton_backed_op
 
 __all__ = ["favor_softmax", "favor_softmax_op", "TRITON_AVAILABLE"]
-
-#: whether the Triton kernels can be imported (a constant, so torch.compile folds checks of it)
-TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
 
 
 def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
@@ -33,14 +29,16 @@ def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection:
     return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask)
 
 
-@torch.library.custom_op("hvlm::favor_softmax", mutates_args=(), device_types="cuda")
+@triton_backed_op("hvlm::favor_softmax")
 def favor_softmax_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                      eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """q, k, v (B, H, L, D) half precision; projection (m, D); key_mask (B, L) bool, which
-    tokens may be keys (non-causal only; None: all). Returns (B, L, H * D)."""
+    tokens may be keys (non-causal only; None: all). Returns (B, L, H * D). CUDA tensors
+    only (a ValueError otherwise)."""
+    require_cuda("hvlm::favor_softmax", q)
     from hvlm_export.ops.favor_triton import favor_softmax_triton
 
-    return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask)
+    return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask, traced=True)
 
 
 @favor_softmax_op.register_fake

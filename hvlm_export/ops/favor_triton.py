@@ -40,6 +40,8 @@ import torch
 import triton
 import triton.language as tl
 
+from hvlm_export.ops.triton_backed import launchable
+
 __all__ = ["favor_softmax_triton"]
 
 BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
@@ -75,6 +77,7 @@ def _row_stats(
     x_ptr, w_ptr, rowmax_ptr, logw_ptr, H, L, m, half_sq_scale, sx_b, sx_h, sx_l,
     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr, KEYS: tl.constexpr,
 ):
+    half_sq_scale = tl.cast(half_sq_scale, tl.float32)  # Inductor passes Python floats as float64
     bh, blk = tl.program_id(0), tl.program_id(1)
     rows = blk * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.arange(0, D_PAD)
@@ -96,6 +99,7 @@ def _key_sums(
     sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, per_split, sf_bh, sf_split,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
+    log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
     bh, tile, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // H, bh % H
     d = tl.arange(0, D_PAD)
@@ -125,6 +129,7 @@ def _query_out(
     q_ptr, w_ptr, rowmax_ptr, s_ptr, z_ptr, o_ptr, H, L, m, log_eps, sq_b, sq_h, sq_l,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
+    log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
     bh, blk = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     rows = blk * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -151,6 +156,7 @@ def _causal_out(
     H, L, m, log_eps, seg, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
+    log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
     bh, sg = tl.program_id(0), tl.program_id(1)
     b, h = bh // H, bh % H
     d = tl.arange(0, D_PAD)
@@ -201,15 +207,17 @@ def _causal_out(
 
 
 def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
-                         eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                         eps: float, causal: bool = False, key_mask: torch.Tensor | None = None,
+                         traced: bool = False) -> torch.Tensor:
     """FAVOR+ softmax attention, fused (module docstring); launched on q's device (Triton
     launches on the current one)."""
     with torch.cuda.device(q.device):
-        return _favor_softmax(q, k, v, projection, eps, causal, key_mask)
+        return _favor_softmax(q, k, v, projection, eps, causal, key_mask, traced)
 
 
 def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
-                   eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                   eps: float, causal: bool = False, key_mask: torch.Tensor | None = None,
+                   traced: bool = False) -> torch.Tensor:
     """favor_softmax_triton on the current device.
 
     Args:
@@ -218,6 +226,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         eps: the relative feature floor (features are max(exp(s - rowmax), eps)).
         causal: query t attends to keys j <= t only.
         key_mask: (B, L) bool, the tokens that may be keys (non-causal only; None: all).
+        traced: called as the op's body (``launchable``: torch.compile traces the launches).
 
     Returns:
         (B, L, H * D) in q's dtype: the heads already merged for the output projection.
@@ -237,8 +246,8 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     stats = dict(D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m)
     common = dict(stats, M_PAD=m_pad)
     half_sq_scale = d**-0.5 / 2
-    _row_stats[grid](q, w, rowmax_q, rowmax_q, h, length, m, half_sq_scale, *q.stride()[:3], KEYS=False, **stats)
-    _row_stats[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **stats)
+    launchable(_row_stats, traced)[grid](q, w, rowmax_q, logw, h, length, m, half_sq_scale, *q.stride()[:3], KEYS=False, **stats)
+    launchable(_row_stats, traced)[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **stats)
     out = torch.empty(b, length, h * d, device=q.device, dtype=q.dtype)
     if causal:
         if key_mask is not None:
@@ -247,13 +256,17 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         seg, splits = _segments(length, bh, block)
         ends = (torch.arange(1, splits + 1, device=q.device) * seg).clamp(max=length) - 1
         frames = running[:, ends].contiguous()  # (BH, splits): R at each segment's end
-        s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frames, (splits, 1), seg, eps, m, common)
-        start = torch.cat([torch.full_like(frames[:, :1], _NEG), frames[:, :-1]], dim=1)
+        s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frames, (splits, 1), seg, eps, m, common, traced)
+        # each segment's entering frame: the previous segment's end, _NEG for the first (a roll,
+        # not a concatenation of slices: Inductor failed to tile the sliced version under
+        # dynamic shapes, torch 2.11)
+        first = torch.arange(splits, device=q.device) == 0
+        start = frames.roll(1, dims=1).masked_fill(first, _NEG)
         strict = torch.ones(splits, splits, dtype=torch.bool, device=q.device).tril(-1)
         carry = torch.exp(torch.where(strict, frames[:, None, :] - start[:, :, None], float("-inf")))  # <= 1
         s_carry = (carry @ s_part.view(bh, splits, -1)).view(s_part.shape).contiguous()
         z_carry = (carry @ z_part).contiguous()
-        _causal_out[(bh, splits)](
+        launchable(_causal_out, traced)[(bh, splits)](
             q, k, v, w, rowmax_q, rowmax_k, logw, running, start.contiguous(), s_carry, z_carry, out,
             h, length, m, math.log(eps), seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             num_warps=warps, **{**common, "BLOCK_L": block})
@@ -263,31 +276,32 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     frame = logw.amax(dim=1)
     splits = max(1, min(SPLITS, triton.cdiv(length, BLOCK_L)))
     per_split = triton.cdiv(triton.cdiv(length, splits), BLOCK_L) * BLOCK_L
-    s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frame, (1, 0), per_split, eps, m, common)
+    s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frame, (1, 0), per_split, eps, m, common, traced)
     s = (s_part.sum(1) / length).to(q.dtype)  # averaged: bounded by |v|, safe in half precision
     z = (z_part.sum(1) / length).to(q.dtype)
-    _query_out[grid](q, w, rowmax_q, s, z, out, h, length, m, math.log(eps), *q.stride()[:3], **common)
+    launchable(_query_out, traced)[grid](q, w, rowmax_q, s, z, out, h, length, m, math.log(eps), *q.stride()[:3], **common)
     return out
 
 
 def _segments(length: int, bh: int, block: int) -> tuple[int, int]:
     """(tokens per segment, segments) of the causal pass: about CAUSAL_PROGRAMS programs in
-    all, segments a multiple of its ``block`` and of BLOCK_L."""
+    all, segments a multiple of its ``block`` and of BLOCK_L (one block each when there are
+    fewer blocks than wanted segments). No min / max of sizes: with a symbolic length
+    (torch.compile, dynamic shapes) those become sympy Min / Max that Inductor's tiling of
+    the glue around the kernels could not order (an InductorError, measured on torch 2.11)."""
     unit = max(block, BLOCK_L)
-    blocks = triton.cdiv(length, unit)
-    want = max(1, min(blocks, triton.cdiv(CAUSAL_PROGRAMS, bh)))
-    seg = triton.cdiv(blocks, want) * unit
+    seg = triton.cdiv(triton.cdiv(length, unit), triton.cdiv(CAUSAL_PROGRAMS, bh)) * unit
     return seg, triton.cdiv(length, seg)
 
 
-def _split_key_sums(k, v, w, rowmax_k, logw, frames, frame_strides, per_split, eps, m, common):
+def _split_key_sums(k, v, w, rowmax_k, logw, frames, frame_strides, per_split, eps, m, common, traced):
     """float32 (S (BH, splits, M_PAD, D_PAD), z (BH, splits, M_PAD)) of the key splits of
     ``per_split`` tokens, split s in the frame frames[bh * strides[0] + s * strides[1]]."""
     bh, length = logw.shape
     splits = triton.cdiv(length, per_split)
     s_part = torch.empty(bh, splits, common["M_PAD"], common["D_PAD"], device=k.device, dtype=torch.float32)
     z_part = torch.empty(bh, splits, common["M_PAD"], device=k.device, dtype=torch.float32)
-    _key_sums[(bh, common["M_PAD"] // common["BLOCK_M"], splits)](
+    launchable(_key_sums, traced)[(bh, common["M_PAD"] // common["BLOCK_M"], splits)](
         k, v, w, rowmax_k, logw, frames, s_part, z_part, k.shape[1], length, m, math.log(eps),
         *k.stride()[:3], *v.stride()[:3], per_split, *frame_strides, **common)
     return s_part, z_part

@@ -46,6 +46,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from hvlm_export.ops.triton_backed import direct_launch_ok
+
 __all__ = [
     "SCAN_CHUNK",
     "selective_scan",
@@ -328,6 +330,10 @@ def _selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, delta_softplus, ini
     return _finish(y, u, D, z, u.dtype), state
 
 
+def _records_graph(args: tuple) -> bool:  # grad mode on and a tensor argument needing grad
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in args)
+
+
 @functools.cache
 def _triton_scan():
     """The Triton launcher, or None (with one warning) where Triton is not installed."""
@@ -383,7 +389,10 @@ def selective_scan(
         d = u.shape[1]
         D_ = D if D is not None else u.new_zeros(d, dtype=torch.float32)
         bias = delta_bias if delta_bias is not None else u.new_zeros(d, dtype=torch.float32)
-        y, state = torch.ops.hvlm.selective_scan(u, delta, A, B, C, D_, z, bias, delta_softplus, initial_state)
+        args = (u, delta, A, B, C, D_, z, bias, delta_softplus, initial_state)
+        kernel = _triton_scan() if u.is_cuda and direct_launch_ok() and not _records_graph(args) else None
+        # plain eager CUDA inference launches the kernel directly (the op's dispatch is host time)
+        y, state = kernel(*args) if kernel is not None else torch.ops.hvlm.selective_scan(*args)
     elif impl == "reference":
         y, state = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
     else:

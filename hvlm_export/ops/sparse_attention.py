@@ -2,8 +2,9 @@
 
 StridedAttention and LocalGlobalAttention call it for CUDA inference in half precision
 (``impl='auto'`` or ``'triton'``); it wraps the Triton kernel of
-``hvlm_export.ops.sparse_attention_triton`` so that ``torch.compile`` treats it as one opaque
-node (a fake implementation gives the output shape). There is no CPU kernel and no autograd:
+``hvlm_export.ops.sparse_attention_triton`` as a triton_op (``hvlm_export.ops.triton_backed``:
+torch.compile launches the kernel from Inductor's generated code; a fake implementation
+gives the output shape). There is no CPU kernel and no autograd:
 training, export, padding masks and other devices use the layers' torch paths, which compute
 the same function and are tested against it.
 """
@@ -12,7 +13,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["direct_launch_ok", "sparse_attention", "sparse_attention_op", "MAX_GROUPS", "MAX_HEAD_DIM", "MAX_GLOBAL", "FUSED_MAX_GROUP"]
+from hvlm_export.ops.triton_backed import direct_launch_ok, require_cuda, triton_backed_op
+
+__all__ = ["sparse_attention", "sparse_attention_op", "MAX_GROUPS", "MAX_HEAD_DIM", "MAX_GLOBAL", "FUSED_MAX_GROUP"]
 
 #: the kernel's grid axis of (group, batch, head) programs is limited to 65535 by CUDA
 MAX_GROUPS = 65535
@@ -23,15 +26,6 @@ FUSED_MAX_GROUP = 4096
 MAX_GLOBAL = 64
 #: widest head the kernel keeps in registers (wider heads use the layers' torch paths)
 MAX_HEAD_DIM = 128
-
-
-def direct_launch_ok() -> bool:
-    """Whether an eager call may launch a fused kernel without the custom op: not while
-    torch.compile, torch.jit.trace or a dispatch mode (FakeTensorMode, FlopCounterMode, ...)
-    is watching, which must see the op (a direct launch would be invisible to them)."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
-    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None)
 
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, global_k: torch.Tensor | None,
@@ -48,17 +42,18 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, global_k
     return sparse_attention_triton(q, k, v, global_k, global_v, stride, radius, causal, scale)
 
 
-@torch.library.custom_op("hvlm::sparse_attention", mutates_args=(), device_types="cuda")
+@triton_backed_op("hvlm::sparse_attention")
 def sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, global_k: torch.Tensor | None,
                      global_v: torch.Tensor | None, stride: int, radius: int, causal: bool,
                      scale: float) -> torch.Tensor:
     """q, k, v (B, L, H, D) float16 / bfloat16 views with contiguous rows; global_k / global_v
     (G, H, D) or None. Query i attends to key j iff (i - j) % stride == 0, and j <= i if
     ``causal``, and |i - j| <= radius if radius >= 0; and to every global key. Returns
-    (B, L, H * D)."""
+    (B, L, H * D). CUDA tensors only (a ValueError otherwise)."""
+    require_cuda("hvlm::sparse_attention", q)
     from hvlm_export.ops.sparse_attention_triton import sparse_attention_triton
 
-    return sparse_attention_triton(q, k, v, global_k, global_v, stride, radius, causal, scale)
+    return sparse_attention_triton(q, k, v, global_k, global_v, stride, radius, causal, scale, traced=True)
 
 
 @sparse_attention_op.register_fake

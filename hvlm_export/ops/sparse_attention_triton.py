@@ -34,6 +34,7 @@ import triton
 import triton.language as tl
 
 from hvlm_export.ops.sparse_attention import MAX_GROUPS, MAX_HEAD_DIM
+from hvlm_export.ops.triton_backed import launchable
 
 __all__ = ["sparse_attention_triton", "SparseConfig", "CONFIGS"]
 
@@ -98,6 +99,7 @@ def _sparse_fwd(
     D: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    scale = tl.cast(scale, tl.float32)  # Inductor passes Python floats as float64
     pid_m, pid_z = tl.program_id(0), tl.program_id(1)
     if CAUSAL:  # the longest query blocks first: less of a tail
         pid_m = tl.num_programs(0) - 1 - pid_m
@@ -166,10 +168,10 @@ def _shared_layout(q, k, v):
 
 
 def sparse_attention_triton(q, k, v, global_k, global_v, stride: int, radius: int, causal: bool,
-                            scale: float, config: SparseConfig | None = None):
+                            scale: float, config: SparseConfig | None = None, traced: bool = False):
     """q, k, v (B, L, H, D) half-precision views (rows contiguous); global_k / global_v
-    (G, H, D) or None; radius < 0 for no window; ``config`` None: CONFIGS' entry. Returns
-    (B, L, H * D) in q's dtype."""
+    (G, H, D) or None; radius < 0 for no window; ``config`` None: CONFIGS' entry; ``traced``:
+    called as the op's body (``launchable``). Returns (B, L, H * D) in q's dtype."""
     import torch
 
     q, k, v = _shared_layout(q, k, v)
@@ -197,7 +199,7 @@ def sparse_attention_triton(q, k, v, global_k, global_v, stride: int, radius: in
     grid = (triton.cdiv(n, block_m), groups)
     # Triton launches on the current device: make it q's (the interpreter runs on the CPU)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        _sparse_fwd[grid](
+        launchable(_sparse_fwd, traced)[grid](
             q, k, v, global_k, global_v, out,
             b, h, length, stride, radius, g, scale * _LOG2E, q.stride(0), q.stride(1),
             D=dh, D_PAD=max(16, triton.next_power_of_2(dh)), G_PAD=max(16, triton.next_power_of_2(g)) if g else 0,

@@ -132,7 +132,9 @@ def test_fused_channel_first_path_computes_the_layer(monkeypatch, batch, bias):
         got = layer._fused_forward(x)
         assert seen == [1] * 5  # u, delta, B, C, z: steps adjacent in memory
         want = layer(x)  # the CPU path (nn.Conv1d, (B, L, .) projections)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # the scan op computes in float32; without numba its blocked torch kernel may round the two
+    # layouts differently (~1e-10 absolute here, seen where numba is not installed)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-9)
     if not bias:  # mamba-ssm's layer has no in / out projection bias
         ref = reference_forward(layer.state_dict(), x, 5, layer.conv1d.kernel_size[0])
         err = ((got - ref).abs().max() / ref.abs().max()).item()

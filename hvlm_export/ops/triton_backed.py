@@ -1,0 +1,61 @@
+"""What the Triton-backed CUDA ops share: how they are registered and when eager calls may
+skip the op's dispatch.
+
+``hvlm::sparse_attention``, ``hvlm::favor_softmax`` and ``hvlm::causal_conv1d_silu`` are
+``torch.library.triton_op`` where Triton is importable: torch.compile then traces through the
+op to its Triton kernels (and the torch glue between them) and launches them from Inductor's
+generated code, with no Python launcher and no custom-op dispatch per call (both are host
+time, which short sequences are bound by; docs/BENCHMARKS.md). Without Triton (CPU-only
+installs) they are plain custom ops with the same schema, so that exported and CPU code sees
+the same names; calling one there fails. Each op also has a fake implementation, which gives
+output shapes without Triton.
+
+The Gluon scan kernel of ``hvlm::selective_scan`` is not traceable this way (Inductor compiles
+``triton.jit`` kernels only), so that op stays an opaque custom op.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["TRITON_AVAILABLE", "direct_launch_ok", "launchable", "require_cuda", "triton_backed_op"]
+
+#: whether the Triton kernels can be imported (a constant, so torch.compile folds checks of it)
+TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
+def triton_backed_op(name: str) -> Callable:
+    """Decorator registering ``name`` ("hvlm::...") from a function whose Triton launches go
+    through ``torch.library.wrap_triton``: a triton_op where Triton is importable, else a
+    custom op with the same schema (torch.library.triton_op would warn at import there)."""
+    if TRITON_AVAILABLE:
+        return torch.library.triton_op(name, mutates_args=())
+    return torch.library.custom_op(name, mutates_args=())
+
+
+def launchable(kernel, traced: bool):
+    """``kernel`` for a launch site: through ``torch.library.wrap_triton`` when the launcher
+    runs as a triton_op's body (``traced``: torch.compile traces the launch into its graph),
+    the kernel itself for a direct eager launch (wrap_triton's eager call path costs host
+    time of the order of the launch itself: measured on the H200 machine, docs/BENCHMARKS.md)."""
+    return torch.library.wrap_triton(kernel) if traced else kernel
+
+
+def require_cuda(op: str, t: torch.Tensor) -> None:
+    """Raise ValueError unless ``t`` is a CUDA tensor: the Triton-backed ops have no other
+    kernel (the layers keep their torch paths for other devices)."""
+    if t.device.type != "cuda":
+        raise ValueError(f"{op} runs a Triton kernel on CUDA tensors; got a tensor on {t.device}.\n"
+                         "Note: the layers' torch paths (impl='torch') serve other devices.")
+
+
+def direct_launch_ok() -> bool:
+    """Whether an eager call may launch a fused kernel without the op: not while
+    torch.compile, torch.jit.trace or a dispatch mode (FakeTensorMode, FlopCounterMode, ...)
+    is watching, which must see the op (a direct launch would be invisible to them)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return not (torch.compiler.is_compiling() or torch.jit.is_tracing() or _get_current_dispatch_mode() is not None)

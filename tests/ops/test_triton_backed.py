@@ -1,0 +1,91 @@
+"""The Triton-backed CUDA ops (hvlm_export.ops.triton_backed) without a GPU: wrong devices are
+refused by name, and where Triton is installed torch.compile's graph of every fused layer holds
+the Triton kernels themselves (traced through the triton_op) rather than an opaque op.
+On a GPU: tests/gpu/test_attention_paths.py::test_compiled_fused_layers_launch_from_inductor."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+
+import pytest
+import torch
+from torch._functorch.aot_autograd import aot_export_module
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+import hvlm_export.ops.favor  # noqa: F401  (registers hvlm::favor_softmax)
+import hvlm_export.ops.sparse_attention  # noqa: F401  (registers hvlm::sparse_attention)
+from hvlm_export.modules import LocalGlobalAttention, MambaLayer, PerformerAttention, StridedAttention
+from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, require_cuda
+
+NEEDS_TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
+                                  reason="Triton is not installed (it ships with CUDA torch builds)")
+
+
+def test_triton_available_is_whether_triton_imports():
+    assert TRITON_AVAILABLE == (importlib.util.find_spec("triton") is not None)
+
+
+@pytest.mark.parametrize("call", [
+    lambda x: torch.ops.hvlm.sparse_attention(x, x, x, None, None, 2, -1, False, 0.3),
+    lambda x: torch.ops.hvlm.favor_softmax(x, x, x, torch.randn(8, 8), 1e-4, False, None),
+    lambda x: torch.ops.hvlm.causal_conv1d_silu(x[0], torch.randn(8, 1, 4), None),
+], ids=["sparse_attention", "favor_softmax", "causal_conv1d_silu"])
+def test_ops_refuse_cpu_tensors_by_name(call):
+    """A CPU tensor gets a ValueError naming the op and the way out (impl='torch'), with or
+    without Triton installed, never a Triton launch error."""
+    x = torch.randn(1, 5, 2, 8, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"hvlm::\w+ runs a Triton kernel on CUDA tensors; got a tensor on cpu") as err:
+        call(x)
+    assert "impl='torch'" in str(err.value)
+
+
+def test_require_cuda_passes_cuda_tensors():
+    with FakeTensorMode():
+        require_cuda("op", torch.empty(2, device="cuda"))
+    with pytest.raises(ValueError, match="got a tensor on meta"):
+        require_cuda("op", torch.empty(2, device="meta"))
+
+
+class _Tuple(torch.nn.Module):
+    def __init__(self, layer: torch.nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return (self.layer(x),)
+
+
+def _compiled_graph_targets(layer: torch.nn.Module, length: int) -> list[str]:
+    """The call targets of the graph AOTAutograd hands Inductor for ``layer`` in float16 on
+    (fake) CUDA inputs: what torch.compile compiles."""
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    model = _Tuple(layer.half().eval())
+    for module in model.modules():  # fake CUDA parameters (this torch build may have no CUDA)
+        for key, p in list(module._parameters.items()):
+            if p is not None:
+                fake = FakeTensor(mode, p.detach().to("meta"), torch.device("cuda"))
+                module._parameters[key] = torch.nn.Parameter(fake, requires_grad=False)
+    with mode, torch.no_grad():
+        x = torch.empty(1, length, layer.dim, device="cuda", dtype=torch.float16)
+        graph, _ = aot_export_module(model, [x], trace_joint=False)
+    return [str(node.target) for node in graph.graph.nodes if node.op == "call_function"]
+
+
+@NEEDS_TRITON
+@pytest.mark.parametrize("name, layer, kernels, opaque", [
+    ("strided", lambda: StridedAttention(64, 2, stride=4), 1, []),
+    ("strided_causal", lambda: StridedAttention(64, 2, stride=3, causal=True), 1, []),
+    ("local_global", lambda: LocalGlobalAttention(64, 2, local_window=16, num_global_tokens=2), 1, []),
+    ("performer", lambda: PerformerAttention(64, 2, nb_features=32), 4, []),
+    ("mamba", lambda: MambaLayer(dim=32, state_size=4), 1, ["hvlm.selective_scan.default"]),
+])
+def test_compile_sees_the_triton_kernels(monkeypatch, name, layer, kernels, opaque):
+    """Each fused layer's compiled graph launches its Triton kernels as graph nodes (Inductor
+    emits their launches), and the only opaque hvlm op left is the Gluon scan."""
+    # the launchers enter torch.cuda.device(q.device), which needs a CUDA build of torch
+    monkeypatch.setattr(torch.cuda, "device", lambda *_: contextlib.nullcontext())
+    torch.manual_seed(0)
+    targets = _compiled_graph_targets(layer(), 100)
+    assert targets.count("triton_kernel_wrapper_functional") == kernels, (name, targets)
+    assert [t for t in targets if t.startswith("hvlm.")] == opaque, (name, targets)
