@@ -2,8 +2,8 @@
 # The whole GPU job in one call (device tool): GPU tests, scan and sparse-attention tuning, scaling benchmarks
 # (every registry case eager / torch.compile / CUDA graphs, with ratios to the dense module).
 # Usage on the GPU machine, from the repo root: OUT=/some/dir bash benchmarks/gpu_suite.sh [verify]
-# ("verify": only the GPU tests, the scan's GPU time per call and the fused layers eager / compiled /
-# CUDA graphs at 8K and 32K, one device call)
+# ("verify": only the GPU tests, the scan's GPU time per call, the fused layers eager / compiled /
+# CUDA graphs at 8K and 32K, and host / wall time per call eager vs compiled: one device call)
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
@@ -16,6 +16,9 @@ if [ "${1:-}" = verify ]; then  # one device call (under 10 minutes): tests, the
     --lengths 8192 32768 --names mamba strided strided_causal local_global performer performer_causal \
     --out "$OUT/r" > "$OUT/r/bench_verify.log" 2>&1
   tail -22 "$OUT/r/bench_verify.log"
+  python3 benchmarks/compile_modes.py --no-direct --lengths 1024 8192 --names strided strided_causal local_global \
+    performer performer_causal mamba cross_memory > "$OUT/r/compile_modes.log" 2>&1
+  tail -17 "$OUT/r/compile_modes.log"
   tar -C "$OUT" -cf "$OUT/gpu_results.tar" r && rm -rf "$OUT/r"
   exit 0
 fi
