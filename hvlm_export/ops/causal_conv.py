@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from hvlm_export.ops.triton_backed import direct_launch_ok, require_cuda, triton_backed_op
+from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, direct_launch_ok, require_kernel, triton_backed_op
 
 __all__ = ["causal_conv1d_silu", "conv_silu", "conv_output"]
 
@@ -33,20 +33,20 @@ def conv_output(x: torch.Tensor) -> torch.Tensor:
 def conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The op; a plain eager call on CUDA launches the kernel directly (the op's dispatch is
     host time, ``direct_launch_ok``), anything else (torch.compile, tracing) calls the op."""
-    if not (x.is_cuda and direct_launch_ok()):
+    if not (x.is_cuda and TRITON_AVAILABLE and direct_launch_ok()):
         return torch.ops.hvlm.causal_conv1d_silu(x, weight, bias)
-    from hvlm_export.ops.causal_conv_triton import causal_conv1d_silu_triton
-
     return causal_conv1d_silu_triton(x, weight, bias)
+
+
+if TRITON_AVAILABLE:  # named at module level so that torch finds the op's kernel (triton_backed)
+    from hvlm_export.ops.causal_conv_triton import causal_conv1d_silu_triton
 
 
 @triton_backed_op("hvlm::causal_conv1d_silu")
 def causal_conv1d_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x (B, L, D); weight (D, 1, K); bias (D,) or None. Returns (B, L, D) (layout above).
-    CUDA tensors only (a ValueError otherwise)."""
-    require_cuda("hvlm::causal_conv1d_silu", x)
-    from hvlm_export.ops.causal_conv_triton import causal_conv1d_silu_triton
-
+    CUDA tensors only (``require_kernel``)."""
+    require_kernel("hvlm::causal_conv1d_silu", x)
     return causal_conv1d_silu_triton(x, weight, bias, traced=True)
 
 

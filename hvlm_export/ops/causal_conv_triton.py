@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from hvlm_export.ops.causal_conv import conv_output
-from hvlm_export.ops.triton_backed import launchable
 
 __all__ = ["causal_conv1d_silu_triton"]
 
@@ -45,14 +44,16 @@ def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, length, dim, sx_b, sx_t, 
 def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                               traced: bool = False) -> torch.Tensor:
     """x (B, L, D) any strides; weight (D, 1, K); bias (D,) or None -> (B, L, D) in the
-    layout of ``conv_output``; ``traced``: called as the op's body (``launchable``)."""
+    layout of ``conv_output``; ``traced``: called as the op's body (``hvlm_export.ops.triton_backed``)."""
+    from hvlm_export.ops.causal_conv import conv_output  # not at the top: that module imports this one
+
     batch, length, dim = x.shape
     out = conv_output(x)
     if out.numel() == 0:
         return out
     w = weight.reshape(dim, -1).contiguous()
     grid = (triton.cdiv(length, BLOCK_T), triton.cdiv(dim, BLOCK_D), batch)
-    launchable(_conv_silu_kernel, traced)[grid](x, w, bias if bias is not None else w, out, length, dim, *x.stride(), *out.stride(),
+    (wrap_triton(_conv_silu_kernel) if traced else _conv_silu_kernel)[grid](x, w, bias if bias is not None else w, out, length, dim, *x.stride(), *out.stride(),
                             K=w.shape[1],
                             HAS_BIAS=bias is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, num_warps=4)
     return out

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, direct_launch_ok, require_cuda, triton_backed_op
+from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, direct_launch_ok, require_kernel, triton_backed_op
 
 __all__ = ["favor_softmax", "favor_softmax_op", "TRITON_AVAILABLE"]
+
+if TRITON_AVAILABLE:  # named at module level so that torch finds the op's kernels (triton_backed)
+    from hvlm_export.ops.favor_triton import favor_softmax_triton
 
 
 def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
@@ -24,8 +27,7 @@ def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection:
     (``direct_launch_ok``)."""
     if not direct_launch_ok():
         return favor_softmax_op(q, k, v, projection, eps, causal, key_mask)
-    from hvlm_export.ops.favor_triton import favor_softmax_triton
-
+    require_kernel("hvlm::favor_softmax", q)
     return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask)
 
 
@@ -34,10 +36,8 @@ def favor_softmax_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projecti
                      eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """q, k, v (B, H, L, D) half precision; projection (m, D); key_mask (B, L) bool, which
     tokens may be keys (non-causal only; None: all). Returns (B, L, H * D). CUDA tensors
-    only (a ValueError otherwise)."""
-    require_cuda("hvlm::favor_softmax", q)
-    from hvlm_export.ops.favor_triton import favor_softmax_triton
-
+    only (``require_kernel``)."""
+    require_kernel("hvlm::favor_softmax", q)
     return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask, traced=True)
 
 

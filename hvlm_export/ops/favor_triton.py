@@ -39,8 +39,8 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from hvlm_export.ops.triton_backed import launchable
 
 __all__ = ["favor_softmax_triton"]
 
@@ -226,7 +226,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         eps: the relative feature floor (features are max(exp(s - rowmax), eps)).
         causal: query t attends to keys j <= t only.
         key_mask: (B, L) bool, the tokens that may be keys (non-causal only; None: all).
-        traced: called as the op's body (``launchable``: torch.compile traces the launches).
+        traced: called as the op's body (``hvlm_export.ops.triton_backed``: torch.compile traces the launches).
 
     Returns:
         (B, L, H * D) in q's dtype: the heads already merged for the output projection.
@@ -246,8 +246,8 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     stats = dict(D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m)
     common = dict(stats, M_PAD=m_pad)
     half_sq_scale = d**-0.5 / 2
-    launchable(_row_stats, traced)[grid](q, w, rowmax_q, logw, h, length, m, half_sq_scale, *q.stride()[:3], KEYS=False, **stats)
-    launchable(_row_stats, traced)[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **stats)
+    (wrap_triton(_row_stats) if traced else _row_stats)[grid](q, w, rowmax_q, logw, h, length, m, half_sq_scale, *q.stride()[:3], KEYS=False, **stats)
+    (wrap_triton(_row_stats) if traced else _row_stats)[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **stats)
     out = torch.empty(b, length, h * d, device=q.device, dtype=q.dtype)
     if causal:
         if key_mask is not None:
@@ -266,7 +266,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         carry = torch.exp(torch.where(strict, frames[:, None, :] - start[:, :, None], float("-inf")))  # <= 1
         s_carry = (carry @ s_part.view(bh, splits, -1)).view(s_part.shape).contiguous()
         z_carry = (carry @ z_part).contiguous()
-        launchable(_causal_out, traced)[(bh, splits)](
+        (wrap_triton(_causal_out) if traced else _causal_out)[(bh, splits)](
             q, k, v, w, rowmax_q, rowmax_k, logw, running, start.contiguous(), s_carry, z_carry, out,
             h, length, m, math.log(eps), seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             num_warps=warps, **{**common, "BLOCK_L": block})
@@ -279,7 +279,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frame, (1, 0), per_split, eps, m, common, traced)
     s = (s_part.sum(1) / length).to(q.dtype)  # averaged: bounded by |v|, safe in half precision
     z = (z_part.sum(1) / length).to(q.dtype)
-    launchable(_query_out, traced)[grid](q, w, rowmax_q, s, z, out, h, length, m, math.log(eps), *q.stride()[:3], **common)
+    (wrap_triton(_query_out) if traced else _query_out)[grid](q, w, rowmax_q, s, z, out, h, length, m, math.log(eps), *q.stride()[:3], **common)
     return out
 
 
@@ -301,7 +301,7 @@ def _split_key_sums(k, v, w, rowmax_k, logw, frames, frame_strides, per_split, e
     splits = triton.cdiv(length, per_split)
     s_part = torch.empty(bh, splits, common["M_PAD"], common["D_PAD"], device=k.device, dtype=torch.float32)
     z_part = torch.empty(bh, splits, common["M_PAD"], device=k.device, dtype=torch.float32)
-    launchable(_key_sums, traced)[(bh, common["M_PAD"] // common["BLOCK_M"], splits)](
+    (wrap_triton(_key_sums) if traced else _key_sums)[(bh, common["M_PAD"] // common["BLOCK_M"], splits)](
         k, v, w, rowmax_k, logw, frames, s_part, z_part, k.shape[1], length, m, math.log(eps),
         *k.stride()[:3], *v.stride()[:3], per_split, *frame_strides, **common)
     return s_part, z_part

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from hvlm_export.ops.triton_backed import direct_launch_ok, require_cuda, triton_backed_op
+from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, direct_launch_ok, require_kernel, triton_backed_op
 
 __all__ = ["sparse_attention", "sparse_attention_op", "MAX_GROUPS", "MAX_HEAD_DIM", "MAX_GLOBAL", "FUSED_MAX_GROUP"]
 
@@ -27,6 +27,9 @@ MAX_GLOBAL = 64
 #: widest head the kernel keeps in registers (wider heads use the layers' torch paths)
 MAX_HEAD_DIM = 128
 
+if TRITON_AVAILABLE:  # named at module level so that torch finds the op's kernel (triton_backed)
+    from hvlm_export.ops.sparse_attention_triton import sparse_attention_triton
+
 
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, global_k: torch.Tensor | None,
                      global_v: torch.Tensor | None, stride: int, radius: int, causal: bool,
@@ -37,8 +40,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, global_k
     mode it is the op."""
     if not direct_launch_ok():
         return sparse_attention_op(q, k, v, global_k, global_v, stride, radius, causal, scale)
-    from hvlm_export.ops.sparse_attention_triton import sparse_attention_triton
-
+    require_kernel("hvlm::sparse_attention", q)
     return sparse_attention_triton(q, k, v, global_k, global_v, stride, radius, causal, scale)
 
 
@@ -49,10 +51,8 @@ def sparse_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, globa
     """q, k, v (B, L, H, D) float16 / bfloat16 views with contiguous rows; global_k / global_v
     (G, H, D) or None. Query i attends to key j iff (i - j) % stride == 0, and j <= i if
     ``causal``, and |i - j| <= radius if radius >= 0; and to every global key. Returns
-    (B, L, H * D). CUDA tensors only (a ValueError otherwise)."""
-    require_cuda("hvlm::sparse_attention", q)
-    from hvlm_export.ops.sparse_attention_triton import sparse_attention_triton
-
+    (B, L, H * D). CUDA tensors only (``require_kernel``)."""
+    require_kernel("hvlm::sparse_attention", q)
     return sparse_attention_triton(q, k, v, global_k, global_v, stride, radius, causal, scale, traced=True)
 
 

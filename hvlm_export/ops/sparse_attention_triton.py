@@ -32,9 +32,8 @@ import contextlib
 
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
-from hvlm_export.ops.sparse_attention import MAX_GROUPS, MAX_HEAD_DIM
-from hvlm_export.ops.triton_backed import launchable
 
 __all__ = ["sparse_attention_triton", "SparseConfig", "CONFIGS"]
 
@@ -171,8 +170,11 @@ def sparse_attention_triton(q, k, v, global_k, global_v, stride: int, radius: in
                             scale: float, config: SparseConfig | None = None, traced: bool = False):
     """q, k, v (B, L, H, D) half-precision views (rows contiguous); global_k / global_v
     (G, H, D) or None; radius < 0 for no window; ``config`` None: CONFIGS' entry; ``traced``:
-    called as the op's body (``launchable``). Returns (B, L, H * D) in q's dtype."""
+    called as the op's body (``hvlm_export.ops.triton_backed``). Returns (B, L, H * D) in q's dtype."""
     import torch
+
+    # not at the top: hvlm_export.ops.sparse_attention imports this module
+    from hvlm_export.ops.sparse_attention import MAX_GROUPS, MAX_HEAD_DIM
 
     q, k, v = _shared_layout(q, k, v)
     b, length, h, dh = q.shape
@@ -199,7 +201,7 @@ def sparse_attention_triton(q, k, v, global_k, global_v, stride: int, radius: in
     grid = (triton.cdiv(n, block_m), groups)
     # Triton launches on the current device: make it q's (the interpreter runs on the CPU)
     with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-        launchable(_sparse_fwd, traced)[grid](
+        (wrap_triton(_sparse_fwd) if traced else _sparse_fwd)[grid](
             q, k, v, global_k, global_v, out,
             b, h, length, stride, radius, g, scale * _LOG2E, q.stride(0), q.stride(1),
             D=dh, D_PAD=max(16, triton.next_power_of_2(dh)), G_PAD=max(16, triton.next_power_of_2(g)) if g else 0,

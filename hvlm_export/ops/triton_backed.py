@@ -10,6 +10,18 @@ installs) they are plain custom ops with the same schema, so that exported and C
 the same names; calling one there fails. Each op also has a fake implementation, which gives
 output shapes without Triton.
 
+How a launcher must be written, for torch to see its kernels: when a triton_op is registered,
+torch reads the op's body and the functions it calls (by name, through module globals) for
+literal ``wrap_triton(<kernel>)`` calls, and keeps the kernels it finds
+(``torch._library.triton.get_triton_kernels_for_op``). Their source is part of torch.compile's
+cache key (AOTAutograd's cache): a kernel it does not find could be edited and an old compiled
+graph still served. So each op module imports its launcher at module level (where Triton is
+importable) and every launch site reads ``(wrap_triton(_kernel) if traced else _kernel)[grid]``:
+wrapped when the launcher runs as the op's body (``traced``; torch.compile traces the launch),
+the kernel itself for a direct eager launch (wrap_triton's eager call path costs host time of
+the order of the launch itself, measured on the H200 machine: docs/BENCHMARKS.md).
+tests/ops/test_triton_backed.py checks that every kernel is found.
+
 The Gluon scan kernel of ``hvlm::selective_scan`` is not traceable this way (Inductor compiles
 ``triton.jit`` kernels only), so that op stays an opaque custom op.
 """
@@ -21,7 +33,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["TRITON_AVAILABLE", "direct_launch_ok", "launchable", "require_cuda", "triton_backed_op"]
+__all__ = ["TRITON_AVAILABLE", "direct_launch_ok", "require_kernel", "triton_backed_op"]
 
 #: whether the Triton kernels can be imported (a constant, so torch.compile folds checks of it)
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
@@ -36,20 +48,16 @@ def triton_backed_op(name: str) -> Callable:
     return torch.library.custom_op(name, mutates_args=())
 
 
-def launchable(kernel, traced: bool):
-    """``kernel`` for a launch site: through ``torch.library.wrap_triton`` when the launcher
-    runs as a triton_op's body (``traced``: torch.compile traces the launch into its graph),
-    the kernel itself for a direct eager launch (wrap_triton's eager call path costs host
-    time of the order of the launch itself: measured on the H200 machine, docs/BENCHMARKS.md)."""
-    return torch.library.wrap_triton(kernel) if traced else kernel
-
-
-def require_cuda(op: str, t: torch.Tensor) -> None:
-    """Raise ValueError unless ``t`` is a CUDA tensor: the Triton-backed ops have no other
-    kernel (the layers keep their torch paths for other devices)."""
+def require_kernel(op: str, t: torch.Tensor) -> None:
+    """Raise ValueError unless ``t`` is a CUDA tensor, and RuntimeError unless Triton is
+    importable: the Triton-backed ops have no other kernel (the layers keep their torch paths
+    for other devices)."""
     if t.device.type != "cuda":
         raise ValueError(f"{op} runs a Triton kernel on CUDA tensors; got a tensor on {t.device}.\n"
                          "Note: the layers' torch paths (impl='torch') serve other devices.")
+    if not TRITON_AVAILABLE:
+        raise RuntimeError(f"{op} needs Triton, which is not installed.\n"
+                           "Note: CUDA builds of torch ship it; impl='torch' runs without it.")
 
 
 def direct_launch_ok() -> bool:

@@ -16,7 +16,9 @@ from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 import hvlm_export.ops.favor  # noqa: F401  (registers hvlm::favor_softmax)
 import hvlm_export.ops.sparse_attention  # noqa: F401  (registers hvlm::sparse_attention)
 from hvlm_export.modules import LocalGlobalAttention, MambaLayer, PerformerAttention, StridedAttention
-from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, require_cuda
+import hvlm_export.ops.causal_conv  # noqa: F401  (registers hvlm::causal_conv1d_silu)
+from hvlm_export.ops import triton_backed
+from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, require_kernel
 
 NEEDS_TRITON = pytest.mark.skipif(importlib.util.find_spec("triton") is None,
                                   reason="Triton is not installed (it ships with CUDA torch builds)")
@@ -40,11 +42,34 @@ def test_ops_refuse_cpu_tensors_by_name(call):
     assert "impl='torch'" in str(err.value)
 
 
-def test_require_cuda_passes_cuda_tensors():
+def test_require_kernel(monkeypatch):
+    """CUDA tensors pass where Triton is importable; other devices are a ValueError, a CUDA
+    tensor without Triton a RuntimeError naming the way out."""
     with FakeTensorMode():
-        require_cuda("op", torch.empty(2, device="cuda"))
+        cuda = torch.empty(2, device="cuda")
     with pytest.raises(ValueError, match="got a tensor on meta"):
-        require_cuda("op", torch.empty(2, device="meta"))
+        require_kernel("op", torch.empty(2, device="meta"))
+    monkeypatch.setattr(triton_backed, "TRITON_AVAILABLE", True)
+    require_kernel("op", cuda)
+    monkeypatch.setattr(triton_backed, "TRITON_AVAILABLE", False)
+    with pytest.raises(RuntimeError, match=r"op needs Triton, which is not installed(.|\n)*impl='torch'"):
+        require_kernel("op", cuda)
+
+
+@NEEDS_TRITON
+@pytest.mark.parametrize("op, kernels", [
+    ("hvlm::sparse_attention", {"_sparse_fwd"}),
+    ("hvlm::favor_softmax", {"_row_stats", "_key_sums", "_query_out", "_causal_out"}),
+    ("hvlm::causal_conv1d_silu", {"_conv_silu_kernel"}),
+])
+def test_torch_finds_every_kernel_of_each_op(op, kernels):
+    """torch reads each triton_op's body for its kernels and puts their source in
+    torch.compile's cache key: every kernel the op launches must be found, or an edited
+    kernel could be served from an old compiled graph (hvlm_export.ops.triton_backed)."""
+    from torch._library.triton import get_triton_kernels_for_op
+
+    found = {kernel.fn.__name__ for kernel in get_triton_kernels_for_op(op)}
+    assert found == kernels
 
 
 class _Tuple(torch.nn.Module):
