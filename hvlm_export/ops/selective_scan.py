@@ -379,7 +379,8 @@ def selective_scan(
             :func:`selective_scan_ref`.
         return_last_state: also return the final state (B, D, N), float32.
         impl: ``"op"`` runs ``torch.ops.hvlm.selective_scan`` (the fast kernel of the device;
-            one node under torch.export / ONNX export); ``"reference"`` the sequential loop.
+            one node under torch.export / ONNX export; eager CUDA inference launches it
+            directly, skipping the op's dispatch); ``"reference"`` the sequential loop.
 
     Returns:
         y (B, D, L), or (y, last_state) if ``return_last_state``.
@@ -391,7 +392,6 @@ def selective_scan(
         bias = delta_bias if delta_bias is not None else u.new_zeros(d, dtype=torch.float32)
         args = (u, delta, A, B, C, D_, z, bias, delta_softplus, initial_state)
         kernel = _triton_scan() if u.is_cuda and direct_launch_ok() and not _records_graph(args) else None
-        # plain eager CUDA inference launches the kernel directly (the op's dispatch is host time)
         y, state = kernel(*args) if kernel is not None else torch.ops.hvlm.selective_scan(*args)
     elif impl == "reference":
         y, state = selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
