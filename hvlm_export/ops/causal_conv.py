@@ -5,11 +5,11 @@
 x is (B, L, D) in any strides (MambaLayer passes its half of the input projection's
 (B, 2 D, L) output, transposed: a view), out is a (B, L, D) tensor in x's dtype: contiguous,
 or a view of contiguous (B, D, L) memory when x's steps are its contiguous axis (so a
-channel-first caller stays channel-first); arithmetic in float32. The op
-wraps one Triton kernel as a triton_op (``hvlm_export.ops.triton_backed``): torch.compile
-launches the kernel from Inductor's generated code (a fake implementation gives the shape without Triton). There is no CPU kernel and no autograd: MambaLayer calls
-it for CUDA inference only and keeps ``nn.Conv1d`` + SiLU for training, export and other
-devices, which compute the same function.
+channel-first caller stays channel-first); arithmetic in float32. The op wraps one Triton
+kernel as a triton_op (``hvlm_export.ops.triton_backed``): torch.compile launches the kernel
+from Inductor's generated code (a fake implementation gives the shape without Triton). There
+is no CPU kernel and no autograd: MambaLayer calls it for CUDA inference only and keeps
+``nn.Conv1d`` + SiLU for training, export and other devices, which compute the same function.
 """
 
 from __future__ import annotations

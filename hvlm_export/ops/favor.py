@@ -2,10 +2,11 @@
 
 PerformerAttention calls it for CUDA inference in half precision (``impl='auto'`` or
 ``'triton'``); the op wraps the Triton kernels of ``hvlm_export.ops.favor_triton`` as a
-triton_op (``hvlm_export.ops.triton_backed``): torch.compile traces through it to the kernels and the torch
-glue between them and launches them from Inductor's generated code (a fake implementation
-gives the output shape without Triton). There is no CPU kernel and no autograd: training,
-export and other devices use the module's torch path, which computes the same function.
+triton_op (``hvlm_export.ops.triton_backed``): torch.compile traces through it to the kernels
+and the torch glue between them and launches them from Inductor's generated code (a fake
+implementation gives the output shape without Triton). There is no CPU kernel and no
+autograd: training, export and other devices use the module's torch path, which computes the
+same function.
 """
 
 from __future__ import annotations
