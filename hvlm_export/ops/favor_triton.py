@@ -5,24 +5,28 @@ features per tile, S the key sums [sum psi_j w_j v_j, sum psi_j w_j] (m x D and 
 Same numbers as PerformerAttention's torch path (module docstring of
 hvlm_export.modules.performer, "Numerics"):
 
-1. ``_row_stats``: for every query and key row, the max over m of its projection x'W^T
-   (recomputed tile by tile, never stored); for keys also the log-weight
-   l_j = rowmax_j - |k'_j|^2 / 2.
+1. ``_row_stats`` (queries and keys in one launch): for every row, the max over m of its
+   projection x'W^T (recomputed tile by tile, never stored); for keys also the log-weight
+   l_j = rowmax_j - |k'_j|^2 / 2 (W pre-scaled by D^-1/4, one torch op).
 2. ``_key_sums``: one program per (b h, feature tile, split of L) accumulates S over its
    split in float32 registers, key j weighted exp(l_j - frame) with the split's frame,
    psi_j = max(exp(k'_j W^T - rowmax_j), eps).
-3. Non-causal: the frame is M = max_j l_j for every split; the splits are summed in torch
+3. Non-causal: the frame is M = max_j l_j for every split; ``_sum_splits`` adds the splits
    (divided by L, so the half-precision copy read next cannot overflow) and ``_query_out``
    (one program per (b h, block of queries)) runs over the feature tiles:
    phi = max(exp(q'W^T - rowmax), eps), out += phi S, den += phi z, and writes out / den.
-   Causal: R_t = max_{j <= t} l_j (a cummax), each split (a segment of L) is summed in the
-   frame R at its end, and the exclusive prefix over segments is one small matrix product in
-   torch with weights exp(R_end[s'] - R_end[s - 1]) <= 1. ``_causal_out`` (one program per
-   (b h, segment)) walks its segment in blocks of BLOCK_L tokens, carrying the running S
-   (float32, in a scratch it alone owns) in the frame R at the previous block's end: query t
-   gets phi_t S exp(frame - R_t) plus the block's own keys j <= t weighted exp(l_j - R_t).
-   Nothing computed for query t reads a key after t (keys after t in its block weigh an
-   exact 0), so the output is exactly causal, as the torch path is.
+   Causal: R_t = max_{j <= t} l_j (a cummax, the one torch op), each split (a segment of L) is
+   summed in the frame R at its end, and ``_carry`` gives each segment the exclusive prefix
+   of the segment sums, weights exp(R_end[s'] - R_end[s - 1]) <= 1. ``_causal_out``
+   (one program per (b h, segment)) walks its segment in blocks of BLOCK_L tokens, carrying
+   the running S (float32, in the scratch slot it alone owns) in the frame R at the previous
+   block's end: query t gets phi_t S exp(frame - R_t) plus the block's own keys j <= t
+   weighted exp(l_j - R_t). Nothing computed for query t reads a key after t (keys after t in
+   its block weigh an exact 0), so the output is exactly causal, as the torch path is.
+
+Launches per call (host time is what 8K tokens are bound by on the project's GPU machine,
+docs/BENCHMARKS.md): non-causal 6 (W's scaling, row stats, max, key sums, split sums,
+output), causal 6 (W's scaling, row stats, cummax, key sums, carry, output).
 
 The writes go to the (B, L, H * D) layout the output projection reads. Matmuls run on
 half-precision operands with float32 accumulation (the carried S is unbounded and stays
@@ -51,6 +55,7 @@ BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
 #: wrong sums at head width 32 (not understood, docs/BENCHMARKS.md), so every length uses the first.
 CAUSAL_CONFIG = (32, 64, 4)
 CAUSAL_PROGRAMS = 256
+_SUM_ROWS = 8  # features per program of _sum_splits (every split's rows at once: 16 x 8 x 64 floats)
 _NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
 # the kernels take sizes (H, L, per-program lengths) without specialising on them (== 1, % 16):
 # one compiled kernel per configuration serves every length, no compile of seconds mid-serving
@@ -72,17 +77,12 @@ def _proj_tile(x, w_ptr, m0, d, m, D: tl.constexpr, BLOCK_M: tl.constexpr):
     return tl.dot(x, tl.trans(w)), f
 
 
-@triton.jit(do_not_specialize=["H", "L"])
-def _row_stats(
-    x_ptr, w_ptr, rowmax_ptr, logw_ptr, H, L, m, half_sq_scale, sx_b, sx_h, sx_l,
-    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr, KEYS: tl.constexpr,
-):
-    half_sq_scale = tl.cast(half_sq_scale, tl.float32)  # Inductor passes Python floats as float64
-    bh, blk = tl.program_id(0), tl.program_id(1)
-    rows = blk * BLOCK_L + tl.arange(0, BLOCK_L)
+@triton.jit
+def _stats_rows(x_ptr, w_ptr, rowmax_ptr, logw_ptr, bh, rows, H, L, m, half_sq_scale, sx_b, sx_h, sx_l,
+                D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_M: tl.constexpr, KEYS: tl.constexpr):
     d = tl.arange(0, D_PAD)
     x = _load_rows(x_ptr + (bh // H) * sx_b + (bh % H) * sx_h, rows, d, sx_l, L, D)
-    best = tl.full((BLOCK_L,), float("-inf"), tl.float32)
+    best = tl.full((rows.shape[0],), float("-inf"), tl.float32)
     for m0 in tl.range(0, m, BLOCK_M):
         proj, f = _proj_tile(x, w_ptr, m0, d, m, D, BLOCK_M)
         best = tl.maximum(best, tl.max(tl.where(f[None, :] < m, proj, float("-inf")), axis=1))
@@ -93,21 +93,45 @@ def _row_stats(
         tl.store(logw_ptr + bh * L + rows, best - half_sq, mask=rows < L)
 
 
+@triton.jit(do_not_specialize=["H", "L"])
+def _row_stats(
+    q_ptr, k_ptr, w_ptr, rowmax_q_ptr, rowmax_k_ptr, logw_ptr, H, L, m, half_sq_scale,
+    sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
+    D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """Queries (program axis 2 = 0) and keys (= 1) in one launch."""
+    half_sq_scale = tl.cast(half_sq_scale, tl.float32)  # Inductor passes Python floats as float64
+    bh, blk = tl.program_id(0), tl.program_id(1)
+    rows = blk * BLOCK_L + tl.arange(0, BLOCK_L)
+    if tl.program_id(2) == 0:
+        _stats_rows(q_ptr, w_ptr, rowmax_q_ptr, logw_ptr, bh, rows, H, L, m, half_sq_scale,
+                    sq_b, sq_h, sq_l, D, D_PAD, BLOCK_M, KEYS=False)
+    else:
+        _stats_rows(k_ptr, w_ptr, rowmax_k_ptr, logw_ptr, bh, rows, H, L, m, half_sq_scale,
+                    sk_b, sk_h, sk_l, D, D_PAD, BLOCK_M, KEYS=True)
+
+
 @triton.jit(do_not_specialize=["H", "L", "per_split"])
 def _key_sums(
     k_ptr, v_ptr, w_ptr, rowmax_ptr, logw_ptr, frame_ptr, s_ptr, z_ptr, H, L, m, log_eps,
-    sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, per_split, sf_bh, sf_split,
+    sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, per_split,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
+    CAUSAL: tl.constexpr,
 ):
+    """Split ``split`` in its frame: non-causal, frame_ptr[bh] (max_j l_j); causal, frame_ptr
+    is R (BH, L) and the frame is R at the split's last token."""
     log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
     bh, tile, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // H, bh % H
     d = tl.arange(0, D_PAD)
     m0 = tile * BLOCK_M
-    frame = tl.load(frame_ptr + bh * sf_bh + split * sf_split)
+    start = split * per_split
+    if CAUSAL:
+        frame = tl.load(frame_ptr + bh * L + tl.minimum(start + per_split, L) - 1)
+    else:
+        frame = tl.load(frame_ptr + bh)
     s_acc = tl.zeros((BLOCK_M, D_PAD), tl.float32)
     z_acc = tl.zeros((BLOCK_M,), tl.float32)
-    start = split * per_split
     for l0 in tl.range(start, tl.minimum(start + per_split, L), BLOCK_L):
         rows = l0 + tl.arange(0, BLOCK_L)
         k = _load_rows(k_ptr + b * sk_b + h * sk_h, rows, d, sk_l, L, D)
@@ -122,6 +146,49 @@ def _key_sums(
     out = (bh * tl.num_programs(2) + split) * M_PAD + m0 + tl.arange(0, BLOCK_M)
     tl.store(s_ptr + out[:, None] * D_PAD + d[None, :], s_acc)
     tl.store(z_ptr + out, z_acc)
+
+
+@triton.jit(do_not_specialize=["L", "splits"])
+def _sum_splits(s_part_ptr, z_part_ptr, s_ptr, z_ptr, L, splits,
+                D_PAD: tl.constexpr, M_PAD: tl.constexpr, ROWS: tl.constexpr, SPLITS_PAD: tl.constexpr):
+    """Non-causal: S and z of one (b h, ROWS features) summed over the splits (all splits'
+    rows loaded at once, float32), divided by L and rounded to the output's dtype (bounded by
+    |v|: no overflow)."""
+    bh, blk = tl.program_id(0), tl.program_id(1)
+    f = blk * ROWS + tl.arange(0, ROWS)
+    d = tl.arange(0, D_PAD)
+    sp = tl.arange(0, SPLITS_PAD)
+    row = (bh * splits + sp[:, None]) * M_PAD + f[None, :]  # (SPLITS_PAD, ROWS)
+    present = sp[:, None] < splits
+    s_sum = tl.sum(tl.load(s_part_ptr + row[:, :, None] * D_PAD + d[None, None, :], mask=present[:, :, None],
+                           other=0.0), axis=0)
+    z_sum = tl.sum(tl.load(z_part_ptr + row, mask=present, other=0.0), axis=0)
+    out = bh * M_PAD + f
+    tl.store(s_ptr + out[:, None] * D_PAD + d[None, :], (s_sum / L).to(s_ptr.dtype.element_ty))
+    tl.store(z_ptr + out, (z_sum / L).to(z_ptr.dtype.element_ty))
+
+
+@triton.jit(do_not_specialize=["L", "seg", "splits"])
+def _carry(run_ptr, s_ptr, z_ptr, cs_ptr, cz_ptr, L, seg, splits,
+           D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Causal: the sums segment j's queries enter with, C_j = sum_{i < j} exp(f_i - f_{j-1}) S_i
+    (C_0 = 0), from the segment sums S_i, each in the frame f_i = R at its segment's end:
+    weights <= 1 (R only grows), float32. One program per (b h, feature tile, j); the loads
+    of a program are independent of each other."""
+    bh, tile, j = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    f = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D_PAD)
+    entering = tl.load(run_ptr + bh * L + tl.maximum(j * seg - 1, 0))  # f_{j-1} (unused for j = 0)
+    s_acc = tl.zeros((BLOCK_M, D_PAD), tl.float32)
+    z_acc = tl.zeros((BLOCK_M,), tl.float32)
+    for i in tl.range(0, j):
+        weight = tl.exp(tl.load(run_ptr + bh * L + tl.minimum((i + 1) * seg, L) - 1) - entering)
+        row = (bh * splits + i) * M_PAD + f
+        s_acc += weight * tl.load(s_ptr + row[:, None] * D_PAD + d[None, :])
+        z_acc += weight * tl.load(z_ptr + row)
+    out = (bh * splits + j) * M_PAD + f
+    tl.store(cs_ptr + out[:, None] * D_PAD + d[None, :], s_acc)
+    tl.store(cz_ptr + out, z_acc)
 
 
 @triton.jit(do_not_specialize=["H", "L"])
@@ -152,7 +219,7 @@ def _query_out(
 
 @triton.jit(do_not_specialize=["H", "L", "seg"])
 def _causal_out(
-    q_ptr, k_ptr, v_ptr, w_ptr, rowmax_q_ptr, rowmax_k_ptr, logw_ptr, run_ptr, frame_ptr, s_ptr, z_ptr, o_ptr,
+    q_ptr, k_ptr, v_ptr, w_ptr, rowmax_q_ptr, rowmax_k_ptr, logw_ptr, run_ptr, s_ptr, z_ptr, o_ptr,
     H, L, m, log_eps, seg, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
@@ -161,9 +228,11 @@ def _causal_out(
     b, h = bh // H, bh % H
     d = tl.arange(0, D_PAD)
     slot = bh * tl.num_programs(1) + sg
-    frame = tl.load(frame_ptr + slot)  # the frame of the carried sums (segment start)
-    s_base, z_base = s_ptr + slot * M_PAD * D_PAD, z_ptr + slot * M_PAD
     start = sg * seg
+    # the frame of the carried sums: R at the previous segment's end (_carry), none for the first
+    frame = tl.load(run_ptr + bh * L + tl.maximum(start - 1, 0))
+    frame = tl.where(sg == 0, -1.0e30, frame)  # _NEG
+    s_base, z_base = s_ptr + slot * M_PAD * D_PAD, z_ptr + slot * M_PAD
     for l0 in tl.range(start, tl.minimum(start + seg, L), BLOCK_L):
         rows = l0 + tl.arange(0, BLOCK_L)
         valid = rows < L
@@ -238,37 +307,31 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     if not causal:
         block_m = BLOCK_M
     m_pad = triton.cdiv(m, block_m) * block_m
-    w = (projection.float() * d**-0.25).to(q.dtype).contiguous()  # x' W^T = x (W D^-1/4)^T
-    bh = b * h
+    # x W^T D^-1/4 = x' W^T: W scaled in float32 and rounded to q's dtype, one launch (half
+    # or float32 W: torch computes in float32; float64 is rounded to float32 first)
+    w = torch.mul(projection.float() if projection.dtype == torch.float64 else projection, d**-0.25)
+    w = w.to(q.dtype).contiguous()
+    bh, log_eps = b * h, math.log(eps)
     rowmax_q = torch.empty(bh, length, device=q.device, dtype=torch.float32)
     rowmax_k, logw = torch.empty_like(rowmax_q), torch.empty_like(rowmax_q)
     grid = (bh, triton.cdiv(length, BLOCK_L))
-    stats = dict(D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m)
-    common = dict(stats, M_PAD=m_pad)
-    half_sq_scale = d**-0.5 / 2
-    (wrap_triton(_row_stats) if traced else _row_stats)[grid](q, w, rowmax_q, logw, h, length, m, half_sq_scale, *q.stride()[:3], KEYS=False, **stats)
-    (wrap_triton(_row_stats) if traced else _row_stats)[grid](k, w, rowmax_k, logw, h, length, m, half_sq_scale, *k.stride()[:3], KEYS=True, **stats)
+    common = dict(D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m, M_PAD=m_pad)
+    (wrap_triton(_row_stats) if traced else _row_stats)[grid + (2,)](
+        q, k, w, rowmax_q, rowmax_k, logw, h, length, m, d**-0.5 / 2, *q.stride()[:3], *k.stride()[:3],
+        D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m)
     out = torch.empty(b, length, h * d, device=q.device, dtype=q.dtype)
     if causal:
         if key_mask is not None:
             raise ValueError("favor_softmax: key_mask is for non-causal attention (right padding needs none when causal)")
         running = torch.cummax(logw, dim=1).values  # R_t
         seg, splits = _segments(length, bh, block)
-        ends = (torch.arange(1, splits + 1, device=q.device) * seg).clamp(max=length) - 1
-        frames = running[:, ends].contiguous()  # (BH, splits): R at each segment's end
-        s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frames, (splits, 1), seg, eps, m, common, traced)
-        # each segment's entering frame: the previous segment's end, _NEG for the first (a roll,
-        # not a concatenation of slices: Inductor failed to tile the sliced version under
-        # dynamic shapes, torch 2.11)
-        first = torch.arange(splits, device=q.device) == 0
-        start = frames.roll(1, dims=1).masked_fill(first, _NEG)
-        strict = torch.ones(splits, splits, dtype=torch.bool, device=q.device).tril(-1)
-        carry = torch.exp(torch.where(strict, frames[:, None, :] - start[:, :, None], float("-inf")))  # <= 1
-        s_carry = (carry @ s_part.view(bh, splits, -1)).view(s_part.shape).contiguous()
-        z_carry = (carry @ z_part).contiguous()
+        s_sums, z_sums = _split_key_sums(k, v, w, rowmax_k, logw, running, seg, log_eps, m, common, traced)
+        s_carry, z_carry = torch.empty_like(s_sums), torch.empty_like(z_sums)
+        (wrap_triton(_carry) if traced else _carry)[(bh, m_pad // block_m, splits)](
+            running, s_sums, z_sums, s_carry, z_carry, length, seg, splits, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m)
         (wrap_triton(_causal_out) if traced else _causal_out)[(bh, splits)](
-            q, k, v, w, rowmax_q, rowmax_k, logw, running, start.contiguous(), s_carry, z_carry, out,
-            h, length, m, math.log(eps), seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+            q, k, v, w, rowmax_q, rowmax_k, logw, running, s_carry, z_carry, out,
+            h, length, m, log_eps, seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             num_warps=warps, **{**common, "BLOCK_L": block})
         return out
     if key_mask is not None:  # padded keys weigh exp(_NEG - frame) = 0
@@ -276,10 +339,13 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     frame = logw.amax(dim=1)
     splits = max(1, min(SPLITS, triton.cdiv(length, BLOCK_L)))
     per_split = triton.cdiv(triton.cdiv(length, splits), BLOCK_L) * BLOCK_L
-    s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frame, (1, 0), per_split, eps, m, common, traced)
-    s = (s_part.sum(1) / length).to(q.dtype)  # averaged: bounded by |v|, safe in half precision
-    z = (z_part.sum(1) / length).to(q.dtype)
-    (wrap_triton(_query_out) if traced else _query_out)[grid](q, w, rowmax_q, s, z, out, h, length, m, math.log(eps), *q.stride()[:3], **common)
+    s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frame, per_split, log_eps, m, common, traced)
+    s = torch.empty(bh, m_pad, d_pad, device=q.device, dtype=q.dtype)
+    z = torch.empty(bh, m_pad, device=q.device, dtype=q.dtype)
+    (wrap_triton(_sum_splits) if traced else _sum_splits)[(bh, m_pad // _SUM_ROWS)](
+        s_part, z_part, s, z, length, s_part.shape[1], D_PAD=d_pad, M_PAD=m_pad, ROWS=_SUM_ROWS, SPLITS_PAD=SPLITS)
+    (wrap_triton(_query_out) if traced else _query_out)[grid](
+        q, w, rowmax_q, s, z, out, h, length, m, log_eps, *q.stride()[:3], **common)
     return out
 
 
@@ -294,14 +360,15 @@ def _segments(length: int, bh: int, block: int) -> tuple[int, int]:
     return seg, triton.cdiv(length, seg)
 
 
-def _split_key_sums(k, v, w, rowmax_k, logw, frames, frame_strides, per_split, eps, m, common, traced):
+def _split_key_sums(k, v, w, rowmax_k, logw, frames, per_split, log_eps, m, common, traced):
     """float32 (S (BH, splits, M_PAD, D_PAD), z (BH, splits, M_PAD)) of the key splits of
-    ``per_split`` tokens, split s in the frame frames[bh * strides[0] + s * strides[1]]."""
+    ``per_split`` tokens. ``frames``: (BH,) the frame of every split (non-causal), or R (BH, L),
+    each split in R at its last token (causal)."""
     bh, length = logw.shape
     splits = triton.cdiv(length, per_split)
     s_part = torch.empty(bh, splits, common["M_PAD"], common["D_PAD"], device=k.device, dtype=torch.float32)
     z_part = torch.empty(bh, splits, common["M_PAD"], device=k.device, dtype=torch.float32)
     (wrap_triton(_key_sums) if traced else _key_sums)[(bh, common["M_PAD"] // common["BLOCK_M"], splits)](
-        k, v, w, rowmax_k, logw, frames, s_part, z_part, k.shape[1], length, m, math.log(eps),
-        *k.stride()[:3], *v.stride()[:3], per_split, *frame_strides, **common)
+        k, v, w, rowmax_k, logw, frames, s_part, z_part, k.shape[1], length, m, log_eps,
+        *k.stride()[:3], *v.stride()[:3], per_split, CAUSAL=frames.dim() == 2, **common)
     return s_part, z_part

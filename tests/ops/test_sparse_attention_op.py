@@ -79,3 +79,48 @@ def test_sparse_kernel_in_the_triton_interpreter():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 1e-3, done.stdout
+
+
+
+_FAVOR_INTERPRETED = """
+import torch
+from hvlm_export.modules import PerformerAttention
+from hvlm_export.modules.performer import _SOFTMAX_EPS
+from hvlm_export.modules._attention import zero_padding
+from hvlm_export.ops import favor_triton
+
+torch.manual_seed(0)
+errors = []
+# (batch, length, dim, heads, features, causal, programs of the causal pass, padded keys)
+for b, n, e, h, m, causal, programs, pad in [(2, 70, 48, 2, 40, False, 256, 0), (1, 300, 32, 1, 70, False, 256, 0),
+                                             (2, 150, 48, 2, 40, False, 256, 33), (2, 1, 32, 2, 20, False, 256, 0),
+                                             (1, 200, 48, 2, 40, True, 1, 0), (2, 300, 32, 2, 70, True, 16, 0),
+                                             (1, 1, 32, 1, 20, True, 256, 0), (1, 130, 64, 1, 33, True, 256, 0)]:
+    favor_triton.CAUSAL_PROGRAMS = programs
+    layer = PerformerAttention(e, h, nb_features=m, causal=causal).double().eval()
+    x = torch.randn(b, n, e, dtype=torch.float64) * 2
+    mask = None
+    if pad:
+        mask = torch.ones(b, n, dtype=torch.bool)
+        mask[0, n - pad:] = False
+    with torch.no_grad():
+        want = layer(x, mask)  # the torch path in float64
+        q, k, v = (t.half() for t in layer._qkv(x))
+        out = favor_triton._favor_softmax(q, k, v, layer.projection_matrix.float(), _SOFTMAX_EPS, causal, mask)
+        got = zero_padding(layer.out_proj(out.double()), mask)
+    errors.append(((got - want).norm() / want.norm()).item())
+print(errors)
+print(max(errors) if all(e == e for e in errors) else float("nan"))  # NaN (e != e) fails the test
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (it ships with CUDA torch builds)")
+def test_favor_kernels_in_the_triton_interpreter():
+    """The FAVOR+ kernels, non-causal (with and without padded keys) and causal (one segment,
+    several, a single token), padded head widths and feature counts, against the layer's torch
+    path in float64: within fp16 rounding of q, k and v; a NaN fails."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(_FAVOR_INTERPRETED)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.split()[-1]) < 5e-3, done.stdout

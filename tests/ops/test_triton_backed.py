@@ -59,7 +59,7 @@ def test_require_kernel(monkeypatch):
 @NEEDS_TRITON
 @pytest.mark.parametrize("op, kernels", [
     ("hvlm::sparse_attention", {"_sparse_fwd"}),
-    ("hvlm::favor_softmax", {"_row_stats", "_key_sums", "_query_out", "_causal_out"}),
+    ("hvlm::favor_softmax", {"_row_stats", "_key_sums", "_sum_splits", "_query_out", "_carry", "_causal_out"}),
     ("hvlm::causal_conv1d_silu", {"_conv_silu_kernel"}),
 ])
 def test_torch_finds_every_kernel_of_each_op(op, kernels):
