@@ -15,18 +15,20 @@ hvlm_export.modules.performer, "Numerics"):
    (divided by L, so the half-precision copy read next cannot overflow) and ``_query_out``
    (one program per (b h, block of queries)) runs over the feature tiles:
    phi = max(exp(q'W^T - rowmax), eps), out += phi S, den += phi z, and writes out / den.
-   Causal: R_t = max_{j <= t} l_j (a cummax, the one torch op), each split (a segment of L) is
-   summed in the frame R at its end, and ``_carry`` gives each segment the exclusive prefix
-   of the segment sums, weights exp(R_end[s'] - R_end[s - 1]) <= 1. ``_causal_out``
-   (one program per (b h, segment)) walks its segment in blocks of BLOCK_L tokens, carrying
-   the running S (float32, in the scratch slot it alone owns) in the frame R at the previous
-   block's end: query t gets phi_t S exp(frame - R_t) plus the block's own keys j <= t
-   weighted exp(l_j - R_t). Nothing computed for query t reads a key after t (keys after t in
-   its block weigh an exact 0), so the output is exactly causal, as the torch path is.
+   Causal: each split (a segment of L) is summed in its own frame, the max m_s of l over
+   it, and ``_carry`` gives each segment s the exclusive prefix of the segment sums in the
+   frame F_s = max_{s' < s} m_s' (= R at the previous segment's end, R_t = max_{j <= t} l_j),
+   weights exp(m_s' - F_s) <= 1. ``_causal_out`` (one program per (b h, segment)) walks its
+   segment in blocks of BLOCK_L tokens, carrying the running S (float32, in the scratch slot
+   it alone owns) in the frame R at the previous block's end, R_t inside a block being the
+   block's running max of l after that frame: query t gets phi_t S exp(frame - R_t) plus the
+   block's own keys j <= t weighted exp(l_j - R_t). Nothing computed for query t reads a key
+   after t (keys after t in its block weigh an exact 0), so the output is exactly causal, as
+   the torch path is.
 
 Launches per call (host time is what 8K tokens are bound by on the project's GPU machine,
 docs/BENCHMARKS.md): non-causal 6 (W's scaling, row stats, max, key sums, split sums,
-output), causal 6 (W's scaling, row stats, cummax, key sums, carry, output).
+output), causal 5 (W's scaling, row stats, key sums, carry, output).
 
 The writes go to the (B, L, H * D) layout the output projection reads. Matmuls run on
 half-precision operands with float32 accumulation (the carried S is unbounded and stays
@@ -118,8 +120,9 @@ def _key_sums(
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
     CAUSAL: tl.constexpr,
 ):
-    """Split ``split`` in its frame: non-causal, frame_ptr[bh] (max_j l_j); causal, frame_ptr
-    is R (BH, L) and the frame is R at the split's last token."""
+    """Split ``split`` in its frame: non-causal, frame_ptr[bh] (max_j l_j); causal, the max of
+    l over the split itself (a segment), which the feature tile 0 programs write to frame_ptr
+    (BH, splits) for _carry."""
     log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
     bh, tile, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     b, h = bh // H, bh % H
@@ -127,7 +130,13 @@ def _key_sums(
     m0 = tile * BLOCK_M
     start = split * per_split
     if CAUSAL:
-        frame = tl.load(frame_ptr + bh * L + tl.minimum(start + per_split, L) - 1)
+        best = tl.full((BLOCK_L,), float("-inf"), tl.float32)
+        for l0 in tl.range(start, tl.minimum(start + per_split, L), BLOCK_L):
+            rows = l0 + tl.arange(0, BLOCK_L)
+            best = tl.maximum(best, tl.load(logw_ptr + bh * L + rows, mask=rows < L, other=float("-inf")))
+        frame = tl.max(best, axis=0)
+        if tile == 0:
+            tl.store(frame_ptr + bh * tl.num_programs(2) + split, frame)
     else:
         frame = tl.load(frame_ptr + bh)
     s_acc = tl.zeros((BLOCK_M, D_PAD), tl.float32)
@@ -168,27 +177,37 @@ def _sum_splits(s_part_ptr, z_part_ptr, s_ptr, z_ptr, L, splits,
     tl.store(z_ptr + out, (z_sum / L).to(z_ptr.dtype.element_ty))
 
 
-@triton.jit(do_not_specialize=["L", "seg", "splits"])
-def _carry(run_ptr, s_ptr, z_ptr, cs_ptr, cz_ptr, L, seg, splits,
+@triton.jit(do_not_specialize=["splits"])
+def _carry(seg_max_ptr, s_ptr, z_ptr, cs_ptr, cz_ptr, enter_ptr, splits,
            D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Causal: the sums segment j's queries enter with, C_j = sum_{i < j} exp(f_i - f_{j-1}) S_i
-    (C_0 = 0), from the segment sums S_i, each in the frame f_i = R at its segment's end:
-    weights <= 1 (R only grows), float32. One program per (b h, feature tile, j); the loads
-    of a program are independent of each other."""
+    """Causal: what segment j's queries start from. Its entering frame F_j = max_{i < j} m_i
+    (= R at the previous segment's end; _NEG for j = 0) from the segment maxima m_i, and the
+    sums C_j = sum_{i < j} exp(m_i - F_j) S_i of the segment sums S_i (each in its own frame
+    m_i): weights <= 1, float32. One program per (b h, feature tile, j), whose loads are
+    independent of each other; the tile 0 programs write F_j."""
     bh, tile, j = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     f = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D_PAD)
-    entering = tl.load(run_ptr + bh * L + tl.maximum(j * seg - 1, 0))  # f_{j-1} (unused for j = 0)
+    entering = tl.full((), -1.0e30, tl.float32)  # _NEG
+    for i in tl.range(0, j):
+        entering = tl.maximum(entering, tl.load(seg_max_ptr + bh * splits + i))
     s_acc = tl.zeros((BLOCK_M, D_PAD), tl.float32)
     z_acc = tl.zeros((BLOCK_M,), tl.float32)
     for i in tl.range(0, j):
-        weight = tl.exp(tl.load(run_ptr + bh * L + tl.minimum((i + 1) * seg, L) - 1) - entering)
+        weight = tl.exp(tl.load(seg_max_ptr + bh * splits + i) - entering)
         row = (bh * splits + i) * M_PAD + f
         s_acc += weight * tl.load(s_ptr + row[:, None] * D_PAD + d[None, :])
         z_acc += weight * tl.load(z_ptr + row)
     out = (bh * splits + j) * M_PAD + f
     tl.store(cs_ptr + out[:, None] * D_PAD + d[None, :], s_acc)
     tl.store(cz_ptr + out, z_acc)
+    if tile == 0:
+        tl.store(enter_ptr + bh * splits + j, entering)
+
+
+@triton.jit
+def _max2(a, b):
+    return tl.maximum(a, b)
 
 
 @triton.jit(do_not_specialize=["H", "L"])
@@ -219,7 +238,7 @@ def _query_out(
 
 @triton.jit(do_not_specialize=["H", "L", "seg"])
 def _causal_out(
-    q_ptr, k_ptr, v_ptr, w_ptr, rowmax_q_ptr, rowmax_k_ptr, logw_ptr, run_ptr, s_ptr, z_ptr, o_ptr,
+    q_ptr, k_ptr, v_ptr, w_ptr, rowmax_q_ptr, rowmax_k_ptr, logw_ptr, enter_ptr, s_ptr, z_ptr, o_ptr,
     H, L, m, log_eps, seg, sq_b, sq_h, sq_l, sk_b, sk_h, sk_l, sv_b, sv_h, sv_l,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
@@ -229,9 +248,7 @@ def _causal_out(
     d = tl.arange(0, D_PAD)
     slot = bh * tl.num_programs(1) + sg
     start = sg * seg
-    # the frame of the carried sums: R at the previous segment's end (_carry), none for the first
-    frame = tl.load(run_ptr + bh * L + tl.maximum(start - 1, 0))
-    frame = tl.where(sg == 0, -1.0e30, frame)  # _NEG
+    frame = tl.load(enter_ptr + slot)  # of the carried sums: R at the previous segment's end (_carry)
     s_base, z_base = s_ptr + slot * M_PAD * D_PAD, z_ptr + slot * M_PAD
     for l0 in tl.range(start, tl.minimum(start + seg, L), BLOCK_L):
         rows = l0 + tl.arange(0, BLOCK_L)
@@ -242,8 +259,8 @@ def _causal_out(
         rq = tl.load(rowmax_q_ptr + bh * L + rows, mask=valid, other=0.0)
         rk = tl.load(rowmax_k_ptr + bh * L + rows, mask=valid, other=0.0)
         lk = tl.load(logw_ptr + bh * L + rows, mask=valid, other=float("-inf"))
-        run = tl.load(run_ptr + bh * L + rows, mask=valid, other=0.0)  # R_t
-        r_end = tl.max(tl.where(valid, run, -1e30), axis=0)  # the frame after this block
+        run = tl.maximum(frame, tl.associative_scan(lk, 0, _max2))  # R_t = max_{j <= t} l_j
+        r_end = tl.maximum(frame, tl.max(lk, axis=0))  # the frame after this block
         decay = tl.exp(frame - r_end)
         wk = tl.exp(lk - r_end)  # <= 1; padding 0
         scores = tl.zeros((BLOCK_L, BLOCK_L), tl.float32)
@@ -323,14 +340,14 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     if causal:
         if key_mask is not None:
             raise ValueError("favor_softmax: key_mask is for non-causal attention (right padding needs none when causal)")
-        running = torch.cummax(logw, dim=1).values  # R_t
         seg, splits = _segments(length, bh, block)
-        s_sums, z_sums = _split_key_sums(k, v, w, rowmax_k, logw, running, seg, log_eps, m, common, traced)
+        s_sums, z_sums, seg_max = _split_key_sums(k, v, w, rowmax_k, logw, None, seg, log_eps, m, common, traced)
         s_carry, z_carry = torch.empty_like(s_sums), torch.empty_like(z_sums)
+        enter = torch.empty_like(seg_max)
         (wrap_triton(_carry) if traced else _carry)[(bh, m_pad // block_m, splits)](
-            running, s_sums, z_sums, s_carry, z_carry, length, seg, splits, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m)
+            seg_max, s_sums, z_sums, s_carry, z_carry, enter, splits, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m)
         (wrap_triton(_causal_out) if traced else _causal_out)[(bh, splits)](
-            q, k, v, w, rowmax_q, rowmax_k, logw, running, s_carry, z_carry, out,
+            q, k, v, w, rowmax_q, rowmax_k, logw, enter, s_carry, z_carry, out,
             h, length, m, log_eps, seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             num_warps=warps, **{**common, "BLOCK_L": block})
         return out
@@ -339,7 +356,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     frame = logw.amax(dim=1)
     splits = max(1, min(SPLITS, triton.cdiv(length, BLOCK_L)))
     per_split = triton.cdiv(triton.cdiv(length, splits), BLOCK_L) * BLOCK_L
-    s_part, z_part = _split_key_sums(k, v, w, rowmax_k, logw, frame, per_split, log_eps, m, common, traced)
+    s_part, z_part, _ = _split_key_sums(k, v, w, rowmax_k, logw, frame, per_split, log_eps, m, common, traced)
     s = torch.empty(bh, m_pad, d_pad, device=q.device, dtype=q.dtype)
     z = torch.empty(bh, m_pad, device=q.device, dtype=q.dtype)
     (wrap_triton(_sum_splits) if traced else _sum_splits)[(bh, m_pad // _SUM_ROWS)](
@@ -360,15 +377,16 @@ def _segments(length: int, bh: int, block: int) -> tuple[int, int]:
     return seg, triton.cdiv(length, seg)
 
 
-def _split_key_sums(k, v, w, rowmax_k, logw, frames, per_split, log_eps, m, common, traced):
-    """float32 (S (BH, splits, M_PAD, D_PAD), z (BH, splits, M_PAD)) of the key splits of
-    ``per_split`` tokens. ``frames``: (BH,) the frame of every split (non-causal), or R (BH, L),
-    each split in R at its last token (causal)."""
+def _split_key_sums(k, v, w, rowmax_k, logw, frame, per_split, log_eps, m, common, traced):
+    """float32 (S (BH, splits, M_PAD, D_PAD), z (BH, splits, M_PAD), frames) of the key splits of
+    ``per_split`` tokens. ``frame``: (BH,) the frame of every split (non-causal; returned as
+    the frames), or None (causal): each split in the max of l over it, the frames (BH, splits)."""
     bh, length = logw.shape
     splits = triton.cdiv(length, per_split)
     s_part = torch.empty(bh, splits, common["M_PAD"], common["D_PAD"], device=k.device, dtype=torch.float32)
     z_part = torch.empty(bh, splits, common["M_PAD"], device=k.device, dtype=torch.float32)
+    frames = frame if frame is not None else torch.empty(bh, splits, device=k.device, dtype=torch.float32)
     (wrap_triton(_key_sums) if traced else _key_sums)[(bh, common["M_PAD"] // common["BLOCK_M"], splits)](
         k, v, w, rowmax_k, logw, frames, s_part, z_part, k.shape[1], length, m, log_eps,
-        *k.stride()[:3], *v.stride()[:3], per_split, CAUSAL=frames.dim() == 2, **common)
-    return s_part, z_part
+        *k.stride()[:3], *v.stride()[:3], per_split, CAUSAL=frame is None, **common)
+    return s_part, z_part, frames
