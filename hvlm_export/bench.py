@@ -11,7 +11,11 @@ Suites (``hvlm-export bench --suite ...``):
   SDPA) measured in the same run, mode and length. Timing: warm-up (which compiles), then the
   median of ``repeats`` runs (CUDA events on the GPU). Peak memory:
   ``torch.cuda.max_memory_allocated`` on the GPU; on the CPU the peak of live tensor bytes
-  seen by a TorchDispatchMode.
+  seen by a TorchDispatchMode. On CUDA, eager calls are also split into host and device
+  time (as trtexec reports enqueue and GPU compute time): ``host_ms``, the host's enqueue time
+  per call in a back-to-back loop, and ``gpu_ms``, the device time of one call captured in a
+  CUDA graph and replayed. A call whose host time exceeds its device time is launch-bound at
+  that length: its latency is the host's, whatever its kernels cost.
 * ``onnx``: per mechanism, export time, node count, and ONNX Runtime vs eager latency.
 
 Results go to ``<out>/<stem>.json`` and ``.md``, plus PNG plots (latency, memory, ratio).
@@ -63,6 +67,8 @@ class Record:
     status: str = "ok"
     mode: str = "eager"
     ratio: float | None = None
+    host_ms: float | None = None  # CUDA, eager: enqueue time per call
+    gpu_ms: float | None = None  # CUDA, eager: device time per call (CUDA graph replay)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -119,6 +125,47 @@ def _time(fn: Callable[[], object], device: str, repeats: int, warmup: int = 2) 
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(times)
+
+
+def _host_ms(fn: Callable[[], object], calls: int) -> float:
+    """Median host milliseconds per call to enqueue ``fn`` back to back (3 loops, CUDA)."""
+    per_call = []
+    for _ in range(3):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        per_call.append((time.perf_counter() - t0) * 1e3 / calls)
+        torch.cuda.synchronize()
+    return statistics.median(per_call)
+
+
+def _gpu_ms(fn: Callable[[], object], replays: int) -> float | None:
+    """Device milliseconds of one call: captured once in a CUDA graph, replays timed back to
+    back (median of 3 rounds). None if the call cannot be captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()  # warm-up off the capture stream, as torch.cuda.graphs asks
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            fn()
+    except RuntimeError:  # an op that synchronises or is not capturable
+        return None
+    rounds = []
+    for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(replays):
+            graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        rounds.append(start.elapsed_time(end) / replays)
+    del graph
+    torch.cuda.empty_cache()
+    return statistics.median(rounds)
 
 
 def _peak_mib(fn: Callable[[], object], device: str) -> float:
@@ -235,7 +282,10 @@ def _measure(name, make, device, dtype, L, repeats, mode) -> Record:
         fn = make(L)
         ms = _time(fn, device, repeats)
         peak = _peak_mib(fn, device)
-        return Record(name, device, dtype, L, ms, peak, mode=mode)
+        record = Record(name, device, dtype, L, ms, peak, mode=mode)
+        if device == "cuda" and mode == "eager":
+            record.host_ms, record.gpu_ms = _host_ms(fn, max(repeats, 10)), _gpu_ms(fn, max(repeats, 10))
+        return record
     except torch.OutOfMemoryError:
         if device == "cuda":
             torch.cuda.empty_cache()

@@ -32,7 +32,25 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for name, mode in keys:
         lines.append(f"| {name} | {mode} | " + " | ".join(_cell(cell.get((name, mode, L))) for L in lengths) + " |")
     note = "\nRatios are to the dense attention module (cross_memory) of the same mode and length, same run.\n"
-    return head + "\n".join(lines) + "\n" + note
+    return head + "\n".join(lines) + "\n" + note + _split_table(rows, lengths)
+
+
+def _split_table(rows: list[dict], lengths: list[int]) -> str:
+    """CUDA eager calls: host enqueue time and device time per call, where measured."""
+    split = {(r["name"], r["length"]): r for r in rows if r.get("host_ms") is not None}
+    if not split:
+        return ""
+    lines = ["", "Host and GPU time per eager call (ms): the host's enqueue time in a back-to-back loop / the",
+             "device time of the call replayed from a CUDA graph. Host above GPU: launch-bound at that length.", "",
+             "| case | " + " | ".join(f"L={L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for name in dict.fromkeys(n for n, _ in split):
+        cells = []
+        for L in lengths:
+            r = split.get((name, L))
+            gpu = "-" if r is None or r.get("gpu_ms") is None else f"{r['gpu_ms']:.3g}"
+            cells.append("-" if r is None else f"{r['host_ms']:.3g} / {gpu}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plots(rows: list[dict], out: Path, stem: str) -> list[Path]:

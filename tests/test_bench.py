@@ -39,6 +39,7 @@ def test_scaling_suite_writes_results_with_ratios(tmp_path, monkeypatch):
     got = {(r.name, r.length) for r in records}
     assert got == {(n, L) for n in [*names, bench.BASELINE] for L in (16, 40)}, "the baseline is always measured"
     assert all(r.ms and r.ms > 0 and r.peak_mib is not None for r in records)
+    assert all(r.host_ms is None and r.gpu_ms is None for r in records), "the host / GPU split is CUDA only"
     by = {(r.name, r.length): r for r in records}
     for L in (16, 40):
         assert by[("strided", L)].ratio == pytest.approx(by[("strided", L)].ms / by[(bench.BASELINE, L)].ms)
@@ -48,6 +49,7 @@ def test_scaling_suite_writes_results_with_ratios(tmp_path, monkeypatch):
     assert data["meta"]["command"] == "test" and len(data["results"]) == 8
     table = paths[1].read_text()
     assert "| strided | eager |" in table and "x) /" in table
+    assert "Host and GPU time" not in table
     assert [p.name for p in paths[2:]] == [f"scaling-cpu-fp32-{k}.png" for k in ("latency", "memory", "ratio")]
     assert all(p.stat().st_size > 1000 for p in paths[2:])
 
@@ -74,3 +76,15 @@ def test_onnx_suite_measures_one_mechanism():
     assert row["nodes"] > 0 and row["eager_ms"] > 0 and row["ort_ms"] > 0
     with pytest.raises(BenchError, match="unknown mechanism"):
         bench.run_onnx(["bogus"])
+
+
+def test_markdown_gives_the_host_and_gpu_split_where_measured():
+    from hvlm_export.bench_report import markdown
+
+    base = {"device": "cuda", "dtype": "fp16", "peak_mib": 1.0, "status": "ok", "ratio": 1.0}
+    rows = [{**base, "name": "strided", "mode": "eager", "length": 8192, "ms": 0.33, "host_ms": 0.196, "gpu_ms": 0.218},
+            {**base, "name": "strided", "mode": "eager", "length": 32768, "ms": 2.3, "host_ms": 0.286, "gpu_ms": None},
+            {**base, "name": "strided", "mode": "compiled", "length": 8192, "ms": 0.4, "host_ms": None, "gpu_ms": None}]
+    table = markdown(rows, {"command": "c", "machine": "m", "date": "d"})
+    assert "| strided | 0.196 / 0.218 | 0.286 / - |" in table, table
+    assert table.split("Host and GPU time")[1].count("| strided |") == 1, "compiled rows have no split"
