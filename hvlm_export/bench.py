@@ -13,9 +13,9 @@ Suites (``hvlm-export bench --suite ...``):
   ``torch.cuda.max_memory_allocated`` on the GPU; on the CPU the peak of live tensor bytes
   seen by a TorchDispatchMode. On CUDA, eager calls are also split into host and device
   time (as trtexec reports enqueue and GPU compute time): ``host_ms``, the host's enqueue time
-  per call in a back-to-back loop, and ``gpu_ms``, the device time of one call captured in a
-  CUDA graph and replayed. A call whose host time exceeds its device time is launch-bound at
-  that length: its latency is the host's, whatever its kernels cost.
+  per call in a back-to-back loop, and ``gpu_ms``, the device time of one call (its kernels'
+  durations, torch.profiler). A call whose host time exceeds its device time is launch-bound
+  at that length: its latency is the host's, whatever its kernels cost.
 * ``onnx``: per mechanism, export time, node count, and ONNX Runtime vs eager latency.
 
 Results go to ``<out>/<stem>.json`` and ``.md``, plus PNG plots (latency, memory, ratio).
@@ -68,7 +68,7 @@ class Record:
     mode: str = "eager"
     ratio: float | None = None
     host_ms: float | None = None  # CUDA, eager: enqueue time per call
-    gpu_ms: float | None = None  # CUDA, eager: device time per call (CUDA graph replay)
+    gpu_ms: float | None = None  # CUDA, eager: device time per call (its kernels, torch.profiler)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -140,32 +140,26 @@ def _host_ms(fn: Callable[[], object], calls: int) -> float:
     return statistics.median(per_call)
 
 
-def _gpu_ms(fn: Callable[[], object], replays: int) -> float | None:
-    """Device milliseconds of one call: captured once in a CUDA graph, replays timed back to
-    back (median of 3 rounds). None if the call cannot be captured."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()  # warm-up off the capture stream, as torch.cuda.graphs asks
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    try:
-        with torch.cuda.graph(graph):
-            fn()
-    except RuntimeError:  # an op that synchronises or is not capturable
-        return None
-    rounds = []
-    for _ in range(3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(replays):
-            graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        rounds.append(start.elapsed_time(end) / replays)
-    del graph
-    torch.cuda.empty_cache()
-    return statistics.median(rounds)
+def _gpu_ms(fn: Callable[[], object], calls: int) -> float | None:
+    """Device milliseconds of one call: the summed durations of the kernels and copies it runs
+    (torch.profiler over ``calls`` calls, averaged). None where the profiler sees no device
+    activity. (Capturing the call in a CUDA graph would include launch gaps too, but a failed
+    capture, e.g. out of memory at long lengths, leaves CUDA's random generator in capture state
+    for the rest of the process.)"""
+    import warnings
+
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the profiler's notes about its event buffers
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+    device = [e.device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    return sum(device) / calls / 1e3 if device else None
 
 
 def _peak_mib(fn: Callable[[], object], device: str) -> float:
@@ -284,7 +278,7 @@ def _measure(name, make, device, dtype, L, repeats, mode) -> Record:
         peak = _peak_mib(fn, device)
         record = Record(name, device, dtype, L, ms, peak, mode=mode)
         if device == "cuda" and mode == "eager":
-            record.host_ms, record.gpu_ms = _host_ms(fn, max(repeats, 10)), _gpu_ms(fn, max(repeats, 10))
+            record.host_ms, record.gpu_ms = _host_ms(fn, max(repeats, 10)), _gpu_ms(fn, 3)
         return record
     except torch.OutOfMemoryError:
         if device == "cuda":

@@ -41,7 +41,7 @@ def _split_table(rows: list[dict], lengths: list[int]) -> str:
     if not split:
         return ""
     lines = ["", "Host and GPU time per eager call (ms): the host's enqueue time in a back-to-back loop / the",
-             "device time of the call replayed from a CUDA graph. Host above GPU: launch-bound at that length.", "",
+             "durations of the call's kernels (torch.profiler). Host above GPU: launch-bound at that length.", "",
              "| case | " + " | ".join(f"L={L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
     for name in dict.fromkeys(n for n, _ in split):
         cells = []

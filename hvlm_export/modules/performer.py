@@ -56,7 +56,7 @@ from hvlm_export.modules._attention import (
     zero_padding,
 )
 from hvlm_export.modules._streaming import StateSpec
-from hvlm_export.ops.favor import favor_softmax
+from hvlm_export.ops.favor import MAX_LENGTH, favor_softmax
 
 __all__ = ["PerformerAttention", "orthogonal_random_features"]
 
@@ -195,8 +195,15 @@ class PerformerAttention(MultiHeadProjections):
 
     def _use_triton(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused kernel (see ``impl``)."""
-        misfit = None if self.kernel == "softmax" else f"kernel={self.kernel!r}"
-        return use_fused(self.impl, x, self.q_proj.weight, "the 'softmax' kernel", lambda: misfit)
+        return use_fused(self.impl, x, self.q_proj.weight, "the 'softmax' kernel", lambda: self._misfit(x))
+
+    def _misfit(self, x: torch.Tensor) -> str | None:
+        """Why the fused kernel cannot serve this call, or None."""
+        if self.kernel != "softmax":
+            return f"kernel={self.kernel!r}"
+        if x.shape[1] > MAX_LENGTH:
+            return f"more than {MAX_LENGTH} tokens (the kernels' grid)"
+        return None
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, H, L, Dh) -> (psi, l): psi (B, H, L, m') in x's dtype, scaled by m'^-1/2, each

@@ -15,7 +15,11 @@ import torch
 
 from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, direct_launch_ok, require_kernel, triton_backed_op
 
-__all__ = ["favor_softmax", "favor_softmax_op", "TRITON_AVAILABLE"]
+__all__ = ["favor_softmax", "favor_softmax_op", "TRITON_AVAILABLE", "MAX_LENGTH"]
+
+#: longest sequence the kernels take: their grids hold one program per 64-token block of rows
+#: (favor_triton.BLOCK_L) on an axis CUDA limits to 65535 blocks
+MAX_LENGTH = 64 * 65535
 
 if TRITON_AVAILABLE:  # named at module level so that torch finds the op's kernels (triton_backed)
     from hvlm_export.ops.favor_triton import favor_softmax_triton

@@ -23,12 +23,14 @@ hvlm_export.modules.performer, "Numerics"):
    it alone owns) in the frame R at the previous block's end, R_t inside a block being the
    block's running max of l after that frame: query t gets phi_t S exp(frame - R_t) plus the
    block's own keys j <= t weighted exp(l_j - R_t). Nothing computed for query t reads a key
-   after t (keys after t in its block weigh an exact 0), so the output is exactly causal, as
-   the torch path is.
+   after t (keys after t in its block weigh an exact 0), so for finite inputs the output is
+   exactly causal, as the torch path is (an inf or NaN in a later key or value of the same
+   block reaches the earlier rows through 0 * inf).
 
-Launches per call (host time is what 8K tokens are bound by on the project's GPU machine,
-docs/BENCHMARKS.md): non-causal 6 (W's scaling, row stats, max, key sums, split sums,
-output), causal 5 (W's scaling, row stats, key sums, carry, output).
+Launches per call (host time bounds 8K tokens on the project's GPU machine, BENCHMARKS.md),
+W in the inputs' dtype and no key mask: non-causal 6 (W's scaling, row stats, max, key sums,
+split sums, output), causal 5 (no max and split sums; a carry). A float32 W adds a cast, a key
+mask three small ops.
 
 The writes go to the (B, L, H * D) layout the output projection reads. Matmuls run on
 half-precision operands with float32 accumulation (the carried S is unbounded and stays
@@ -47,27 +49,25 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-
 __all__ = ["favor_softmax_triton"]
 
 BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
-#: the causal pass's (feature tile, tokens per block, warps) and its programs (segments x B x H:
-#: enough to fill the 132 SMs twice). Measured on the H200 by benchmarks/favor_tuning.py:
-#: (32, 64, 4) is the fastest from 16K tokens on; (64, 128, 8) was 10% faster at 8K but gave
-#: wrong sums at head width 32 (not understood, docs/BENCHMARKS.md), so every length uses the first.
+#: the causal pass's (feature tile, tokens per block, warps) and programs (segments x B x H: the
+#: 132 SMs twice). benchmarks/favor_tuning.py on the H200: (32, 64, 4) the fastest from 16K on;
+#: (64, 128, 8) 10% faster at 8K but wrong sums at head width 32 (docs/BENCHMARKS.md).
 CAUSAL_CONFIG = (32, 64, 4)
 CAUSAL_PROGRAMS = 256
 _SUM_ROWS = 8  # features per program of _sum_splits (every split's rows at once: 16 x 8 x 64 floats)
 _NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
-# the kernels take sizes (H, L, per-program lengths) without specialising on them (== 1, % 16):
-# one compiled kernel per configuration serves every length, no compile of seconds mid-serving
+# sizes (H, L, per-program lengths) are not specialised on (== 1, % 16): one compiled kernel
+# per configuration serves every length, no compile of seconds mid-serving
 
 
 @triton.jit
 def _load_rows(ptr, rows, d, stride_l, L, D: tl.constexpr):
     """(BLOCK_L, D_PAD) rows of one (b, h) slice."""
     mask = (rows[:, None] < L) & (d[None, :] < D)
-    return tl.load(ptr + rows[:, None] * stride_l + d[None, :], mask=mask, other=0.0)
+    return tl.load(ptr + rows.to(tl.int64)[:, None] * stride_l + d[None, :], mask=mask, other=0.0)
 
 
 @triton.jit
@@ -103,7 +103,7 @@ def _row_stats(
 ):
     """Queries (program axis 2 = 0) and keys (= 1) in one launch."""
     half_sq_scale = tl.cast(half_sq_scale, tl.float32)  # Inductor passes Python floats as float64
-    bh, blk = tl.program_id(0), tl.program_id(1)
+    bh, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)  # int64: (b h) offsets pass 2**31
     rows = blk * BLOCK_L + tl.arange(0, BLOCK_L)
     if tl.program_id(2) == 0:
         _stats_rows(q_ptr, w_ptr, rowmax_q_ptr, logw_ptr, bh, rows, H, L, m, half_sq_scale,
@@ -124,7 +124,7 @@ def _key_sums(
     l over the split itself (a segment), which the feature tile 0 programs write to frame_ptr
     (BH, splits) for _carry."""
     log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
-    bh, tile, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    bh, tile, split = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     b, h = bh // H, bh % H
     d = tl.arange(0, D_PAD)
     m0 = tile * BLOCK_M
@@ -160,10 +160,9 @@ def _key_sums(
 @triton.jit(do_not_specialize=["L", "splits"])
 def _sum_splits(s_part_ptr, z_part_ptr, s_ptr, z_ptr, L, splits,
                 D_PAD: tl.constexpr, M_PAD: tl.constexpr, ROWS: tl.constexpr, SPLITS_PAD: tl.constexpr):
-    """Non-causal: S and z of one (b h, ROWS features) summed over the splits (all splits'
-    rows loaded at once, float32), divided by L and rounded to the output's dtype (bounded by
-    |v|: no overflow)."""
-    bh, blk = tl.program_id(0), tl.program_id(1)
+    """Non-causal: S, z of (b h, ROWS features) over the splits (loaded at once, float32) / L,
+    in the output's dtype (bounded by |v|)."""
+    bh, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)
     f = blk * ROWS + tl.arange(0, ROWS)
     d = tl.arange(0, D_PAD)
     sp = tl.arange(0, SPLITS_PAD)
@@ -177,32 +176,41 @@ def _sum_splits(s_part_ptr, z_part_ptr, s_ptr, z_ptr, L, splits,
     tl.store(z_ptr + out, (z_sum / L).to(z_ptr.dtype.element_ty))
 
 
-@triton.jit(do_not_specialize=["splits"])
-def _carry(seg_max_ptr, s_ptr, z_ptr, cs_ptr, cz_ptr, enter_ptr, splits,
+@triton.jit(do_not_specialize=["splits", "group"])
+def _carry(seg_max_ptr, s_ptr, z_ptr, cs_ptr, cz_ptr, enter_ptr, splits, group,
            D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Causal: what segment j's queries start from. Its entering frame F_j = max_{i < j} m_i
-    (= R at the previous segment's end; _NEG for j = 0) from the segment maxima m_i, and the
-    sums C_j = sum_{i < j} exp(m_i - F_j) S_i of the segment sums S_i (each in its own frame
-    m_i): weights <= 1, float32. One program per (b h, feature tile, j), whose loads are
-    independent of each other; the tile 0 programs write F_j."""
-    bh, tile, j = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """Causal: what segment j's queries start from: the entering frame F_j = max_{i < j} m_i
+    (R at the previous segment's end; _NEG for j = 0) of the segment maxima m_i, and the sums
+    C_j = sum_{i < j} exp(m_i - F_j) S_i (weights <= 1, float32) of the segment sums S_i, each
+    in its frame m_i. A program per (b h, feature tile, ``group`` segments) sums its first C
+    directly (independent loads), then steps through the group (C_{j+1} = exp(F_j - F_{j+1}) C_j
+    + exp(m_j - F_{j+1}) S_j): loads stay near-linear in the segments. Tile 0 writes F_j."""
+    bh, tile, first = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2) * group
     f = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D_PAD)
     entering = tl.full((), -1.0e30, tl.float32)  # _NEG
-    for i in tl.range(0, j):
+    for i in tl.range(0, first):
         entering = tl.maximum(entering, tl.load(seg_max_ptr + bh * splits + i))
     s_acc = tl.zeros((BLOCK_M, D_PAD), tl.float32)
     z_acc = tl.zeros((BLOCK_M,), tl.float32)
-    for i in tl.range(0, j):
+    for i in tl.range(0, first):
         weight = tl.exp(tl.load(seg_max_ptr + bh * splits + i) - entering)
         row = (bh * splits + i) * M_PAD + f
         s_acc += weight * tl.load(s_ptr + row[:, None] * D_PAD + d[None, :])
         z_acc += weight * tl.load(z_ptr + row)
-    out = (bh * splits + j) * M_PAD + f
-    tl.store(cs_ptr + out[:, None] * D_PAD + d[None, :], s_acc)
-    tl.store(cz_ptr + out, z_acc)
-    if tile == 0:
-        tl.store(enter_ptr + bh * splits + j, entering)
+    for j in tl.range(first, tl.minimum(first + group, splits)):
+        row = (bh * splits + j) * M_PAD + f
+        tl.store(cs_ptr + row[:, None] * D_PAD + d[None, :], s_acc)
+        tl.store(cz_ptr + row, z_acc)
+        if tile == 0:
+            tl.store(enter_ptr + bh * splits + j, entering)
+        if j + 1 < tl.minimum(first + group, splits):  # fold S_j in for the group's next segment
+            m_j = tl.load(seg_max_ptr + bh * splits + j)
+            frame = tl.maximum(entering, m_j)
+            decay, weight = tl.exp(entering - frame), tl.exp(m_j - frame)
+            s_acc = s_acc * decay + weight * tl.load(s_ptr + row[:, None] * D_PAD + d[None, :])
+            z_acc = z_acc * decay + weight * tl.load(z_ptr + row)
+            entering = frame
 
 
 @triton.jit
@@ -216,7 +224,7 @@ def _query_out(
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
-    bh, blk = tl.program_id(0), tl.program_id(1)
+    bh, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)
     b, h = bh // H, bh % H
     rows = blk * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.arange(0, D_PAD)
@@ -243,7 +251,7 @@ def _causal_out(
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
-    bh, sg = tl.program_id(0), tl.program_id(1)
+    bh, sg = tl.program_id(0).to(tl.int64), tl.program_id(1)
     b, h = bh // H, bh % H
     d = tl.arange(0, D_PAD)
     slot = bh * tl.num_programs(1) + sg
@@ -324,10 +332,10 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     if not causal:
         block_m = BLOCK_M
     m_pad = triton.cdiv(m, block_m) * block_m
-    # x W^T D^-1/4 = x' W^T: W scaled in float32 and rounded to q's dtype, one launch (half
-    # or float32 W: torch computes in float32; float64 is rounded to float32 first)
-    w = torch.mul(projection.float() if projection.dtype == torch.float64 else projection, d**-0.25)
-    w = w.to(q.dtype).contiguous()
+    # x W^T D^-1/4 = x' W^T: W scaled in float32 and rounded once to q's dtype; one launch when
+    # W has q's dtype (torch multiplies half precision in float32), else from a float32 W
+    same = projection.dtype in (q.dtype, torch.float32)
+    w = torch.mul(projection if same else projection.float(), d**-0.25).to(q.dtype).contiguous()
     bh, log_eps = b * h, math.log(eps)
     rowmax_q = torch.empty(bh, length, device=q.device, dtype=torch.float32)
     rowmax_k, logw = torch.empty_like(rowmax_q), torch.empty_like(rowmax_q)
@@ -344,8 +352,10 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         s_sums, z_sums, seg_max = _split_key_sums(k, v, w, rowmax_k, logw, None, seg, log_eps, m, common, traced)
         s_carry, z_carry = torch.empty_like(s_sums), torch.empty_like(z_sums)
         enter = torch.empty_like(seg_max)
-        (wrap_triton(_carry) if traced else _carry)[(bh, m_pad // block_m, splits)](
-            seg_max, s_sums, z_sums, s_carry, z_carry, enter, splits, D_PAD=d_pad, M_PAD=m_pad, BLOCK_M=block_m)
+        group = splits // 32 + 1  # segments per _carry program (no max(): symbolic under torch.compile)
+        (wrap_triton(_carry) if traced else _carry)[(bh, m_pad // block_m, triton.cdiv(splits, group))](
+            seg_max, s_sums, z_sums, s_carry, z_carry, enter, splits, group, D_PAD=d_pad, M_PAD=m_pad,
+            BLOCK_M=block_m)
         (wrap_triton(_causal_out) if traced else _causal_out)[(bh, splits)](
             q, k, v, w, rowmax_q, rowmax_k, logw, enter, s_carry, z_carry, out,
             h, length, m, log_eps, seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
@@ -367,11 +377,9 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
 
 
 def _segments(length: int, bh: int, block: int) -> tuple[int, int]:
-    """(tokens per segment, segments) of the causal pass: about CAUSAL_PROGRAMS programs in
-    all, segments a multiple of its ``block`` and of BLOCK_L (one block each when there are
-    fewer blocks than wanted segments). No min / max of sizes: with a symbolic length
-    (torch.compile, dynamic shapes) those become sympy Min / Max that Inductor's tiling of
-    the glue around the kernels could not order (an InductorError, measured on torch 2.11)."""
+    """(tokens per segment, segments) of the causal pass: about CAUSAL_PROGRAMS programs, segments
+    a multiple of ``block`` and BLOCK_L. No min / max of sizes: under torch.compile's dynamic
+    shapes they become sympy Min / Max that Inductor could not tile (InductorError, torch 2.11)."""
     unit = max(block, BLOCK_L)
     seg = triton.cdiv(triton.cdiv(length, unit), triton.cdiv(CAUSAL_PROGRAMS, bh)) * unit
     return seg, triton.cdiv(length, seg)

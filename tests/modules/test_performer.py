@@ -91,6 +91,17 @@ def test_triton_impl_refuses_what_it_cannot_run(kwargs):
         layer(torch.randn(1, 5, 32))
 
 
+def test_fused_kernel_names_what_it_cannot_serve():
+    """The reason the fused path gives (in impl='triton' errors, and 'auto' falls back): another
+    kernel, or a sequence longer than the kernels' grid holds."""
+    from hvlm_export.ops.favor import MAX_LENGTH
+
+    layer = PerformerAttention(dim=32, num_heads=4)
+    assert layer._misfit(torch.empty(1, MAX_LENGTH, 32, device="meta")) is None
+    assert "tokens" in layer._misfit(torch.empty(1, MAX_LENGTH + 1, 32, device="meta"))
+    assert "kernel='relu'" in PerformerAttention(dim=32, num_heads=4, kernel="relu")._misfit(torch.empty(1, 5, 32))
+
+
 @pytest.mark.parametrize("kernel", ["softmax", "relu", "elu"])
 @pytest.mark.parametrize("chunk", [4, 16, 64])
 def test_causal_output_never_sees_the_future(kernel, chunk):

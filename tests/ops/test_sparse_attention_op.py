@@ -95,7 +95,8 @@ errors = []
 for b, n, e, h, m, causal, programs, pad in [(2, 70, 48, 2, 40, False, 256, 0), (1, 300, 32, 1, 70, False, 256, 0),
                                              (2, 150, 48, 2, 40, False, 256, 33), (2, 1, 32, 2, 20, False, 256, 0),
                                              (1, 200, 48, 2, 40, True, 1, 0), (2, 300, 32, 2, 70, True, 16, 0),
-                                             (1, 1, 32, 1, 20, True, 256, 0), (1, 130, 64, 1, 33, True, 256, 0)]:
+                                             (1, 1, 32, 1, 20, True, 256, 0), (1, 130, 64, 1, 33, True, 256, 0),
+                                             (1, 2200, 32, 1, 20, True, 256, 0), (1, 4200, 32, 1, 20, True, 256, 0)]:
     favor_triton.CAUSAL_PROGRAMS = programs
     layer = PerformerAttention(e, h, nb_features=m, causal=causal).double().eval()
     x = torch.randn(b, n, e, dtype=torch.float64) * 2
@@ -117,8 +118,9 @@ print(max(errors) if all(e == e for e in errors) else float("nan"))  # NaN (e !=
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (it ships with CUDA torch builds)")
 def test_favor_kernels_in_the_triton_interpreter():
     """The FAVOR+ kernels, non-causal (with and without padded keys) and causal (one segment,
-    several, a single token), padded head widths and feature counts, against the layer's torch
-    path in float64: within fp16 rounding of q, k and v; a NaN fails."""
+    several, a single token, 35 and 66 segments: carries over groups of 2 and 3), padded head
+    widths and feature counts, against the layer's torch path in float64: within fp16
+    rounding of q, k and v; a NaN fails."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(_FAVOR_INTERPRETED)], env=env, cwd=ROOT,
                           capture_output=True, text=True, timeout=600)

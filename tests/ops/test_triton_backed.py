@@ -114,3 +114,12 @@ def test_compile_sees_the_triton_kernels(monkeypatch, name, layer, kernels, opaq
     targets = _compiled_graph_targets(layer(), 100)
     assert targets.count("triton_kernel_wrapper_functional") == kernels, (name, targets)
     assert [t for t in targets if t.startswith("hvlm.")] == opaque, (name, targets)
+
+
+@NEEDS_TRITON
+def test_favor_length_limit_is_the_kernels_grid():
+    """MAX_LENGTH (checked by PerformerAttention without importing Triton) is what the kernels'
+    row-block grid axis (65535 blocks of BLOCK_L rows) holds."""
+    from hvlm_export.ops import favor, favor_triton
+
+    assert favor.MAX_LENGTH == favor_triton.BLOCK_L * 65535
