@@ -158,7 +158,8 @@ def _gpu_ms(fn: Callable[[], object], calls: int) -> float | None:
             for _ in range(calls):
                 fn()
             torch.cuda.synchronize()
-    device = [e.device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA]
+    device = [e.device_time_total for e in prof.key_averages()  # kernels, copies, memsets; not ranges
+              if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     return sum(device) / calls / 1e3 if device else None
 
 

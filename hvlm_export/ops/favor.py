@@ -33,7 +33,14 @@ def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection:
     if not direct_launch_ok():
         return favor_softmax_op(q, k, v, projection, eps, causal, key_mask)
     require_kernel("hvlm::favor_softmax", q)
+    _check_length(q)
     return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask)
+
+
+def _check_length(q: torch.Tensor) -> None:
+    if q.shape[2] > MAX_LENGTH:
+        raise ValueError(f"hvlm::favor_softmax takes at most {MAX_LENGTH} tokens (the kernels' grid); got "
+                         f"{q.shape[2]}.\nNote: PerformerAttention takes its torch path for longer sequences.")
 
 
 @triton_backed_op("hvlm::favor_softmax")
@@ -43,6 +50,7 @@ def favor_softmax_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projecti
     tokens may be keys (non-causal only; None: all). Returns (B, L, H * D). CUDA tensors
     only (``require_kernel``)."""
     require_kernel("hvlm::favor_softmax", q)
+    _check_length(q)
     return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask, traced=True)
 
 

@@ -123,3 +123,11 @@ def test_favor_length_limit_is_the_kernels_grid():
     from hvlm_export.ops import favor, favor_triton
 
     assert favor.MAX_LENGTH == favor_triton.BLOCK_L * 65535
+
+
+def test_favor_op_refuses_sequences_longer_than_its_grid():
+    from hvlm_export.ops import favor
+
+    favor._check_length(torch.empty(1, 2, favor.MAX_LENGTH, 8, device="meta"))
+    with pytest.raises(ValueError, match="at most 4194240 tokens"):
+        favor._check_length(torch.empty(1, 2, favor.MAX_LENGTH + 1, 8, device="meta"))
