@@ -2,7 +2,7 @@
 
 For PerformerAttention's fused op at each length (B = 1, 12 heads of 64, m = 266, fp16),
 non-causal and causal: device time per call (the op captured in a CUDA graph, replays timed
-back to back, best of three), host time per call (enqueueing, 200 calls), the relative
+back to back, best of three), host time per call (enqueueing, median of 7 loops of 50 calls), the relative
 difference to the earlier version's output, the error of the layer's output against the
 float64 torch path (at the first length), and the current version's kernels (torch.profiler).
 
@@ -18,7 +18,6 @@ import functools
 import importlib.util
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -26,7 +25,7 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.host_overhead import graph_ms  # noqa: E402
+from benchmarks.host_overhead import graph_ms, queued_and_host_ms  # noqa: E402
 from hvlm_export.modules import PerformerAttention, cast_module  # noqa: E402
 from hvlm_export.modules.performer import _SOFTMAX_EPS  # noqa: E402
 from hvlm_export.ops import favor_triton  # noqa: E402
@@ -37,18 +36,6 @@ def load(path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def host_us(fn, calls: int = 200) -> float:
-    for _ in range(5):
-        fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - start) / calls * 1e6
-    torch.cuda.synchronize()
-    return host
 
 
 def kernel_times(fn, top: int = 6) -> str:
@@ -87,7 +74,7 @@ def main() -> None:
                                        causal)
                 outs[name] = fn()
                 err = rel(layer.out_proj(outs[name]), want) if want is not None else float("nan")
-                rows.append((causal, length, name, min(graph_ms(fn) for _ in range(3)), host_us(fn),
+                rows.append((causal, length, name, min(graph_ms(fn) for _ in range(3)), queued_and_host_ms(fn)[1] * 1e3,
                              rel(outs[name], outs["baseline"]), err))
                 print(*rows[-1], flush=True)
             print("kernels (current):", kernel_times(functools.partial(

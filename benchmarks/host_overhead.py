@@ -2,8 +2,8 @@
 
 For each case (registry bench cases, fp16, B = 1) at each length, four times per call, in ms:
 
-- ``synced``: CUDA events around one call, synchronised after each (what ``hvlm-export bench``
-  reports: the latency of one call that starts on an idle GPU);
+- ``synced``: CUDA events around one call, synchronised after each (``hvlm-export bench``'s
+  timing, median of 30: the latency of one call that starts on an idle GPU);
 - ``queued``: CUDA events around 50 calls enqueued back to back (the time per call of a layer
   inside a model, where the host runs ahead of the GPU as long as the GPU is the slower);
 - ``host``: the host's enqueue time per call in the same loop;
@@ -33,19 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hvlm_export.bench import _module_cases  # noqa: E402
-
-
-def synced_ms(fn, repeats: int = 30) -> float:
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+from hvlm_export.bench import _module_cases, _time  # noqa: E402
 
 
 def queued_and_host_ms(fn, calls: int = 50, loops: int = 7) -> tuple[float, float]:
@@ -160,7 +148,7 @@ def main() -> None:
             for _ in range(5):
                 fn()
             queued, host = queued_and_host_ms(fn)
-            row = (name, length, synced_ms(fn), queued, host, graph_ms(fn), kernel_count(fn))
+            row = (name, length, _time(fn, "cuda", 30), queued, host, graph_ms(fn), kernel_count(fn))
             rows.append(row)
             print(*row, flush=True)
             if args.cprofile and i == 0:
