@@ -13,7 +13,7 @@ compiles (ncu's occupancy is the authority); the loop's instruction mix is the p
 counts, not a profile: they show what each element costs to issue.
 Needs the ``triton`` package (any machine; no CUDA driver).
 
-Usage: python benchmarks/scan_sass.py [--items 4 8 16] [--warps 4]
+Usage: python benchmarks/scan_sass.py [--items 4 8 16] [--warps 4] [--masked]
 """
 
 from __future__ import annotations
@@ -28,11 +28,16 @@ from pathlib import Path
 import triton
 from triton.backends.compiler import GPUTarget
 
-from hvlm_export.ops.selective_scan_triton import ScanConfig, compile_ahead, scan_kernel
+from hvlm_export.ops.scan_aot import compile_ahead
+from hvlm_export.ops.selective_scan_triton import ScanConfig, scan_kernel
 
 _BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-def compile_kernel(items: int, warps: int, buffers: int = 2, maxnreg: int | None = 168, nstate: int = 16):
-    flags = dict(SOFTPLUS=True, HAS_Z=True, HAS_INIT=False, BLOCK_N=nstate, ITEMS=items, NBUF=buffers)
+
+
+def compile_kernel(items: int, warps: int, buffers: int = 2, maxnreg: int | None = 168, nstate: int = 16,
+                   masked: bool = False):
+    """The kernel as a launch at L = 8192, D = 1536 compiles it: unmasked (EVEN), unless ``masked``."""
+    flags = dict(SOFTPLUS=True, HAS_Z=True, HAS_INIT=False, BLOCK_N=nstate, ITEMS=items, NBUF=buffers, EVEN=not masked)
     return compile_ahead(scan_kernel, "float32", flags, ScanConfig(warps, items, buffers, maxnreg),
                          target=GPUTarget("cuda", 90, 32), unit_l_strides=True)
 
@@ -63,10 +68,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, nargs="+", default=[4, 8, 16])
     parser.add_argument("--warps", type=int, nargs="+", default=[4])
+    parser.add_argument("--masked", action="store_true", help="the masked form (L not a multiple of the chunk)")
     args = parser.parse_args()
     for items in args.items:
         for warps in args.warps:
-            body, resources = loop_body(compile_kernel(items, warps).asm["cubin"])
+            body, resources = loop_body(compile_kernel(items, warps, masked=args.masked).asm["cubin"])
             ops = collections.Counter(re.sub(r"^@!?U?P\w+\s+", "", x).split()[0].split(".")[0] for x in body)
             per_element = len(body) / (items * 16)
             print(f"items {items}, warps {warps}: {resources}; chunk loop {len(body)} instructions, "

@@ -8,10 +8,11 @@ benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
 
 * **Time across the lanes.** A warp owns one channel of one batch row and walks L in chunks
   of T steps; lane j holds steps j ITEMS .. (j + 1) ITEMS - 1 of the chunk. For each state n
-  the lane runs its ITEMS steps from zero (h <- a h + b, a = exp(delta A), b = delta u B), the
-  32 lanes' (total decay, end state) pairs are scanned with warp shuffles (5 levels), the
-  state that enters the chunk is folded in, and the lane reruns its steps from its true
-  entering state, adding C h to y. The exponential is taken once per (d, n, t) (the two-pass
+  the lane runs its ITEMS steps from zero (h <- a h + b, a = exp(delta A), b = delta u B),
+  lane 0 folds in the state that enters the chunk, the 32 lanes' (total decay, end state)
+  pairs are scanned with warp shuffles (5 levels, the last without the decay), giving each
+  lane's true end state, and the lane reruns its steps from the state its left neighbour
+  ends in, adding C h to y. The exponential is taken once per (d, n, t) (the two-pass
   kernel took it twice) and there is no second pass, chain kernel or carry tensor in memory.
   A lane's run through its steps is ``gl.associative_scan`` along an axis held entirely by
   one thread, which Triton lowers as a left fold in order; its combine (``_chain``) relies on
@@ -22,9 +23,14 @@ benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
 * **Staging.** B and C (shared by the program's W channels) go to shared memory as float32,
   by cp.async (16-bit ones through registers: cp.async moves 4 bytes or more), the next
   chunk's while this one runs (two buffers), swizzled so that each lane's
-  ITEMS steps are one conflict-free 16-byte read; u, delta and z are loaded a chunk ahead into
-  registers. Softplus(delta + bias), delta u, D u and the silu(z) gate are applied on the
-  chunk in registers; y is written once, coalesced.
+  ITEMS steps are one conflict-free 16-byte read; u and delta are loaded a chunk ahead into
+  registers, z in the chunk that uses it (ptxas issues it near the gate, so it holds no
+  registers through the states). Softplus(delta + bias), delta u, D u and the silu(z) gate
+  are applied on the chunk in registers; y is written once, coalesced.
+* **Unmasked form** (``EVEN``): where L is a multiple of T, D of W and N a power of two, the
+  tiles need no bounds masks (the last chunk's prefetch loads itself again); with the masks
+  gone the chunk loop is 17 % shorter and spills nothing under the register cap. Other shapes
+  take the masked form, as does the TensorRT plugin (its L is known only at run time).
 
 Inputs are read in place when their steps are adjacent in memory ((B, rows, L) memory, what
 MambaLayer's CUDA path produces); the launcher copies other layouts to that one first (on an
@@ -48,11 +54,9 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from hvlm_export.ops.scan_config import MAX_GRID_Y, ScanConfig, default_config, plugin_config
 
-__all__ = ["selective_scan_triton", "ScanConfig", "default_config", "compile_plugin_ptx", "compile_ahead",
-           "scan_kernel", "scan_plugin_kernel", "plugin_config"]
+__all__ = ["selective_scan_triton", "ScanConfig", "default_config", "scan_kernel", "scan_plugin_kernel", "plugin_config"]
 
 _LOG2E, _LN2 = gl.constexpr(1.4426950408889634), gl.constexpr(0.6931471805599453)
-_TRITON_PTR = {"float32": "*fp32", "float16": "*fp16", "bfloat16": "*bf16"}
 
 
 @gluon.jit
@@ -117,7 +121,8 @@ def _staging_layout(rank, items, itemsize):
 
 
 @gluon.jit
-def _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS: gl.constexpr, L: gl.constexpr):
+def _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS: gl.constexpr, L: gl.constexpr,
+                  ):
     """int64 offsets and in-bounds mask of the (ROWS, 32, ITEMS) tile at (row0, t0)."""
     r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, gl.SliceLayout(2, L)))
     j = gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(2, L)))
@@ -128,22 +133,31 @@ def _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS
 
 
 @gluon.jit
-def _fetch(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS: gl.constexpr):
+def _fetch(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS: gl.constexpr,
+           EVEN: gl.constexpr = False):
     """Issue the load of a (ROWS, 32, ITEMS) tile in its dtype (zeros outside the tensor)."""
     L: gl.constexpr = _tile_layout(gl.num_warps(), ITEMS)
     offsets, mask = _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS, ITEMS, L)
+    if EVEN:
+        return gl.load(base + offsets)
     return gl.load(base + offsets, mask=mask, other=0.0)
 
 
 @gluon.jit
 def _stage_bc(s_b, s_c, b_base, c_base, sB_n, sB_t, sC_n, sC_t, t0, nstate, length, BLOCK_N: gl.constexpr,
-              ITEMS: gl.constexpr):
+              ITEMS: gl.constexpr, EVEN: gl.constexpr = False):
     """The chunk's B and C tiles into one float32 staging buffer: cp.async (one commit group)
     for float32 inputs, a load and store for 16-bit ones."""
     L: gl.constexpr = _tile_layout(gl.num_warps(), ITEMS)
     b_offsets, b_mask = _tile_offsets(sB_n, sB_t, 0, t0, nstate, length, BLOCK_N, ITEMS, L)
     c_offsets, c_mask = _tile_offsets(sC_n, sC_t, 0, t0, nstate, length, BLOCK_N, ITEMS, L)
-    if b_base.dtype.element_ty.primitive_bitwidth == 32:
+    if EVEN and b_base.dtype.element_ty.primitive_bitwidth == 32:
+        cp.async_copy_global_to_shared(s_b, b_base + b_offsets)
+        cp.async_copy_global_to_shared(s_c, c_base + c_offsets)
+    elif EVEN:
+        s_b.store(gl.load(b_base + b_offsets).to(gl.float32))
+        s_c.store(gl.load(c_base + c_offsets).to(gl.float32))
+    elif b_base.dtype.element_ty.primitive_bitwidth == 32:
         cp.async_copy_global_to_shared(s_b, b_base + b_offsets, mask=b_mask)
         cp.async_copy_global_to_shared(s_c, c_base + c_offsets, mask=c_mask)
     else:
@@ -167,18 +181,23 @@ def _state_chunk(n, buf, dt, du, dsum, y, carry, nc, s_a, s_b, s_c, item, lane, 
     _, h = gl.associative_scan((a, b), 2, _chain)  # the lane's steps from zero
     _, lane_end = gl.reduce((a, h), 2, _last)
     # inclusive scan over the lanes of (decay, end state) pairs: h -> decay h + end
-    dec, end = _ex2(dsum * gl.sum(a2, axis=2)), lane_end
+    # lane 0 folds in the state entering the chunk, so the inclusive scan over the lanes of
+    # (decay, end state) pairs gives each lane's true end state; the last level needs no decay
+    dec = _ex2(dsum * gl.sum(a2, axis=2))
+    end = gl.where(lane == 0, lane_end + dec * h_in, lane_end)
     for k in gl.static_range(5):
-        dec_below, end_below = _shfl_up(dec, 1 << k), _shfl_up(end, 1 << k)
+        end_below = _shfl_up(end, 1 << k)
         take = lane >= (1 << k)
-        end = gl.where(take, end_below * dec + end, end)
-        dec = gl.where(take, dec_below * dec, dec)
-    dec_before = gl.where(lane == 0, 1.0, _shfl_up(dec, 1))
-    end_before = gl.where(lane == 0, 0.0, _shfl_up(end, 1))
-    entering = gl.expand_dims(end_before + dec_before * h_in, 2)  # the state entering the lane's steps
+        if k < 4:
+            dec_below = _shfl_up(dec, 1 << k)
+            end = gl.where(take, end_below * dec + end, end)
+            dec = gl.where(take, dec_below * dec, dec)
+        else:
+            end = gl.where(take, end_below * dec + end, end)
+    entering = gl.expand_dims(gl.where(lane == 0, h_in, _shfl_up(end, 1)), 2)  # the state entering the lane's steps
     b = gl.where(item == 0, b + a * entering, b)
     _, h = gl.associative_scan((a, b), 2, _chain)
-    out = gl.expand_dims(gl.convert_layout(_from_last_lane(end + dec * h_in), gl.SliceLayout(2, nc.type.layout)), 2)
+    out = gl.expand_dims(gl.convert_layout(_from_last_lane(end), gl.SliceLayout(2, nc.type.layout)), 2)
     return y + c_row * h, gl.where(nc == n, out, carry)
 
 
@@ -210,7 +229,7 @@ def _scan_program(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, init_ptr, dim, length, nstate,
     su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
     SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, HAS_INIT: gl.constexpr, BLOCK_N: gl.constexpr, ITEMS: gl.constexpr,
-    NBUF: gl.constexpr,
+    NBUF: gl.constexpr, EVEN: gl.constexpr = False,
 ):
     """W channels (a warp each) of one batch row over the whole L (module docstring); every
     (B, rows, L) tensor has unit stride along L."""
@@ -233,33 +252,36 @@ def _scan_program(
     s_c = s_c4._reinterpret(gl.float32, [NBUF * BLOCK_N, 32, ITEMS], SH2)
     u_base, d_base, z_base = u_ptr + pid_b * su_b, delta_ptr + pid_b * sd_b, z_ptr + pid_b * sz_b
     b_base, c_base = B_ptr + pid_b * sB_b, C_ptr + pid_b * sC_b
-    _stage_bc(s_b4.index(0), s_c4.index(0), b_base, c_base, sB_n, sB_t, sC_n, sC_t, 0, nstate, length, BLOCK_N, ITEMS)
-    u_raw = _fetch(u_base, su_d, su_t, d0, 0, dim, length, W, ITEMS)
-    d_raw = _fetch(d_base, sd_d, sd_t, d0, 0, dim, length, W, ITEMS)
-    z_raw = u_raw
-    if HAS_Z:
-        z_raw = _fetch(z_base, sz_d, sz_t, d0, 0, dim, length, W, ITEMS)
+    _stage_bc(s_b4.index(0), s_c4.index(0), b_base, c_base, sB_n, sB_t, sC_n, sC_t, 0, nstate, length, BLOCK_N, ITEMS, EVEN)
+    u_raw = _fetch(u_base, su_d, su_t, d0, 0, dim, length, W, ITEMS, EVEN)
+    d_raw = _fetch(d_base, sd_d, sd_t, d0, 0, dim, length, W, ITEMS, EVEN)
     T: gl.constexpr = 32 * ITEMS
     for t0 in range(0, length, T):
         buf = (t0 // T) % NBUF
+        t_next = t0 + T
+        if EVEN:  # no masks: the last chunk prefetches itself again (in bounds, unused)
+            t_next = gl.minimum(t_next, length - T)
         u = gl.convert_layout(u_raw.to(gl.float32), LX)
         dt = gl.convert_layout(d_raw.to(gl.float32), LX) + bias
         if SOFTPLUS:
             dt = _softplus(dt)
-        dt = gl.where((d3 < dim) & (t0 + gl.expand_dims(lane, 2) * ITEMS + item < length), dt, 0.0)  # pad: decay 1
+        if not EVEN:
+            dt = gl.where((d3 < dim) & (t0 + gl.expand_dims(lane, 2) * ITEMS + item < length), dt, 0.0)  # pad: decay 1
         du, y, dsum = dt * u, Dv * u, gl.sum(dt, axis=2)
-        z_cur = z_raw
         if NBUF == 2:
-            _stage_bc(s_b4.index(1 - buf), s_c4.index(1 - buf), b_base, c_base, sB_n, sB_t, sC_n, sC_t, t0 + T,
-                      nstate, length, BLOCK_N, ITEMS)
+            _stage_bc(s_b4.index(1 - buf), s_c4.index(1 - buf), b_base, c_base, sB_n, sB_t, sC_n, sC_t, t_next,
+                      nstate, length, BLOCK_N, ITEMS, EVEN)
             cp.wait_group(1)
         else:
             cp.wait_group(0)
-        u_raw = _fetch(u_base, su_d, su_t, d0, t0 + T, dim, length, W, ITEMS)
-        d_raw = _fetch(d_base, sd_d, sd_t, d0, t0 + T, dim, length, W, ITEMS)
-        if HAS_Z:
-            z_raw = _fetch(z_base, sz_d, sz_t, d0, t0 + T, dim, length, W, ITEMS)
         gl.thread_barrier()  # every thread's copies of this chunk's B and C have landed
+        # the next chunk's u and delta; this chunk's z (not the next one's: ptxas issues it late,
+        # near the gate, so that it holds no registers through the states)
+        u_raw = _fetch(u_base, su_d, su_t, d0, t_next, dim, length, W, ITEMS, EVEN)
+        d_raw = _fetch(d_base, sd_d, sd_t, d0, t_next, dim, length, W, ITEMS, EVEN)
+        z_raw = u_raw
+        if HAS_Z:
+            z_raw = _fetch(z_base, sz_d, sz_t, d0, t0, dim, length, W, ITEMS, EVEN)
         if BLOCK_N <= 16:
             for n in gl.static_range(BLOCK_N):
                 y, carry = _state_chunk(n, buf, dt, du, dsum, y, carry, nc, s_a, s_b, s_c, item, lane, BLOCK_N)
@@ -268,14 +290,17 @@ def _scan_program(
                 y, carry = _state_chunk(n, buf, dt, du, dsum, y, carry, nc, s_a, s_b, s_c, item, lane, BLOCK_N)
         gl.thread_barrier()  # every thread is done with this chunk's buffer
         if NBUF == 1:
-            _stage_bc(s_b4.index(0), s_c4.index(0), b_base, c_base, sB_n, sB_t, sC_n, sC_t, t0 + T, nstate, length,
-                      BLOCK_N, ITEMS)
+            _stage_bc(s_b4.index(0), s_c4.index(0), b_base, c_base, sB_n, sB_t, sC_n, sC_t, t_next, nstate, length,
+                      BLOCK_N, ITEMS, EVEN)
         if HAS_Z:
-            z = gl.convert_layout(z_cur.to(gl.float32), LX)
+            z = gl.convert_layout(z_raw.to(gl.float32), LX)
             y = y * (z / (1.0 + gl.exp2(-z * _LOG2E)))  # silu
         LY: gl.constexpr = _tile_layout(W, ITEMS)
         offsets, mask = _tile_offsets(sy_d, sy_t, d0, t0, dim, length, W, ITEMS, LY)
-        gl.store(y_ptr + pid_b * sy_b + offsets, gl.convert_layout(y, LY).to(y_ptr.dtype.element_ty), mask=mask)
+        if EVEN:
+            gl.store(y_ptr + pid_b * sy_b + offsets, gl.convert_layout(y, LY).to(y_ptr.dtype.element_ty))
+        else:
+            gl.store(y_ptr + pid_b * sy_b + offsets, gl.convert_layout(y, LY).to(y_ptr.dtype.element_ty), mask=mask)
     cp.wait_group(0)
     gl.store(state_ptr + (pid_b * dim + dc) * nstate + nc + jc * 0, carry, mask=cmask & (jc == 0))
 
@@ -285,12 +310,12 @@ def scan_kernel(
     u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, init_ptr, dim, length, nstate,
     su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n, sB_t, sC_b, sC_n, sC_t,
     SOFTPLUS: gl.constexpr, HAS_Z: gl.constexpr, HAS_INIT: gl.constexpr, BLOCK_N: gl.constexpr, ITEMS: gl.constexpr,
-    NBUF: gl.constexpr,
+    NBUF: gl.constexpr, EVEN: gl.constexpr = False,
 ):
     """Grid (channel blocks of W, batch rows)."""
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, init_ptr, dim,
                   length, nstate, su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n,
-                  sB_t, sC_b, sC_n, sC_t, SOFTPLUS, HAS_Z, HAS_INIT, BLOCK_N, ITEMS, NBUF)
+                  sB_t, sC_b, sC_n, sC_t, SOFTPLUS, HAS_Z, HAS_INIT, BLOCK_N, ITEMS, NBUF, EVEN)
 
 
 @gluon.jit(do_not_specialize=["dim", "length", "nstate"])  # int64 arithmetic on them, even when 1
@@ -348,8 +373,10 @@ def selective_scan_triton(
     state = torch.empty(batch, dim, nstate, device=u.device, dtype=torch.float32)
     if length == 0 or batch == 0 or dim == 0:
         return y, (h0.clone() if h0 is not None else state.zero_())
-    flags = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, HAS_INIT=h0 is not None,
-                 BLOCK_N=triton.next_power_of_2(nstate), ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
+    block_n = triton.next_power_of_2(nstate)
+    even = length % cfg.chunk() == 0 and dim % cfg.warps == 0 and nstate == block_n
+    flags = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, HAS_INIT=h0 is not None, EVEN=even,
+                 BLOCK_N=block_n, ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
                  **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
     for b0 in range(0, batch, MAX_GRID_Y):  # the grid's batch axis holds 65535 rows
         rows = slice(b0, min(batch, b0 + MAX_GRID_Y))
@@ -361,40 +388,3 @@ def selective_scan_triton(
     if out is not y:
         y.copy_(out)
     return y, state
-
-
-_DATA_PTRS = ("u_ptr", "delta_ptr", "B_ptr", "C_ptr", "z_ptr", "y_ptr")  # in the data dtype; other pointers fp32
-
-
-def compile_ahead(kernel, dtype: str, constexprs: dict, cfg: ScanConfig, target=None, unit_l_strides: bool = False):
-    """Compile ``scan_kernel`` or ``scan_plugin_kernel`` (flags ``constexprs``) for ``target``
-    (a ``GPUTarget``; None: the current GPU). Pointers u, delta, B, C, z, y of ``dtype``
-    ('float32', 'float16' or 'bfloat16'), the others float32; integers int32, or with
-    ``unit_l_strides`` the strides along L fixed to 1, as a launch on L-contiguous tensors."""
-    from triton.experimental.gluon._runtime import GluonASTSource
-
-    signature = {}
-    for param in kernel.params:
-        if param.is_constexpr:
-            continue
-        if param.name.endswith("_ptr"):
-            signature[param.name] = _TRITON_PTR[dtype if param.name in _DATA_PTRS else "float32"]
-        elif unit_l_strides and param.name.endswith("_t"):
-            signature[param.name], constexprs = "constexpr", {**constexprs, param.name: 1}
-        else:
-            signature[param.name] = "i32"
-    options = {"num_warps": cfg.warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})}
-    return triton.compile(GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=target,
-                          options=options)
-
-
-def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[str, str, int, int]:
-    """Compile ``scan_plugin_kernel`` to PTX for the TensorRT AOT plugin (current GPU).
-
-    Returns (kernel name, PTX, shared memory bytes, warps). ``dtype`` is the dtype of u,
-    delta, B, C and y ('float32', 'float16' or 'bfloat16'); ``block_n`` a power of two >= N.
-    """
-    cfg = plugin_config(block_n)
-    constexprs = {"SOFTPLUS": bool(delta_softplus), "BLOCK_N": block_n, "ITEMS": cfg.items, "NBUF": cfg.buffers}
-    compiled = compile_ahead(scan_plugin_kernel, dtype, constexprs, cfg)
-    return compiled.metadata.name, compiled.asm["ptx"], compiled.metadata.shared, compiled.metadata.num_warps

@@ -69,7 +69,7 @@ def _aot_impl(
     D: trtp.TensorDesc, delta_bias: trtp.TensorDesc, initial_state: trtp.TensorDesc, delta_softplus: int,
     outputs: Tuple[trtp.TensorDesc], tactic: int,
 ) -> Tuple[Union[str, bytes], Union[str, bytes], trtp.KernelLaunchParams, trtp.SymExprs]:
-    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx
+    from hvlm_export.ops.scan_aot import compile_plugin_ptx
 
     dtype = dtype_name(trt, u.dtype)
     n_state = _constant(A.shape_expr[1])

@@ -23,9 +23,10 @@ FP32_REL = 1e-5
 # the rounded inputs, output rounding dominates (fp16 eps 1e-3, bf16 8e-3).
 LOW_REL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 
-SHAPES = [  # (B, D, N, L): L from 1 to 65536, D and N not powers of two included
+SHAPES = [  # (B, D, N, L): L from 1 to 65536, D and N not powers of two included; the unmasked form (L a
+    # multiple of the 256-step chunk, D of the 4 warps, N a power of two): one chunk, several, 64K
     (1, 24, 16, 1), (2, 24, 16, 7), (2, 33, 5, 64), (1, 40, 16, 1000), (1, 37, 13, 8192), (1, 16, 16, 65536),
-    (3, 130, 7, 517),
+    (3, 130, 7, 517), (1, 48, 16, 256), (2, 64, 8, 2048), (2, 12, 16, 1024),
 ]
 
 
@@ -59,12 +60,14 @@ def test_triton_scan_fp32(shape):
 @pytest.mark.parametrize("warps, items, buffers, maxnreg", [
     (4, 8, 2, 168), (4, 8, 1, 168), (1, 1, 1, None), (2, 4, 2, 128), (8, 16, 1, None), (4, 2, 2, None)])
 @pytest.mark.parametrize("nstate", [16, 5, 1])
-def test_triton_configs_agree(warps, items, buffers, maxnreg, nstate):
+@pytest.mark.parametrize("dim, length", [(45, 3001), (48, 2048)], ids=["masked", "even"])
+def test_triton_configs_agree(warps, items, buffers, maxnreg, nstate, dim, length):
     """Every configuration against the float64 loop: chunks of 32 to 512 steps, L not a
-    multiple of any, D not a multiple of the warps, fewer states than the block."""
+    multiple of any and D not a multiple of the warps (the masked form), or both multiples
+    (the unmasked form where N is a power of two), fewer states than the block."""
     from hvlm_export.ops.selective_scan_triton import ScanConfig, selective_scan_triton
 
-    inp = _inputs(2, 45, nstate, 3001, seed=warps + items + nstate)
+    inp = _inputs(2, dim, nstate, length, seed=warps + items + nstate)
     want, want_state = scan_reference_f64(**{k: v.cpu() for k, v in inp.items()}, delta_softplus=True)
     y, state = selective_scan_triton(**inp, delta_softplus=True, config=ScanConfig(warps, items, buffers, maxnreg))
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
@@ -81,7 +84,7 @@ def test_triton_wide_states(nstate):
     assert _rel(y, want) < FP32_REL and _rel(state, want_state) < FP32_REL
 
 
-@pytest.mark.parametrize("length", [1, 255, 256, 257, 1000])
+@pytest.mark.parametrize("length", [1, 255, 256, 257, 512, 1000])
 def test_triton_initial_state(length):
     """Continuing from a state (streaming), across chunk boundaries."""
     from hvlm_export.ops.selective_scan_triton import selective_scan_triton
@@ -177,7 +180,8 @@ def test_plugin_kernel_single_pass_and_aot_compiles():
     """The kernel the TensorRT AOT plugin embeds: run it, and compile it to PTX as TRT would."""
     import triton
 
-    from hvlm_export.ops.selective_scan_triton import compile_plugin_ptx, plugin_config, scan_plugin_kernel
+    from hvlm_export.ops.scan_aot import compile_plugin_ptx
+    from hvlm_export.ops.selective_scan_triton import plugin_config, scan_plugin_kernel
 
     for nstate, dtype in ((16, torch.float32), (1, torch.float32), (3, torch.float32), (16, torch.float16),
                           (5, torch.bfloat16)):

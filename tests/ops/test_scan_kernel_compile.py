@@ -20,13 +20,15 @@ def _sm90():
 
 @pytest.mark.parametrize("dtype, nstate, has_z, has_init", [
     ("float32", 16, True, False), ("float16", 16, True, True), ("bfloat16", 5, False, True), ("float32", 32, True, False)])
-def test_scan_kernel_compiles_within_the_shared_memory_budget(dtype, nstate, has_z, has_init):
+@pytest.mark.parametrize("even", [False, True], ids=["masked", "unmasked"])
+def test_scan_kernel_compiles_within_the_shared_memory_budget(dtype, nstate, has_z, has_init, even):
     from hvlm_export.ops.scan_config import SMEM_BUDGET, default_config
-    from hvlm_export.ops.selective_scan_triton import compile_ahead, scan_kernel
+    from hvlm_export.ops.scan_aot import compile_ahead
+    from hvlm_export.ops.selective_scan_triton import scan_kernel
 
     cfg = default_config(nstate)
     flags = dict(SOFTPLUS=True, HAS_Z=has_z, HAS_INIT=has_init, BLOCK_N=1 << (nstate - 1).bit_length(),
-                 ITEMS=cfg.items, NBUF=cfg.buffers)
+                 ITEMS=cfg.items, NBUF=cfg.buffers, EVEN=even)
     compiled = compile_ahead(scan_kernel, dtype, flags, cfg, target=_sm90(), unit_l_strides=True)
     assert compiled.metadata.shared <= SMEM_BUDGET + 4096  # B / C tiles plus A and layout scratch
     assert (".maxnreg 168" in compiled.asm["ptx"]) == (cfg.maxnreg == 168)
@@ -36,7 +38,8 @@ def test_scan_kernel_compiles_within_the_shared_memory_budget(dtype, nstate, has
 def test_plugin_kernel_fits_a_launch_without_opt_in(dtype, nstate):
     """The TensorRT AOT route launches the kernel with at most 48 KiB of dynamic shared memory."""
     from hvlm_export.ops.scan_config import LAUNCH_SMEM_LIMIT, plugin_config
-    from hvlm_export.ops.selective_scan_triton import compile_ahead, scan_plugin_kernel
+    from hvlm_export.ops.scan_aot import compile_ahead
+    from hvlm_export.ops.selective_scan_triton import scan_plugin_kernel
 
     cfg = plugin_config(nstate)
     flags = {"SOFTPLUS": True, "BLOCK_N": 1 << (nstate - 1).bit_length(), "ITEMS": cfg.items, "NBUF": cfg.buffers}
