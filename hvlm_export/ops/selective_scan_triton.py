@@ -24,9 +24,11 @@ benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
   by cp.async (16-bit ones through registers: cp.async moves 4 bytes or more), the next
   chunk's while this one runs (two buffers), swizzled so that each lane's
   ITEMS steps are one conflict-free 16-byte read; u and delta are loaded a chunk ahead into
-  registers, z in the chunk that uses it (ptxas issues it near the gate, so it holds no
-  registers through the states). Softplus(delta + bias), delta u, D u and the silu(z) gate
-  are applied on the chunk in registers; y is written once, coalesced.
+  registers, as is a 16-bit z; a float32 z is loaded in the chunk that uses it (ptxas issues
+  it near the gate, so that its registers are free through the states: 7 % faster in fp32,
+  4 % slower in fp16 than a chunk ahead, H200, docs/BENCHMARKS.md). Softplus(delta + bias),
+  delta u, D u and the silu(z) gate are applied on the chunk in registers; y is written once,
+  coalesced.
 * **Unmasked form** (``EVEN``): where L is a multiple of T, D of W and N a power of two, the
   tiles need no bounds masks (the last chunk's prefetch loads itself again); with the masks
   gone the chunk loop is 17 % shorter and spills nothing under the register cap. Other shapes
@@ -255,6 +257,9 @@ def _scan_program(
     _stage_bc(s_b4.index(0), s_c4.index(0), b_base, c_base, sB_n, sB_t, sC_n, sC_t, 0, nstate, length, BLOCK_N, ITEMS, EVEN)
     u_raw = _fetch(u_base, su_d, su_t, d0, 0, dim, length, W, ITEMS, EVEN)
     d_raw = _fetch(d_base, sd_d, sd_t, d0, 0, dim, length, W, ITEMS, EVEN)
+    Z_AHEAD: gl.constexpr = z_ptr.dtype.element_ty.primitive_bitwidth < 32  # module docstring, staging
+    if HAS_Z and Z_AHEAD:
+        z_raw = _fetch(z_base, sz_d, sz_t, d0, 0, dim, length, W, ITEMS, EVEN)
     T: gl.constexpr = 32 * ITEMS
     for t0 in range(0, length, T):
         buf = (t0 // T) % NBUF
@@ -275,13 +280,13 @@ def _scan_program(
         else:
             cp.wait_group(0)
         gl.thread_barrier()  # every thread's copies of this chunk's B and C have landed
-        # the next chunk's u and delta; this chunk's z (not the next one's: ptxas issues it late,
-        # near the gate, so that it holds no registers through the states)
         u_raw = _fetch(u_base, su_d, su_t, d0, t_next, dim, length, W, ITEMS, EVEN)
         d_raw = _fetch(d_base, sd_d, sd_t, d0, t_next, dim, length, W, ITEMS, EVEN)
-        z_raw = u_raw
-        if HAS_Z:
-            z_raw = _fetch(z_base, sz_d, sz_t, d0, t0, dim, length, W, ITEMS, EVEN)
+        if HAS_Z and Z_AHEAD:  # 16-bit z: a chunk ahead, as u and delta
+            z_cur = z_raw
+            z_raw = _fetch(z_base, sz_d, sz_t, d0, t_next, dim, length, W, ITEMS, EVEN)
+        elif HAS_Z:  # float32 z: this chunk's, issued by ptxas near the gate (no registers held)
+            z_cur = _fetch(z_base, sz_d, sz_t, d0, t0, dim, length, W, ITEMS, EVEN)
         if BLOCK_N <= 16:
             for n in gl.static_range(BLOCK_N):
                 y, carry = _state_chunk(n, buf, dt, du, dsum, y, carry, nc, s_a, s_b, s_c, item, lane, BLOCK_N)
@@ -293,7 +298,7 @@ def _scan_program(
             _stage_bc(s_b4.index(0), s_c4.index(0), b_base, c_base, sB_n, sB_t, sC_n, sC_t, t_next, nstate, length,
                       BLOCK_N, ITEMS, EVEN)
         if HAS_Z:
-            z = gl.convert_layout(z_raw.to(gl.float32), LX)
+            z = gl.convert_layout(z_cur.to(gl.float32), LX)
             y = y * (z / (1.0 + gl.exp2(-z * _LOG2E)))  # silu
         LY: gl.constexpr = _tile_layout(W, ITEMS)
         offsets, mask = _tile_offsets(sy_d, sy_t, d0, t0, dim, length, W, ITEMS, LY)
