@@ -383,13 +383,13 @@ def selective_scan_triton(
     flags = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, HAS_INIT=h0 is not None, EVEN=even,
                  BLOCK_N=block_n, ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
                  **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+    whole = [u, delta, B, C, zz, out, state, h0 if h0 is not None else state]
     for b0 in range(0, batch, MAX_GRID_Y):  # the grid's batch axis holds 65535 rows
         rows = slice(b0, min(batch, b0 + MAX_GRID_Y))
-        t = [x[rows] for x in (u, delta, B, C, zz, out, state)]
+        t = whole if batch <= MAX_GRID_Y else [x[rows] for x in whole]  # no per-call views in the common case
         strides = (*t[0].stride(), *t[1].stride(), *t[4].stride(), *t[5].stride(), *t[2].stride(), *t[3].stride())
         scan_kernel[(triton.cdiv(dim, cfg.warps), t[0].shape[0])](
-            t[0], t[1], A, t[2], t[3], D, delta_bias, t[4], t[5], t[6], h0[rows] if h0 is not None else t[6], dim,
-            length, nstate, *strides, **flags)
+            t[0], t[1], A, t[2], t[3], D, delta_bias, t[4], t[5], t[6], t[7], dim, length, nstate, *strides, **flags)
     if out is not y:
         y.copy_(out)
     return y, state
