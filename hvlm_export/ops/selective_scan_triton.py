@@ -123,8 +123,7 @@ def _staging_layout(rank, items, itemsize):
 
 
 @gluon.jit
-def _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS: gl.constexpr, L: gl.constexpr,
-                  ):
+def _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS: gl.constexpr, L: gl.constexpr):
     """int64 offsets and in-bounds mask of the (ROWS, 32, ITEMS) tile at (row0, t0)."""
     r = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, gl.SliceLayout(2, L)))
     j = gl.arange(0, 32, layout=gl.SliceLayout(0, gl.SliceLayout(2, L)))
