@@ -22,17 +22,15 @@ benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
   a copy).
 * **Staging.** B and C (shared by the program's W channels) go to shared memory as float32,
   by cp.async (16-bit ones through registers: cp.async moves 4 bytes or more), the next
-  chunk's while this one runs (two buffers), swizzled so that each lane's
-  ITEMS steps are one conflict-free 16-byte read; u and delta are loaded a chunk ahead into
-  registers, as is a 16-bit z; a float32 z is loaded in the chunk that uses it (ptxas issues
-  it near the gate, so that its registers are free through the states: 7 % faster in fp32,
-  4 % slower in fp16 than a chunk ahead, H200, docs/BENCHMARKS.md). Softplus(delta + bias),
-  delta u, D u and the silu(z) gate are applied on the chunk in registers; y is written once,
-  coalesced.
-* **Unmasked form** (``EVEN``): where L is a multiple of T, D of W and N a power of two, the
-  tiles need no bounds masks (the last chunk's prefetch loads itself again); with the masks
-  gone the chunk loop is 17 % shorter and spills nothing under the register cap. Other shapes
-  take the masked form, as does the TensorRT plugin (its L is known only at run time).
+  chunk's while this one runs (two buffers), swizzled so that each lane's ITEMS steps are one
+  conflict-free 16-byte read; u, delta and a 16-bit z are loaded a chunk ahead into registers,
+  a float32 z in its own chunk (ptxas issues it near the gate, leaving its registers free
+  through the states: 7 % faster in fp32, 4 % slower in fp16, H200). Softplus(delta + bias),
+  delta u, D u and the silu(z) gate are applied in registers; y is written once, coalesced.
+* **Unmasked form** (``EVEN``): where D is a multiple of W and N a power of two, the whole
+  chunks run without bounds masks (the last one's prefetch loads itself again): a 17 % shorter
+  chunk loop, no spills. The steps after them, and other shapes, take the masked form (for the
+  tail, a second launch from the first one's end state); the TensorRT plugin is always masked.
 
 Inputs are read in place when their steps are adjacent in memory ((B, rows, L) memory, what
 MambaLayer's CUDA path produces); the launcher copies other layouts to that one first (on an
@@ -42,8 +40,7 @@ Numerics: float32 state and arithmetic whatever the input dtype (fp16 / bf16 are
 natively); exp2 / log2 are the hardware's approximate ones (``ex2.approx.ftz``: decays below
 2^-126 flush to zero), softplus through them has an absolute error of ~1e-7.
 
-The TensorRT AOT plugin launches the same program (``scan_plugin_kernel``), which is a
-single kernel by construction.
+The TensorRT AOT plugin launches the same program (``scan_plugin_kernel``): one kernel.
 """
 
 from __future__ import annotations
@@ -344,6 +341,19 @@ def _unit_l_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.shape[2] <= 1 or t.stride(2) == 1 else t.contiguous()
 
 
+def _launch(tensors, start, stop, h0, state, even, grid_x, A, D, delta_bias, flags):
+    """Steps [start, stop) of (u, delta, B, C, z, y) from h0 (None: zero) into ``state``: a
+    kernel per 65535 batch rows (the grid's y limit), no views where one launch covers all."""
+    views = tensors if stop - start == tensors[0].shape[2] else [t[..., start:stop] for t in tensors]
+    whole, batch = [*views, state, h0 if h0 is not None else state], state.shape[0]
+    for b0 in range(0, batch, MAX_GRID_Y):
+        t = whole if batch <= MAX_GRID_Y else [x[b0:b0 + MAX_GRID_Y] for x in whole]
+        strides = (*t[0].stride(), *t[1].stride(), *t[4].stride(), *t[5].stride(), *t[2].stride(), *t[3].stride())
+        scan_kernel[(grid_x, t[0].shape[0])](
+            t[0], t[1], A, t[2], t[3], D, delta_bias, t[4], t[5], t[6], t[7], state.shape[1], stop - start,
+            A.shape[1], *strides, HAS_INIT=h0 is not None, EVEN=even, **flags)
+
+
 def selective_scan_triton(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -357,13 +367,8 @@ def selective_scan_triton(
     initial_state: torch.Tensor | None = None,
     config: ScanConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run the scan with the Gluon kernel; same contract as ``selective_scan_ref``.
-
-    u, delta, z, B and C are read in place when their steps are adjacent in memory (unit stride
-    along L, any other strides: views of (B, rows, L) memory); other layouts, such as (B, L,
-    rows) memory viewed as (B, rows, L), are copied to that layout first (cheaper than reading
-    them strided). y has u's layout (``torch.empty_like(u)``), as on every path of the op.
-    """
+    """Run the scan with the Gluon kernel; same contract as ``selective_scan_ref``. Inputs are
+    read in place or copied as the module docstring says; y has u's layout (``empty_like(u)``)."""
     batch, dim, length = u.shape
     nstate = A.shape[1]
     y = torch.empty_like(u)  # the op's contract (and its fake's, and the CPU path's): y in u's layout
@@ -378,17 +383,17 @@ def selective_scan_triton(
     if length == 0 or batch == 0 or dim == 0:
         return y, (h0.clone() if h0 is not None else state.zero_())
     block_n = triton.next_power_of_2(nstate)
-    even = length % cfg.chunk() == 0 and dim % cfg.warps == 0 and nstate == block_n
-    flags = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, HAS_INIT=h0 is not None, EVEN=even,
-                 BLOCK_N=block_n, ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
-                 **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
-    whole = [u, delta, B, C, zz, out, state, h0 if h0 is not None else state]
-    for b0 in range(0, batch, MAX_GRID_Y):  # the grid's batch axis holds 65535 rows
-        rows = slice(b0, min(batch, b0 + MAX_GRID_Y))
-        t = whole if batch <= MAX_GRID_Y else [x[rows] for x in whole]  # no per-call views in the common case
-        strides = (*t[0].stride(), *t[1].stride(), *t[4].stride(), *t[5].stride(), *t[2].stride(), *t[3].stride())
-        scan_kernel[(triton.cdiv(dim, cfg.warps), t[0].shape[0])](
-            t[0], t[1], A, t[2], t[3], D, delta_bias, t[4], t[5], t[6], t[7], dim, length, nstate, *strides, **flags)
+    flags = dict(SOFTPLUS=bool(delta_softplus), HAS_Z=z is not None, BLOCK_N=block_n, ITEMS=cfg.items,
+                 NBUF=cfg.buffers, num_warps=cfg.warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {}))
+    # the whole chunks in the unmasked form where D and N allow it, the rest (masked) from their end state
+    head = length - length % cfg.chunk() if dim % cfg.warps == 0 and nstate == block_n else 0
+    tensors, grid_x = [u, delta, B, C, zz, out], triton.cdiv(dim, cfg.warps)
+    if 0 < head < length:
+        mid = torch.empty_like(state)
+        _launch(tensors, 0, head, h0, mid, True, grid_x, A, D, delta_bias, flags)
+        _launch(tensors, head, length, mid, state, False, grid_x, A, D, delta_bias, flags)
+    else:
+        _launch(tensors, 0, length, h0, state, head == length, grid_x, A, D, delta_bias, flags)
     if out is not y:
         y.copy_(out)
     return y, state

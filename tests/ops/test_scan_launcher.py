@@ -1,8 +1,9 @@
 """The CUDA scan's launcher (``selective_scan_triton``) without a GPU: its kernel replaced by a
 stand-in that runs the sequential reference on exactly the tensors, grid and flags the
 launcher passes. So the launcher's own logic is checked on the CPU: batch rows split over
-launches where the grid's y axis is full, the unmasked form chosen only where it may be,
-initial states, layouts copied to unit L-stride and y back to u's layout. The kernel itself is
+launches where the grid's y axis is full, the unmasked form chosen only where it may be and
+the steps after the whole chunks continued from their state, initial states, layouts copied
+to unit L-stride and y back to u's layout. The kernel itself is
 checked on the GPU (tests/gpu/test_cuda_paths.py)."""
 
 from __future__ import annotations
@@ -47,14 +48,17 @@ def _inputs(b, d, n, length, gate=True, seed=0):
                 C=r(b, n, length), D=r(d), z=r(b, d, length) if gate else None, delta_bias=r(d) * 0.5)
 
 
-@pytest.mark.parametrize("batch, dim, nstate, length, gate, init, even", [
-    (5, 8, 16, 512, True, False, True),    # batch over three launches, unmasked
-    (5, 8, 16, 500, True, True, False),    # L not a multiple of the chunk
-    (3, 6, 16, 256, False, True, False),   # D not a multiple of the warps
-    (2, 8, 5, 256, True, False, False),    # N not a power of two
-    (1, 8, 16, 256, False, False, True),
+@pytest.mark.parametrize("batch, dim, nstate, length, gate, init, phases", [
+    # phases: the launches over L as (steps, unmasked form, from a state), each over every batch group
+    (5, 8, 16, 512, True, False, [(512, True, False)]),       # batch over three launches, whole chunks
+    (5, 8, 16, 500, True, True, [(256, True, True), (244, False, True)]),  # whole chunks, then the tail
+    (2, 8, 16, 1000, False, False, [(768, True, False), (232, False, True)]),  # the tail from their state
+    (2, 8, 16, 100, True, False, [(100, False, False)]),      # shorter than a chunk
+    (3, 6, 16, 256, False, True, [(256, False, True)]),       # D not a multiple of the warps
+    (2, 8, 5, 256, True, False, [(256, False, False)]),       # N not a power of two
+    (1, 8, 16, 256, False, False, [(256, True, False)]),
 ])
-def test_launcher_against_the_reference(monkeypatch, batch, dim, nstate, length, gate, init, even):
+def test_launcher_against_the_reference(monkeypatch, batch, dim, nstate, length, gate, init, phases):
     from hvlm_export.ops import selective_scan_triton as sst
     from hvlm_export.ops.selective_scan import selective_scan_ref
 
@@ -67,9 +71,9 @@ def test_launcher_against_the_reference(monkeypatch, batch, dim, nstate, length,
     want, want_state = selective_scan_ref(**inp, delta_softplus=True, initial_state=h0)
     torch.testing.assert_close(y, want)
     torch.testing.assert_close(state, want_state)
-    assert [launch["rows"] for launch in kernel.launches] == [min(2, batch - b0) for b0 in range(0, batch, 2)]
-    assert all(launch["EVEN"] is even and launch["HAS_INIT"] is init and launch["HAS_Z"] is gate
-               for launch in kernel.launches)
+    groups = [min(2, batch - b0) for b0 in range(0, batch, 2)]
+    assert [(k["rows"], k["length"], k["EVEN"], k["HAS_INIT"], k["HAS_Z"]) for k in kernel.launches] == [
+        (rows, steps, even, from_state, gate) for steps, even, from_state in phases for rows in groups]
 
 
 def test_launcher_copies_strided_layouts_and_returns_y_in_u_layout(monkeypatch):
