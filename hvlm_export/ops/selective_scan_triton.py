@@ -241,8 +241,7 @@ def _scan_program(
     bias = gl.load(bias_ptr + d3, mask=d3 < dim, other=0.0)
     Dv = gl.load(D_ptr + d3, mask=d3 < dim, other=0.0)
     carry, nc, dc, jc, cmask, s_a = _initial_carries(A_ptr, init_ptr, pid_b, d0, dim, nstate, W, BLOCK_N, HAS_INIT)
-    # B / C staging buffers (NBUF, N, 32, ITEMS) and their row view
-    SH3: gl.constexpr = _staging_layout(3, ITEMS, 4)
+    SH3: gl.constexpr = _staging_layout(3, ITEMS, 4)  # B / C staging (NBUF, N, 32, ITEMS) and its row view
     SH2: gl.constexpr = _staging_layout(2, ITEMS, 4)
     s_b4 = gl.allocate_shared_memory(gl.float32, [NBUF, BLOCK_N, 32, ITEMS], SH3)
     s_c4 = gl.allocate_shared_memory(gl.float32, [NBUF, BLOCK_N, 32, ITEMS], SH3)
