@@ -135,10 +135,11 @@ def main() -> None:
     p.add_argument("--lengths", type=int, nargs="+", default=[8192])
     p.add_argument("--cprofile", type=Path, help="write each case's Python profile under this folder")
     p.add_argument("--micro", action="store_true", help="also time single launches")
+    p.add_argument("--fuse-projections", action="store_true", help="q / k / v in one GEMM (fuse_projections)")
     args = p.parse_args()
     if args.micro:
         micro()
-    cases = _module_cases("cuda", torch.float16)
+    cases = _module_cases("cuda", torch.float16, fuse=args.fuse_projections)
     rows = []
     for name in args.names:
         model = cases[name]()

@@ -181,17 +181,21 @@ def case_names() -> list[str]:
     return [case for spec in REGISTRY.values() for case in spec.bench] + list(EXTRA_CASES)
 
 
-def _module_cases(device: str, dtype: torch.dtype) -> dict[str, Callable[[], torch.nn.Module]]:
-    from hvlm_export.modules import cast_module
+def _module_cases(device: str, dtype: torch.dtype, fuse: bool = False) -> dict[str, Callable[[], torch.nn.Module]]:
+    from hvlm_export.modules import cast_module, fuse_projections
 
     def build(spec, overrides):
-        return cast_module(spec.factory(**spec.kwargs(overrides)).to(device), dtype).eval()
+        model = cast_module(spec.factory(**spec.kwargs(overrides)).to(device), dtype).eval()
+        if fuse:
+            fuse_projections(model)
+        return model
 
     return {case: functools.partial(build, spec, overrides)
             for spec in REGISTRY.values() for case, overrides in spec.bench.items()}
 
 
-def _cases(device: str, dtype: torch.dtype, names: Iterable[str], mode: str) -> dict[str, Callable[[int], Callable]]:
+def _cases(device: str, dtype: torch.dtype, names: Iterable[str], mode: str,
+           fuse: bool = False) -> dict[str, Callable[[int], Callable]]:
     """name -> (L -> zero-argument callable) for the selected cases in one mode."""
     from hvlm_export.ops.selective_scan import selective_scan, selective_scan_ref
 
@@ -202,7 +206,7 @@ def _cases(device: str, dtype: torch.dtype, names: Iterable[str], mode: str) -> 
 
     # dynamic=True: one compilation serves every length (instead of one per length)
     compile_kwargs = {"compiled": {"dynamic": True}, "cudagraphs": {"mode": "reduce-overhead", "dynamic": True}}
-    modules = _module_cases(device, dtype)
+    modules = _module_cases(device, dtype, fuse)
     cases: dict[str, Callable[[int], Callable]] = {}
     for name in names:
         if name in modules:
@@ -242,8 +246,9 @@ def check_request(device: str, names: list[str], modes: list[str]) -> None:
 
 @torch.no_grad()
 def run_scaling(device: str, dtype: str, lengths: list[int], names: list[str] | None = None,
-                repeats: int = 10, modes: Iterable[str] = ("eager",)) -> list[Record]:
-    """Latency, peak memory and ratio to the dense module of every case, length and mode."""
+                repeats: int = 10, modes: Iterable[str] = ("eager",), fuse: bool = False) -> list[Record]:
+    """Latency, peak memory and ratio to the dense module of every case, length and mode;
+    ``fuse``: every attention module with fused q / k / v projections (``fuse_projections``)."""
     from rich.progress import Progress
 
     names, modes = list(names or case_names()), list(modes)
@@ -253,7 +258,7 @@ def run_scaling(device: str, dtype: str, lengths: list[int], names: list[str] | 
     with Progress(transient=True) as progress:
         task = progress.add_task(f"bench {device} {dtype}", total=len(measured) * len(lengths) * len(modes))
         for mode in modes:
-            for name, make in _cases(device, DTYPES[dtype], measured, mode).items():
+            for name, make in _cases(device, DTYPES[dtype], measured, mode, fuse).items():
                 for L in lengths:
                     progress.update(task, description=f"{name} {mode} L={L}")
                     if L > LIMITS.get((name, device), math.inf):

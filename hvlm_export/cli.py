@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from hvlm_export.errors import ExportError, HvlmExportError, RuntimeInputError
+from hvlm_export.errors import BenchError, ExportError, HvlmExportError, RuntimeInputError
 from hvlm_export.serving.commands import add_serving_commands
 
 __all__ = ["main", "build_parser"]
@@ -216,6 +216,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         bench.check_request(args.device, list(args.names or bench.case_names()), list(args.modes))
     else:
         bench.check_onnx_names(args.names)
+        if args.fuse_projections:
+            raise BenchError("--fuse-projections applies to the scaling suite, not to --suite onnx",
+                             "ONNX exports always take the three projections.")
     bench.check_output_dir(out)  # before minutes of measuring, not after
     if args.suite == "onnx":
         rows = bench.run_onnx(args.names, dim=args.dim, length=args.lengths[0] if args.lengths else 2048,
@@ -224,7 +227,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         lengths = args.lengths or [1024, 2048, 4096, 8192, 16384, 32768, 65536]
         records = bench.run_scaling(args.device, args.dtype, lengths, args.names, repeats=args.repeats,
-                                    modes=args.modes)
+                                    modes=args.modes, fuse=args.fuse_projections)
         paths = bench.write_results(records, out, f"scaling-{args.device}-{args.dtype}", command)
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -331,6 +334,9 @@ def _add_tool_commands(sub) -> None:
                    help="eager, compiled (torch.compile) and/or cudagraphs (CUDA graphs); default eager")
     p.add_argument("--dim", type=int, default=256, help="model width for the onnx suite (default 256)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per case, median reported (default 10)")
+    p.add_argument("--fuse-projections", action="store_true",
+                   help="q / k / v of every attention module (the dense one included) in one GEMM: "
+                        "hvlm_export.modules.fuse_projections; eager calls only")
     p.add_argument("--out", default="benchmarks/results", help="output directory")
     p.set_defaults(func=_cmd_bench)
 

@@ -54,6 +54,16 @@ def test_scaling_suite_writes_results_with_ratios(tmp_path, monkeypatch):
     assert all(p.stat().st_size > 1000 for p in paths[2:])
 
 
+def test_fuse_builds_every_attention_module_with_fused_projections():
+    modules = {name: make() for name, make in bench._module_cases("cpu", torch.float32, fuse=True).items()}
+    for name, model in modules.items():
+        layers = [m for m in model.modules() if hasattr(m, "fuse_projections")]
+        assert all(m._fused_qkv is not None for m in layers), name
+        assert bool(layers) == (not name.startswith(("mamba", "linear_block"))), name
+    assert all(m._fused_qkv is None for make in bench._module_cases("cpu", torch.float32).values()
+               for m in make().modules() if hasattr(m, "fuse_projections"))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"names": ["bogus"]}, "unknown benchmark case"),
     ({"names": ["strided"], "modes": ["jit"]}, "unknown mode"),

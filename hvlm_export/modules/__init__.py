@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from hvlm_export.modules._fused_projections import fuse_projections, unfuse_projections
 from hvlm_export.modules.blocks import HierarchicalAttentionBlock, LinearAttentionBlock
 from hvlm_export.modules.mamba import MambaLayer
 from hvlm_export.modules.performer import PerformerAttention
@@ -18,6 +19,8 @@ __all__ = [
     "MambaLayer",
     "LinearAttentionBlock",
     "cast_module",
+    "fuse_projections",
+    "unfuse_projections",
 ]
 
 

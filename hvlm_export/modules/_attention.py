@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hvlm_export.modules._fused_projections import FusedProjections
 from hvlm_export.modules._streaming import Streamable
 from hvlm_export.ops.triton_backed import TRITON_AVAILABLE
 
@@ -114,6 +115,11 @@ def exporting() -> bool:
     kinds of torch.export (torch 2.13, tests/modules/test_sparse.py)."""
     flag = getattr(torch.compiler, "_is_exporting_flag", None)
     return torch.compiler.is_exporting() if flag is None else bool(flag)
+
+
+def _traced() -> bool:
+    """Whether torch.compile, torch.export or torch.jit is tracing this call."""
+    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
 
 
 def kernels_allowed_here() -> bool:
@@ -218,14 +224,32 @@ class MultiHeadProjections(Streamable):
         self.k_proj = nn.Linear(dim, dim, **dd)
         self.v_proj = nn.Linear(dim, dim, **dd)
         self.out_proj = nn.Linear(dim, dim, **dd)
+        self._fused_qkv: FusedProjections | None = None
+
+    def fuse_projections(self) -> None:
+        """Project q, k and v with one GEMM in self-attention inference (opt-in; contract and
+        caveat in hvlm_export/modules/_fused_projections.py)."""
+        self._fused_qkv = FusedProjections(self.q_proj, self.k_proj, self.v_proj)
+
+    def unfuse_projections(self) -> None:
+        self._fused_qkv = None
+
+    def _project_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (B, L, E) of self-attention: one GEMM when fused and the call records no
+        autograd and is not traced (compile, export, jit), else the three projections."""
+        fused = getattr(self, "_fused_qkv", None)  # None in layers pickled before it existed
+        if fused is not None and not autograd_on(x, self.q_proj.weight) and not _traced():
+            return fused(x)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
 
     def _qkv(self, x: torch.Tensor, memory: torch.Tensor | None = None):
         """Project to heads: q from x, k/v from ``memory`` (default x); each (B, H, *, Dh)."""
-        src = x if memory is None else memory
+        if memory is None:
+            return tuple(split_heads(t, self.num_heads) for t in self._project_qkv(x))
         return (
             split_heads(self.q_proj(x), self.num_heads),
-            split_heads(self.k_proj(src), self.num_heads),
-            split_heads(self.v_proj(src), self.num_heads),
+            split_heads(self.k_proj(memory), self.num_heads),
+            split_heads(self.v_proj(memory), self.num_heads),
         )
 
     def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

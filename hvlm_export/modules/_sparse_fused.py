@@ -38,7 +38,7 @@ def fused_sparse(layer: MultiHeadProjections, x: torch.Tensor, stride: int, radi
     (B, L, E) before out_proj. ``glob`` (G, E): global tokens (keys and values for all)."""
     b, length, _ = x.shape
     h, dh = layer.num_heads, layer.head_dim
-    q, k, v = (proj(x).view(b, length, h, dh) for proj in (layer.q_proj, layer.k_proj, layer.v_proj))
+    q, k, v = (t.view(b, length, h, dh) for t in layer._project_qkv(x))  # views of one buffer when fused
     gk = gv = None
     if glob is not None:
         gk, gv = (proj(glob).view(-1, h, dh) for proj in (layer.k_proj, layer.v_proj))

@@ -112,6 +112,7 @@ def test_run_width_mismatch_hint(exported, tmp_path):
 def test_bench_bad_requests(tmp_path, not_a_dir):
     fails(cli("bench", "--suite", "onnx", "--names", "bogus", "--out", tmp_path / "b"), "unknown mechanism(s) ['bogus']")
     fails(cli("bench", "--names", "strided", "--lengths", "64", "--out", not_a_dir / "b"), "file")
+    fails(cli("bench", "--suite", "onnx", "--fuse-projections", "--out", tmp_path / "b"), "applies to the scaling suite")
     assert not (tmp_path / "b").exists()
 
 

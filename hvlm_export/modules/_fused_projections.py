@@ -1,0 +1,66 @@
+"""One GEMM for the q, k and v projections of self-attention (opt-in, inference).
+
+Three projections of the same input are three GEMM launches; on a GPU at lengths where a layer
+is bound by its host's launch work (8K tokens on the H200, docs/BENCHMARKS.md) each launch
+costs about as much host time as its GEMM takes on the device. ``fuse_projections(model)``
+makes every attention layer in ``model`` project q, k and v with one GEMM of their stacked
+weights, as diffusers' ``fuse_qkv_projections`` does.
+
+The stacked weight is a copy, rebuilt when any of the three layers' parameters is replaced or
+changed in place (their ``data_ptr`` or autograd version counter moves: ``load_state_dict``,
+optimizer steps, ``.to()``, ``torch.no_grad()`` writes). Writes through ``.data`` move neither:
+after ``layer.q_proj.weight.data.copy_(w)``, call ``fuse_projections`` again. Calls that record
+autograd, and torch.compile / torch.export / torch.jit tracing, keep the three projections.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FusedProjections", "fuse_projections", "unfuse_projections"]
+
+
+class FusedProjections:
+    """q, k, v = this(x): the three Linear layers' outputs from one GEMM (views of one buffer)."""
+
+    def __init__(self, *linears: nn.Linear) -> None:
+        self.linears = linears
+        self.sizes = [lin.out_features for lin in linears]
+        self._key: tuple | None = None
+        self.weight = self.bias = None
+
+    def _params(self) -> list[torch.Tensor]:
+        return [p for lin in self.linears for p in (lin.weight, lin.bias) if p is not None]
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self._params())
+        if key != self._key:
+            with torch.no_grad():
+                self.weight = torch.cat([lin.weight for lin in self.linears])
+                self.bias = None if all(lin.bias is None for lin in self.linears) else torch.cat(
+                    [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
+                     for lin in self.linears])
+            self._key = key
+        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+
+
+def fuse_projections(model: nn.Module) -> int:
+    """Fuse q / k / v in every attention layer of ``model`` (see the module docstring);
+    returns how many layers now project with one GEMM."""
+    from hvlm_export.modules._attention import MultiHeadProjections
+
+    layers = [m for m in model.modules() if isinstance(m, MultiHeadProjections)]
+    for layer in layers:
+        layer.fuse_projections()
+    return len(layers)
+
+
+def unfuse_projections(model: nn.Module) -> None:
+    """Undo :func:`fuse_projections` (drops the stacked copies)."""
+    from hvlm_export.modules._attention import MultiHeadProjections
+
+    for m in model.modules():
+        if isinstance(m, MultiHeadProjections):
+            m.unfuse_projections()
