@@ -238,9 +238,11 @@ class MultiHeadProjections(Streamable):
         """q, k, v (B, L, E) of self-attention: one GEMM when fused and the call records no
         autograd and is not traced (compile, export, jit), else the three projections."""
         fused = getattr(self, "_fused_qkv", None)  # None in layers pickled before it existed
-        if fused is not None and not autograd_on(x, self.q_proj.weight) and not _traced():
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if (fused is not None and fused.linears == projections  # a replaced projection ends the fusion
+                and not autograd_on(x, self.q_proj.weight) and not _traced()):
             return fused(x)
-        return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return tuple(proj(x) for proj in projections)
 
     def _qkv(self, x: torch.Tensor, memory: torch.Tensor | None = None):
         """Project to heads: q from x, k/v from ``memory`` (default x); each (B, H, *, Dh)."""

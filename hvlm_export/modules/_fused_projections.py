@@ -9,8 +9,10 @@ weights, as diffusers' ``fuse_qkv_projections`` does.
 The stacked weight is a copy, rebuilt when any of the three layers' parameters is replaced or
 changed in place (their ``data_ptr`` or autograd version counter moves: ``load_state_dict``,
 optimizer steps, ``.to()``, ``torch.no_grad()`` writes). Writes through ``.data`` move neither:
-after ``layer.q_proj.weight.data.copy_(w)``, call ``fuse_projections`` again. Calls that record
-autograd, and torch.compile / torch.export / torch.jit tracing, keep the three projections.
+after ``layer.q_proj.weight.data.copy_(w)``, call ``fuse_projections`` again. Replacing a
+projection module (an adapter wrapping it, say) ends the fusion: the layer goes back to its
+three projections. Only plain ``nn.Linear`` projections fuse. Calls that record autograd, and
+torch.compile / torch.export / torch.jit tracing, keep the three projections.
 """
 
 from __future__ import annotations
@@ -26,6 +28,10 @@ class FusedProjections:
     """q, k, v = this(x): the three Linear layers' outputs from one GEMM (views of one buffer)."""
 
     def __init__(self, *linears: nn.Linear) -> None:
+        for lin in linears:
+            if type(lin) is not nn.Linear:  # e.g. a LoRA or quantized wrapper: not its weight's GEMM
+                raise ValueError(f"cannot fuse a {type(lin).__name__} projection: only plain nn.Linear layers "
+                                 "are their weight's GEMM.")
         self.linears = linears
         self.sizes = [lin.out_features for lin in linears]
         self._key: tuple | None = None
@@ -47,14 +53,20 @@ class FusedProjections:
 
 
 def fuse_projections(model: nn.Module) -> int:
-    """Fuse q / k / v in every attention layer of ``model`` (see the module docstring);
-    returns how many layers now project with one GEMM."""
+    """Fuse q / k / v in every attention layer of ``model`` whose projections are plain
+    ``nn.Linear`` layers (see the module docstring); returns how many layers now project with
+    one GEMM (the others keep their three projections)."""
     from hvlm_export.modules._attention import MultiHeadProjections
 
-    layers = [m for m in model.modules() if isinstance(m, MultiHeadProjections)]
-    for layer in layers:
-        layer.fuse_projections()
-    return len(layers)
+    fused = 0
+    for layer in model.modules():
+        if isinstance(layer, MultiHeadProjections):
+            try:
+                layer.fuse_projections()
+            except ValueError:
+                continue
+            fused += 1
+    return fused
 
 
 def unfuse_projections(model: nn.Module) -> None:

@@ -134,3 +134,26 @@ def test_streaming_steps_with_fused_projections(layer):
             outs.append(out)
     assert calls == {"q": 0, "k": 0, "v": 0}
     torch.testing.assert_close(torch.cat(outs, dim=1), want, rtol=1e-5, atol=1e-6)
+
+
+def test_only_plain_linear_projections_fuse_and_a_replaced_one_ends_the_fusion():
+    class Scaled(torch.nn.Linear):  # stands for an adapter: its output is not its weight's GEMM
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    torch.manual_seed(0)
+    layer = CrossMemoryAttention(dim=16, num_heads=2).eval()
+    x = torch.randn(1, 5, 16)
+    layer.fuse_projections()
+    with torch.no_grad():
+        layer(x)
+        wrapped = Scaled(16, 16)
+        wrapped.load_state_dict(layer.q_proj.state_dict())
+        layer.q_proj = wrapped  # replaced after fusing: the layer uses its three projections again
+        got = layer(x)
+        layer.unfuse_projections()
+        torch.testing.assert_close(got, layer(x))
+    with pytest.raises(ValueError, match="cannot fuse a Scaled projection"):
+        layer.fuse_projections()
+    model = torch.nn.Sequential(layer, CrossMemoryAttention(dim=16, num_heads=2))
+    assert fuse_projections(model) == 1 and layer._fused_qkv is None
