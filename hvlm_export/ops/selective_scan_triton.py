@@ -136,9 +136,7 @@ def _fetch(base, s_row, s_t, row0, t0, nrows, length, ROWS: gl.constexpr, ITEMS:
     """Issue the load of a (ROWS, 32, ITEMS) tile in its dtype (zeros outside the tensor)."""
     L: gl.constexpr = _tile_layout(gl.num_warps(), ITEMS)
     offsets, mask = _tile_offsets(s_row, s_t, row0, t0, nrows, length, ROWS, ITEMS, L)
-    if EVEN:
-        return gl.load(base + offsets)
-    return gl.load(base + offsets, mask=mask, other=0.0)
+    return gl.load(base + offsets, mask=None if EVEN else mask, other=None if EVEN else 0.0)
 
 
 @gluon.jit
@@ -149,18 +147,15 @@ def _stage_bc(s_b, s_c, b_base, c_base, sB_n, sB_t, sC_n, sC_t, t0, nstate, leng
     L: gl.constexpr = _tile_layout(gl.num_warps(), ITEMS)
     b_offsets, b_mask = _tile_offsets(sB_n, sB_t, 0, t0, nstate, length, BLOCK_N, ITEMS, L)
     c_offsets, c_mask = _tile_offsets(sC_n, sC_t, 0, t0, nstate, length, BLOCK_N, ITEMS, L)
-    if EVEN and b_base.dtype.element_ty.primitive_bitwidth == 32:
-        cp.async_copy_global_to_shared(s_b, b_base + b_offsets)
-        cp.async_copy_global_to_shared(s_c, c_base + c_offsets)
-    elif EVEN:
-        s_b.store(gl.load(b_base + b_offsets).to(gl.float32))
-        s_c.store(gl.load(c_base + c_offsets).to(gl.float32))
-    elif b_base.dtype.element_ty.primitive_bitwidth == 32:
+    if EVEN:  # every row and step of the tiles is in the tensors
+        b_mask, c_mask = None, None
+    if b_base.dtype.element_ty.primitive_bitwidth == 32:
         cp.async_copy_global_to_shared(s_b, b_base + b_offsets, mask=b_mask)
         cp.async_copy_global_to_shared(s_c, c_base + c_offsets, mask=c_mask)
     else:
-        s_b.store(gl.load(b_base + b_offsets, mask=b_mask, other=0.0).to(gl.float32))
-        s_c.store(gl.load(c_base + c_offsets, mask=c_mask, other=0.0).to(gl.float32))
+        fill: gl.constexpr = None if EVEN else 0.0  # a load takes `other` only with a mask
+        s_b.store(gl.load(b_base + b_offsets, mask=b_mask, other=fill).to(gl.float32))
+        s_c.store(gl.load(c_base + c_offsets, mask=c_mask, other=fill).to(gl.float32))
     cp.commit_group()
 
 
@@ -297,10 +292,8 @@ def _scan_program(
             y = y * (z / (1.0 + gl.exp2(-z * _LOG2E)))  # silu
         LY: gl.constexpr = _tile_layout(W, ITEMS)
         offsets, mask = _tile_offsets(sy_d, sy_t, d0, t0, dim, length, W, ITEMS, LY)
-        if EVEN:
-            gl.store(y_ptr + pid_b * sy_b + offsets, gl.convert_layout(y, LY).to(y_ptr.dtype.element_ty))
-        else:
-            gl.store(y_ptr + pid_b * sy_b + offsets, gl.convert_layout(y, LY).to(y_ptr.dtype.element_ty), mask=mask)
+        gl.store(y_ptr + pid_b * sy_b + offsets, gl.convert_layout(y, LY).to(y_ptr.dtype.element_ty),
+                 mask=None if EVEN else mask)
     cp.wait_group(0)
     gl.store(state_ptr + (pid_b * dim + dc) * nstate + nc + jc * 0, carry, mask=cmask & (jc == 0))
 
