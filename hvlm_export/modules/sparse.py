@@ -41,7 +41,6 @@ from hvlm_export.modules._attention import (
 from hvlm_export.modules._streaming import StateSpec
 from hvlm_export.modules.cross_memory import CrossMemoryAttention
 from hvlm_export.modules._sparse_fused import fused_sparse, sparse_misfit
-from hvlm_export.ops.sparse_attention import FUSED_MAX_GROUP
 
 __all__ = ["StridedAttention", "LocalGlobalAttention", "CrossMemoryAttention"]
 
@@ -52,13 +51,15 @@ _LOCAL_IMPLS = ("auto", "blocked", "flex", "triton")
 _MIN_BLOCK = 32
 
 
-def _group_keys(mask: torch.Tensor, n, s: int) -> torch.Tensor:
-    """The (s B, 1, 1, n) key mask of the strided groups from the (B, L) padding mask: the
+def _group_keys(mask: torch.Tensor, n, s: int, h: int) -> torch.Tensor:
+    """The (B, s H, 1, n) key mask of the strided groups (heads laid out as in
+    StridedAttention: head r H + j is head j of group r) from the (B, L) padding mask: the
     regrouping's own padding is no key either. A group without any real token (its queries
     are all padding) keeps every key, so that no softmax row is empty (those rows are zeroed)."""
     b, length = mask.shape
-    keys = F.pad(mask.to(torch.uint8), (0, n * s - length)).view(b, n, s).permute(2, 0, 1).reshape(s * b, 1, 1, n) != 0
-    return keys | ~keys.any(-1, keepdim=True)
+    keys = F.pad(mask.to(torch.uint8), (0, n * s - length)).view(b, n, s).transpose(1, 2) != 0  # (B, s, n)
+    keys = keys | ~keys.any(-1, keepdim=True)
+    return keys[:, :, None, None, :].expand(b, s, h, 1, n).reshape(b, s * h, 1, n)
 
 
 def _pad_tokens(x: torch.Tensor, amount) -> torch.Tensor:
@@ -74,19 +75,23 @@ class StridedAttention(MultiHeadProjections):
 
     The positions with the same residue r modulo ``stride`` form one group (r, r + s, ...);
     attention is plain dense attention inside each group, so time is O(L^2 / stride) and
-    ``stride=1`` is exact full attention. The tokens are regrouped once, before the
-    projections, into (s, B, n, E) with n = ceil(L / s); the groups then run as the batch of
-    one mask-free ``scaled_dot_product_attention`` call, so the fused (flash) kernels apply:
+    ``stride=1`` is exact full attention. With the sequence padded to n s tokens
+    (n = ceil(L / s)), a projection's (B, n s, E) output *is* (B, n, s H, Dh): token t = i s + r
+    of head j sits at [i, r H + j]. So the groups are the heads of one
+    ``scaled_dot_product_attention`` call over a view, (B, s H, n, Dh), head r H + j being
+    head j of group r: no regrouping copy and no mask, so the flash / cuDNN kernels apply, and
+    the output comes back in sequence order:
 
     * causal: padding sits at the end of a group, after every real key of that group, so
-      ``is_causal=True`` over the groups is exact with no mask;
+      ``is_causal=True`` over the groups is exact;
     * non-causal: groups r < rem (rem = L - (n - 1) s) hold n tokens and the others n - 1;
-      the two sets are two SDPA calls (the second without its padded last slot).
+      the two sets of heads are two SDPA calls (the second without its padded last slot),
+      one when L is a multiple of s.
 
-    On CUDA, in half precision and without autograd, one fused Triton kernel
-    (``hvlm::sparse_attention``) can replace the regrouping and the SDPA calls: it reads each
-    group's rows where the projections wrote them and writes the output in sequence order
-    (see ``impl`` for when).
+    On the H200 this path is faster than the fused Triton kernel at every measured length
+    (2K - 64K tokens, causal or not; docs/BENCHMARKS.md), so ``impl='auto'`` takes it; the
+    kernel (``hvlm::sparse_attention``, shared with LocalGlobalAttention) stays available as
+    ``impl='triton'``.
 
     ``attention_mask`` (B, L) (1 = real token, right padding): padded positions output 0 and
     are no key of a real query (non-causal: one SDPA call with the groups' key mask; causal
@@ -98,11 +103,9 @@ class StridedAttention(MultiHeadProjections):
         stride: dilation s >= 1 (default 4).
         dropout: attention-probability dropout, training only (default 0.0).
         causal: restrict to j <= i (default False).
-        impl: 'auto' (default), 'torch' or 'triton'. 'triton' runs the fused kernel
+        impl: 'auto' (default) or 'torch': the SDPA path above. 'triton': the fused kernel
             (float16/bfloat16 CUDA inputs, no autograd, no padding mask unless causal, head
-            width <= 128); 'auto' picks it exactly when it can serve the call and the groups
-            hold at most ``FUSED_MAX_GROUP`` (4096) tokens (for longer groups flash SDPA over
-            the regrouped groups is faster), else the torch path (the one that exports).
+            width <= 128; a call it cannot serve is a ValueError).
     """
 
     def __init__(
@@ -126,51 +129,46 @@ class StridedAttention(MultiHeadProjections):
         """x: (B, L, E), attention_mask: (B, L) or None -> (B, L, E)."""
         check_sequence(x, self.dim)
         mask = None if attention_mask is None else check_mask(attention_mask, x)
-        if use_fused(self.impl, x, self.q_proj.weight, "the fused strided kernel", lambda: self._misfit(x, mask)):
+        if self.impl == "triton" and use_fused(self.impl, x, self.q_proj.weight, "the fused strided kernel",
+                                               lambda: sparse_misfit(self, x, mask, self.stride)):
             return zero_padding(self.out_proj(fused_sparse(self, x, self.stride, -1)), mask)
         b, length, e = x.shape
-        s = self.stride
+        s, h = self.stride, self.num_heads
         n = (length + s - 1) // s  # tokens per full group
-        # (B, L, E) -> (s, B, n, E): group r holds positions r, r + s, ... (padding last)
-        # one contiguous copy, read by all three projections (each would copy a permuted view)
-        groups = _pad_tokens(x, n * s - length).view(b, n, s, e).permute(2, 0, 1, 3).contiguous()
-        q, k, v = (self._group_heads(proj(groups)) for proj in (self.q_proj, self.k_proj, self.v_proj))
+        xp = _pad_tokens(x, n * s - length)
+        # (B, n s, E) = (B, n, s H, Dh): the groups' heads, a view (each projection its own buffer)
+        q, k, v = (proj(xp).view(b, n, s * h, self.head_dim).transpose(1, 2)
+                   for proj in (self.q_proj, self.k_proj, self.v_proj))
         if self.causal:
-            out = self._attend_causal(q, k, v)
-        elif mask is None:  # rows of the full groups: a sum (shape inference handles sums of symbols)
-            out = self._attend_ragged(q, k, v, b * length - b * (n - 1) * s)
+            out = self._attend_causal(q, k, v).transpose(1, 2)
+        elif mask is None:
+            out = self._attend_ragged(q, k, v, (length - (n - 1) * s) * h)
         else:
-            out = self._attend(q, k, v, _group_keys(mask, n, s))
-        # (s B, H, n, Dh) -> (B, n, s, H, Dh): back to sequence order in one copy
-        out = out.reshape(s, b, self.num_heads, n, self.head_dim).permute(1, 3, 0, 2, 4).reshape(b, n * s, e)
-        return zero_padding(self.out_proj(crop(out, 1, length)), mask)
+            out = self._attend(q, k, v, _group_keys(mask, n, s, h)).transpose(1, 2)
+        # (B, n, s H, Dh) is sequence order: a view where SDPA wrote it so (flash, cuDNN)
+        return zero_padding(self.out_proj(crop(out.reshape(b, n * s, e), 1, length)), mask)
 
-    def _misfit(self, x: torch.Tensor, mask: torch.Tensor | None) -> str | None:
-        """sparse_misfit, and for 'auto' groups longer than FUSED_MAX_GROUP tokens (flash SDPA
-        over the regrouped groups is faster there)."""
-        if self.impl == "auto" and -(-x.shape[1] // self.stride) > FUSED_MAX_GROUP:
-            return f"groups longer than {FUSED_MAX_GROUP} tokens"
-        return sparse_misfit(self, x, mask, self.stride)
+    def _attend_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full) -> torch.Tensor:
+        """Non-causal attention over (B, s H, n, Dh) group heads whose first ``full`` heads
+        hold n real tokens and the others n - 1 (their last slot is padding), without a mask;
+        returns (B, n, s H, Dh).
 
-    def _attend_ragged(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, full: int) -> torch.Tensor:
-        """Non-causal attention over (s * B, H, n, Dh) groups whose first ``full`` rows hold n
-        real tokens and the others n - 1 (their last slot is padding), without a mask.
-
-        Two SDPA calls: the full rows, and the short rows without their last slot. When L is
-        a multiple of s the short set is an empty batch (SDPA, ONNX Runtime and torch.export
-        all accept that). A sequence axis is never empty: for L < s the short groups, which
-        hold no real token at all, keep their one padded slot and their rows are discarded.
+        Two SDPA calls: the full heads, and the short ones without their last slot. When L is
+        a multiple of s the short set is empty (SDPA, ONNX Runtime and torch.export all accept
+        that; eager calls make one call). A sequence axis is never empty: for L < s the short
+        groups, which hold no real token at all, keep their one padded slot and their rows are
+        discarded.
         """
         n = q.shape[2]
-        short_len = torch.sym_max(n - 1, 1)
-        q_s, k_s, v_s = q[full:, :, :short_len], k[full:, :, :short_len], v[full:, :, :short_len]
-        if not torch.compiler.is_compiling() and q_s.shape[0] == 0:
+        if not torch.compiler.is_compiling() and full == q.shape[1]:
             # eager only (traced graphs keep both calls): every group is full, so one call is
             # the whole answer; it also avoids CUDA SDPA, which returns None instead of an empty
             # tensor for an empty half-precision batch (seen with torch 2.11 on an H200)
-            return self._attend(q, k, v, None)
-        short = self._attend(q_s, k_s, v_s, None)
-        return torch.cat([self._attend(q[:full], k[:full], v[:full], None), F.pad(short, (0, 0, 0, n - short_len))])
+            return self._attend(q, k, v, None).transpose(1, 2)
+        short_len = torch.sym_max(n - 1, 1)
+        short = self._attend(q[:, full:, :short_len], k[:, full:, :short_len], v[:, full:, :short_len], None)
+        whole = self._attend(q[:, :full], k[:, :full], v[:, :full], None)
+        return torch.cat([whole.transpose(1, 2), F.pad(short, (0, 0, 0, n - short_len)).transpose(1, 2)], dim=2)
 
     def streaming_error(self) -> str | None:
         return None if self.causal else "it is not causal (build it with causal=True)"
@@ -189,11 +187,6 @@ class StridedAttention(MultiHeadProjections):
         gap = (past + torch.arange(x.shape[1], device=x.device))[:, None] - torch.arange(keys.shape[2], device=x.device)
         out = self._attend(q, keys.to(q.dtype), values.to(q.dtype), (gap >= 0) & (gap % self.stride == 0))
         return self.out_proj(merge_heads(out)), {"k": keys, "v": values}
-
-    def _group_heads(self, t: torch.Tensor) -> torch.Tensor:
-        """(s, B, n, E) -> (s * B, H, n, Dh), a view."""
-        s, b, n, _ = t.shape
-        return t.view(s * b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, stride={self.stride}, causal={self.causal}, impl={self.impl!r}"

@@ -1,7 +1,7 @@
 """``hvlm::sparse_attention``: strided or local + global softmax attention as one op (CUDA only).
 
-StridedAttention and LocalGlobalAttention call it for CUDA inference in half precision
-(``impl='auto'`` or ``'triton'``); it wraps the Triton kernel of
+LocalGlobalAttention calls it for CUDA inference in half precision (``impl='auto'`` or
+``'triton'``), StridedAttention with ``impl='triton'``; it wraps the Triton kernel of
 ``hvlm_export.ops.sparse_attention_triton`` as a triton_op (``hvlm_export.ops.triton_backed``:
 torch.compile launches the kernel from Inductor's generated code; a fake implementation
 gives the output shape). There is no CPU kernel and no autograd:
@@ -15,13 +15,10 @@ import torch
 
 from hvlm_export.ops.triton_backed import TRITON_AVAILABLE, direct_launch_ok, require_kernel, triton_backed_op
 
-__all__ = ["sparse_attention", "sparse_attention_op", "MAX_GROUPS", "MAX_HEAD_DIM", "MAX_GLOBAL", "FUSED_MAX_GROUP"]
+__all__ = ["sparse_attention", "sparse_attention_op", "MAX_GROUPS", "MAX_HEAD_DIM", "MAX_GLOBAL"]
 
 #: the kernel's grid axis of (group, batch, head) programs is limited to 65535 by CUDA
 MAX_GROUPS = 65535
-#: StridedAttention's 'auto' runs the kernel up to this many tokens per residue group; above
-#: it flash SDPA over the regrouped groups is faster (measured on the H200, docs/BENCHMARKS.md)
-FUSED_MAX_GROUP = 4096
 #: most global tokens the kernel holds in one tile (more use the torch path)
 MAX_GLOBAL = 64
 #: widest head the kernel keeps in registers (wider heads use the layers' torch paths)

@@ -101,7 +101,7 @@ def test_compiled_matches_eager(name):
 
 @torch.no_grad()
 @pytest.mark.parametrize("name", ["performer", "performer_causal", "mamba", "local_global_flex_causal",
-                                  "local_global_flex", "strided", "strided_causal", "local_global",
+                                  "local_global_flex", "strided", "strided_causal", "strided_causal_triton", "local_global",
                                   "local_global_causal"])
 def test_fused_cuda_paths_honour_padding_masks(name):
     """The fused CUDA paths (FAVOR+ kernels with a key mask, Mamba's fused conv + scan,
@@ -116,8 +116,9 @@ def test_fused_cuda_paths_honour_padding_masks(name):
         "mamba": lambda: MambaLayer(256, state_size=8),
         "local_global_flex_causal": lambda: LocalGlobalAttention(256, 4, local_window=64, causal=True, impl="flex"),
         "local_global_flex": lambda: LocalGlobalAttention(256, 4, local_window=64, impl="flex"),
-        "strided": lambda: StridedAttention(256, 4, stride=3),  # a mask: the torch path
-        "strided_causal": lambda: StridedAttention(256, 4, stride=3, causal=True),  # the fused kernel
+        "strided": lambda: StridedAttention(256, 4, stride=3),  # a key mask over the group heads
+        "strided_causal": lambda: StridedAttention(256, 4, stride=3, causal=True),  # SDPA, no mask
+        "strided_causal_triton": lambda: StridedAttention(256, 4, stride=3, causal=True, impl="triton"),
         "local_global": lambda: LocalGlobalAttention(256, 4, local_window=64),  # a mask: blocked
         "local_global_causal": lambda: LocalGlobalAttention(256, 4, local_window=64, causal=True),  # fused
     }[name]().cuda().half().eval()
@@ -168,17 +169,21 @@ def test_fused_sparse_kernel_matches_dense_reference(kind, dim, heads, knob, glo
         errors = f"L={length} B={batch}: rel err fused {_rel(got, want):.3g}, torch path {_rel(torch_path, want):.3g}"
         assert torch.isfinite(got).all(), errors
         assert _rel(got, want) < (HALF_REL if dtype == torch.float16 else 4 * HALF_REL), errors
+        assert _rel(torch_path, want) < (HALF_REL if dtype == torch.float16 else 4 * HALF_REL), errors
         assert _rel(got, want) <= 1.5 * _rel(torch_path, want) + 2e-4, "the fused path is less accurate: " + errors
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("kind", ["strided", "local"])
+@pytest.mark.parametrize("kind", ["strided", "strided_sdpa", "local"])
 def test_fused_sparse_kernel_is_causal_and_compiles(kind):
     """Causal: tokens after 700 made 30x larger leave every earlier output bit-identical;
-    torch.compile(fullgraph=True) keeps the op whole and computes the same."""
+    torch.compile(fullgraph=True) keeps the op whole and computes the same. 'strided_sdpa':
+    strided's default path (SDPA over the group views), the same checks."""
     torch.manual_seed(1)
-    layer, _, _ = _sparse_case(kind, 256, 4, True, 4 if kind == "strided" else 64, 2)
+    strided = kind.startswith("strided")
+    layer, _, _ = _sparse_case("strided" if strided else kind, 256, 4, True, 4 if strided else 64, 2)
     layer = layer.cuda().half().eval()
+    layer.impl = "auto" if kind == "strided_sdpa" else "triton"
     x = torch.randn(2, 1500, 256, device="cuda", dtype=torch.float16)
     got = layer(x)
     louder = x.clone()
@@ -193,11 +198,10 @@ def test_fused_sparse_kernel_is_causal_and_compiles(kind):
 
 @torch.no_grad()
 def test_auto_picks_the_fused_kernel_where_documented(monkeypatch):
-    """impl='auto': strided takes the kernel up to FUSED_MAX_GROUP tokens per group and flash
-    SDPA above; local/global takes it unless a non-causal call has a padding mask; float32
-    and autograd never take it."""
+    """impl='auto': strided never takes the kernel (flash SDPA over its group views is faster
+    at every measured length), impl='triton' does; local/global takes it unless a non-causal
+    call has a padding mask; float32 and autograd never take it."""
     from hvlm_export.modules import _sparse_fused
-    from hvlm_export.ops.sparse_attention import FUSED_MAX_GROUP
 
     calls = []
     real = _sparse_fused.sparse_attention
@@ -209,8 +213,8 @@ def test_auto_picks_the_fused_kernel_where_documented(monkeypatch):
         return bool(calls)
 
     strided = StridedAttention(64, 2, stride=2).cuda().half().eval()
-    x = torch.randn(1, 2 * FUSED_MAX_GROUP + 1, 64, device="cuda", dtype=torch.float16)
-    assert took(strided, x[:, : 2 * FUSED_MAX_GROUP]) and not took(strided, x)
+    x = torch.randn(1, 8193, 64, device="cuda", dtype=torch.float16)
+    assert not took(strided, x[:, :8192]) and not took(strided, x)
     strided.impl = "triton"
     assert took(strided, x)
     local = LocalGlobalAttention(64, 2, local_window=16).cuda().half().eval()
@@ -226,8 +230,8 @@ def test_auto_picks_the_fused_kernel_where_documented(monkeypatch):
 def _fused_layer(name: str) -> torch.nn.Module:
     from hvlm_export.modules import MambaLayer
 
-    build = {"strided": lambda: StridedAttention(192, 3, stride=4),
-             "strided_causal": lambda: StridedAttention(192, 3, stride=3, causal=True),
+    build = {"strided": lambda: StridedAttention(192, 3, stride=4, impl="triton"),
+             "strided_causal": lambda: StridedAttention(192, 3, stride=3, causal=True, impl="triton"),
              "local_global": lambda: LocalGlobalAttention(192, 3, local_window=32, num_global_tokens=4),
              "performer": lambda: PerformerAttention(192, 3, nb_features=70),
              "performer_causal": lambda: PerformerAttention(192, 3, nb_features=70, causal=True),

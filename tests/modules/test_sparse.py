@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hvlm_export.modules import CrossMemoryAttention, LocalGlobalAttention, StridedAttention
 from tests.references import dense_attention, local_global_mask, strided_mask
@@ -35,6 +36,38 @@ def test_strided_matches_dense(stride, length, causal):
         want = dense_attention(layer, x, strided_mask(length, stride, causal))
         err = (got - want).abs().max().item()
         assert err < ATOL, f"stride={stride} L={length} B={batch}: max abs err {err:.3g}"
+
+
+
+class _Ops(TorchDispatchMode):
+    """Records the aten ops a call runs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_strided_groups_are_views_of_the_projections(causal):
+    """L a multiple of the stride: the residue groups are the heads of one SDPA call over
+    views of the three projections' outputs, and the output is the out projection of a view
+    of SDPA's: no padding, copy, concatenation or mask. A ragged L pads the input once and
+    (non-causal) makes two SDPA calls."""
+    layer = StridedAttention(dim=32, num_heads=4, stride=4, causal=causal).eval()
+    copies = ("clone", "copy", "cat", "pad", "contiguous", "index", "expand", "where", "masked")
+    for length, pads, calls in ((64, 0, 1), (63, 1, 1 if causal else 2)):
+        x = _x(2, length, 32).float()
+        with torch.no_grad(), _Ops() as rec:
+            layer(x)
+        sdpa = [op for op in rec.ops if "scaled_dot_product" in op]
+        assert len(sdpa) == calls, rec.ops
+        assert sum("constant_pad_nd" in op for op in rec.ops) == pads + (length % 4 and not causal), rec.ops
+        if length % 4 == 0:
+            assert not [op for op in rec.ops if any(c in op for c in copies)], rec.ops
 
 
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])

@@ -99,15 +99,18 @@ def _compiled_graph_targets(layer: torch.nn.Module, length: int) -> list[str]:
 
 @NEEDS_TRITON
 @pytest.mark.parametrize("name, layer, kernels, opaque", [
-    ("strided", lambda: StridedAttention(64, 2, stride=4), 1, []),
-    ("strided_causal", lambda: StridedAttention(64, 2, stride=3, causal=True), 1, []),
+    ("strided", lambda: StridedAttention(64, 2, stride=4, impl="triton"), 1, []),
+    ("strided_causal", lambda: StridedAttention(64, 2, stride=3, causal=True, impl="triton"), 1, []),
+    ("strided_sdpa", lambda: StridedAttention(64, 2, stride=3, causal=True), 0, []),
     ("local_global", lambda: LocalGlobalAttention(64, 2, local_window=16, num_global_tokens=2), 1, []),
     ("performer", lambda: PerformerAttention(64, 2, nb_features=32), 4, []),
     ("mamba", lambda: MambaLayer(dim=32, state_size=4), 1, ["hvlm.selective_scan.default"]),
 ])
 def test_compile_sees_the_triton_kernels(monkeypatch, name, layer, kernels, opaque):
     """Each fused layer's compiled graph launches its Triton kernels as graph nodes (Inductor
-    emits their launches), and the only opaque hvlm op left is the Gluon scan."""
+    emits their launches), and the only opaque hvlm op left is the Gluon scan. Strided
+    attention's default path is SDPA over views, with no Triton kernel (on this fake CUDA
+    device SDPA decomposes; tests/gpu covers it compiled on a GPU)."""
     # the launchers enter torch.cuda.device(q.device), which needs a CUDA build of torch
     monkeypatch.setattr(torch.cuda, "device", lambda *_: contextlib.nullcontext())
     torch.manual_seed(0)
