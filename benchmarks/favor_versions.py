@@ -5,6 +5,8 @@ non-causal and causal: device time per call (the op captured in a CUDA graph, re
 back to back, best of three), host time per call (enqueueing, median of 7 loops of 50 calls), the relative
 difference to the earlier version's output, the error of the layer's output against the
 float64 torch path (at the first length), and the current version's kernels (torch.profiler).
+The current version is called as PerformerAttention calls it eagerly, through
+``hvlm_export.ops.favor.favor_softmax`` (which keeps the scaled projection between calls).
 
     git show ed8eb3d:hvlm_export/ops/favor_triton.py > favor_old.py
     python benchmarks/favor_versions.py --baseline favor_old.py [--lengths 8192 32768 65536]
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.host_overhead import graph_ms, queued_and_host_ms  # noqa: E402
 from hvlm_export.modules import PerformerAttention, cast_module  # noqa: E402
 from hvlm_export.modules.performer import _SOFTMAX_EPS  # noqa: E402
-from hvlm_export.ops import favor_triton  # noqa: E402
+from hvlm_export.ops import favor, favor_triton  # noqa: E402
 
 
 def load(path: Path):
@@ -70,8 +72,9 @@ def main() -> None:
             want = copy.deepcopy(layer).double()(x.double()) if i == 0 else None
             outs = {}
             for name, module in versions.items():
-                fn = functools.partial(module.favor_softmax_triton, q, k, v, layer.projection_matrix, _SOFTMAX_EPS,
-                                       causal)
+                # the current version as layers call it eagerly (favor.favor_softmax: the kept scaled W)
+                call = favor.favor_softmax if name == "current" else module.favor_softmax_triton
+                fn = functools.partial(call, q, k, v, layer.projection_matrix, _SOFTMAX_EPS, causal)
                 outs[name] = fn()
                 err = rel(layer.out_proj(outs[name]), want) if want is not None else float("nan")
                 rows.append((causal, length, name, min(graph_ms(fn) for _ in range(3)), queued_and_host_ms(fn)[1] * 1e3,

@@ -7,30 +7,30 @@ hvlm_export.modules.performer, "Numerics"):
 
 1. ``_row_stats`` (queries and keys in one launch): for every row, the max over m of its
    projection x'W^T (recomputed tile by tile, never stored); for keys also the log-weight
-   l_j = rowmax_j - |k'_j|^2 / 2 (W pre-scaled by D^-1/4, one torch op).
+   l_j = rowmax_j - |k'_j|^2 / 2 (W pre-scaled by D^-1/4: ``scale_projection``, one torch op,
+   kept between eager calls while W is unchanged by hvlm_export.ops.favor).
 2. ``_key_sums``: one program per (b h, feature tile, split of L) accumulates S over its
-   split in float32 registers, key j weighted exp(l_j - frame) with the split's frame,
-   psi_j = max(exp(k'_j W^T - rowmax_j), eps).
-3. Non-causal: the frame is M = max_j l_j for every split; ``_sum_splits`` adds the splits
-   (divided by L, so the half-precision copy read next cannot overflow) and ``_query_out``
-   (one program per (b h, block of queries)) runs over the feature tiles:
+   split in float32 registers, key j weighted exp(l_j - m_s) in the split's own frame m_s
+   (the max of l over it), psi_j = max(exp(k'_j W^T - rowmax_j), eps).
+3. Non-causal: ``_sum_splits`` adds the splits, each weighted exp(m_s - M) <= 1 into the frame
+   M = max_j l_j, divided by L (so the half-precision copy read next cannot overflow), and
+   ``_query_out`` (one program per (b h, block of queries)) runs over the feature tiles:
    phi = max(exp(q'W^T - rowmax), eps), out += phi S, den += phi z, and writes out / den.
-   Causal: each split (a segment of L) is summed in its own frame, the max m_s of l over
-   it, and ``_carry`` gives each segment s the exclusive prefix of the segment sums in the
-   frame F_s = max_{s' < s} m_s' (= R at the previous segment's end, R_t = max_{j <= t} l_j),
-   weights exp(m_s' - F_s) <= 1. ``_causal_out`` (one program per (b h, segment)) walks its
-   segment in blocks of BLOCK_L tokens, carrying the running S (float32, in the scratch slot
-   it alone owns) in the frame R at the previous block's end, R_t inside a block being the
-   block's running max of l after that frame: query t gets phi_t S exp(frame - R_t) plus the
-   block's own keys j <= t weighted exp(l_j - R_t). Nothing computed for query t reads a key
-   after t (keys after t in its block weigh an exact 0), so for finite inputs the output is
-   exactly causal, as the torch path is (an inf or NaN in a later key or value of the same
-   block reaches the earlier rows through 0 * inf).
+   Causal: the splits are segments of L; ``_carry`` gives each segment s the exclusive prefix
+   of the segment sums in the frame F_s = max_{s' < s} m_s' (= R at the previous segment's
+   end, R_t = max_{j <= t} l_j), weights exp(m_s' - F_s) <= 1. ``_causal_out`` (a program per
+   (b h, segment)) walks its segment in blocks of BLOCK_L tokens, carrying the running S
+   (float32, in the scratch slot it alone owns) in the frame R at the previous block's end,
+   R_t in a block being its running max of l after that frame: query t gets
+   phi_t S exp(frame - R_t) plus the block's keys j <= t weighted exp(l_j - R_t). Nothing
+   computed for query t reads a key after t (later keys in its block weigh an exact 0), so
+   for finite inputs the output is exactly causal, as the torch path is (an inf or NaN in a
+   later key or value of the same block reaches the earlier rows through 0 * inf).
 
 Launches per call (host time bounds 8K tokens on the project's GPU machine, BENCHMARKS.md),
-W in the inputs' dtype and no key mask: non-causal 6 (W's scaling, row stats, max, key sums,
-split sums, output), causal 5 (no max and split sums; a carry). A float32 W adds a cast, a key
-mask three small ops.
+no key mask, W unchanged since the last call: non-causal 4 (row stats, key sums, split sums,
+output), causal 4 (row stats, key sums, carry, output); a new W adds its scaling (and a cast
+when it is neither float32 nor the inputs' dtype), a key mask three small ops.
 
 The writes go to the (B, L, H * D) layout the output projection reads. Matmuls run on
 half-precision operands with float32 accumulation (the carried S is unbounded and stays
@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
-__all__ = ["favor_softmax_triton"]
+__all__ = ["favor_softmax_triton", "scale_projection"]
 
 BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
 #: the causal pass's (feature tile, tokens per block, warps) and programs (segments x B x H: the
@@ -118,27 +118,23 @@ def _key_sums(
     k_ptr, v_ptr, w_ptr, rowmax_ptr, logw_ptr, frame_ptr, s_ptr, z_ptr, H, L, m, log_eps,
     sk_b, sk_h, sk_l, sv_b, sv_h, sv_l, per_split,
     D: tl.constexpr, D_PAD: tl.constexpr, M_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
-    CAUSAL: tl.constexpr,
 ):
-    """Split ``split`` in its frame: non-causal, frame_ptr[bh] (max_j l_j); causal, the max of
-    l over the split itself (a segment), which the feature tile 0 programs write to frame_ptr
-    (BH, splits) for _carry."""
+    """Split ``split`` (a segment of L) in its own frame, the max of l over it, which the
+    feature tile 0 programs write to frame_ptr (BH, splits): for _sum_splits (non-causal) or
+    _carry (causal)."""
     log_eps = tl.cast(log_eps, tl.float32)  # Inductor passes Python floats as float64
     bh, tile, split = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
     b, h = bh // H, bh % H
     d = tl.arange(0, D_PAD)
     m0 = tile * BLOCK_M
     start = split * per_split
-    if CAUSAL:
-        best = tl.full((BLOCK_L,), float("-inf"), tl.float32)
-        for l0 in tl.range(start, tl.minimum(start + per_split, L), BLOCK_L):
-            rows = l0 + tl.arange(0, BLOCK_L)
-            best = tl.maximum(best, tl.load(logw_ptr + bh * L + rows, mask=rows < L, other=float("-inf")))
-        frame = tl.max(best, axis=0)
-        if tile == 0:
-            tl.store(frame_ptr + bh * tl.num_programs(2) + split, frame)
-    else:
-        frame = tl.load(frame_ptr + bh)
+    best = tl.full((BLOCK_L,), float("-inf"), tl.float32)
+    for l0 in tl.range(start, tl.minimum(start + per_split, L), BLOCK_L):
+        rows = l0 + tl.arange(0, BLOCK_L)
+        best = tl.maximum(best, tl.load(logw_ptr + bh * L + rows, mask=rows < L, other=float("-inf")))
+    frame = tl.max(best, axis=0)
+    if tile == 0:
+        tl.store(frame_ptr + bh * tl.num_programs(2) + split, frame)
     s_acc = tl.zeros((BLOCK_M, D_PAD), tl.float32)
     z_acc = tl.zeros((BLOCK_M,), tl.float32)
     for l0 in tl.range(start, tl.minimum(start + per_split, L), BLOCK_L):
@@ -158,19 +154,21 @@ def _key_sums(
 
 
 @triton.jit(do_not_specialize=["L", "splits"])
-def _sum_splits(s_part_ptr, z_part_ptr, s_ptr, z_ptr, L, splits,
+def _sum_splits(s_part_ptr, z_part_ptr, frame_ptr, s_ptr, z_ptr, L, splits,
                 D_PAD: tl.constexpr, M_PAD: tl.constexpr, ROWS: tl.constexpr, SPLITS_PAD: tl.constexpr):
-    """Non-causal: S, z of (b h, ROWS features) over the splits (loaded at once, float32) / L,
-    in the output's dtype (bounded by |v|)."""
+    """Non-causal: S, z of (b h, ROWS features) over the splits (loaded at once, float32), each
+    weighted exp(m_s - M) <= 1 from its frame into M = max_j l_j, / L, in the output's dtype."""
     bh, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)
     f = blk * ROWS + tl.arange(0, ROWS)
     d = tl.arange(0, D_PAD)
     sp = tl.arange(0, SPLITS_PAD)
+    present = sp < splits
+    frames = tl.load(frame_ptr + bh * splits + sp, mask=present, other=float("-inf"))
+    weight = tl.where(present, tl.exp(frames - tl.max(frames, axis=0)), 0.0)  # (SPLITS_PAD,)
     row = (bh * splits + sp[:, None]) * M_PAD + f[None, :]  # (SPLITS_PAD, ROWS)
-    present = sp[:, None] < splits
-    s_sum = tl.sum(tl.load(s_part_ptr + row[:, :, None] * D_PAD + d[None, None, :], mask=present[:, :, None],
-                           other=0.0), axis=0)
-    z_sum = tl.sum(tl.load(z_part_ptr + row, mask=present, other=0.0), axis=0)
+    s_parts = tl.load(s_part_ptr + row[:, :, None] * D_PAD + d[None, None, :], mask=present[:, None, None], other=0.0)
+    s_sum = tl.sum(s_parts * weight[:, None, None], axis=0)
+    z_sum = tl.sum(tl.load(z_part_ptr + row, mask=present[:, None], other=0.0) * weight[:, None], axis=0)
     out = bh * M_PAD + f
     tl.store(s_ptr + out[:, None] * D_PAD + d[None, :], (s_sum / L).to(s_ptr.dtype.element_ty))
     tl.store(z_ptr + out, (z_sum / L).to(z_ptr.dtype.element_ty))
@@ -302,16 +300,16 @@ def _causal_out(
 
 def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                          eps: float, causal: bool = False, key_mask: torch.Tensor | None = None,
-                         traced: bool = False) -> torch.Tensor:
+                         traced: bool = False, scaled: torch.Tensor | None = None) -> torch.Tensor:
     """FAVOR+ softmax attention, fused (module docstring); launched on q's device (Triton
     launches on the current one)."""
     with torch.cuda.device(q.device):
-        return _favor_softmax(q, k, v, projection, eps, causal, key_mask, traced)
+        return _favor_softmax(q, k, v, projection, eps, causal, key_mask, traced, scaled)
 
 
 def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                    eps: float, causal: bool = False, key_mask: torch.Tensor | None = None,
-                   traced: bool = False) -> torch.Tensor:
+                   traced: bool = False, scaled: torch.Tensor | None = None) -> torch.Tensor:
     """favor_softmax_triton on the current device.
 
     Args:
@@ -321,6 +319,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         causal: query t attends to keys j <= t only.
         key_mask: (B, L) bool, the tokens that may be keys (non-causal only; None: all).
         traced: called as the op's body (``hvlm_export.ops.triton_backed``: torch.compile traces the launches).
+        scaled: ``scale_projection(projection, D, q.dtype)`` if the caller keeps it, or None.
 
     Returns:
         (B, L, H * D) in q's dtype: the heads already merged for the output projection.
@@ -332,13 +331,9 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     if not causal:
         block_m = BLOCK_M
     m_pad = triton.cdiv(m, block_m) * block_m
-    # x W^T D^-1/4 = x' W^T: W scaled in float32 and rounded once to q's dtype; one launch when
-    # W has q's dtype (torch multiplies half precision in float32), else from a float32 W
-    same = projection.dtype in (q.dtype, torch.float32)
-    w = torch.mul(projection if same else projection.float(), d**-0.25).to(q.dtype).contiguous()
+    w = scale_projection(projection, d, q.dtype) if scaled is None else scaled
     bh, log_eps = b * h, math.log(eps)
-    rowmax_q = torch.empty(bh, length, device=q.device, dtype=torch.float32)
-    rowmax_k, logw = torch.empty_like(rowmax_q), torch.empty_like(rowmax_q)
+    rowmax_q, rowmax_k, logw = torch.empty(3, bh, length, device=q.device, dtype=torch.float32).unbind(0)
     grid = (bh, triton.cdiv(length, BLOCK_L))
     common = dict(D=d, D_PAD=d_pad, BLOCK_L=BLOCK_L, BLOCK_M=block_m, M_PAD=m_pad)
     (wrap_triton(_row_stats) if traced else _row_stats)[grid + (2,)](
@@ -349,7 +344,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         if key_mask is not None:
             raise ValueError("favor_softmax: key_mask is for non-causal attention (right padding needs none when causal)")
         seg, splits = _segments(length, bh, block)
-        s_sums, z_sums, seg_max = _split_key_sums(k, v, w, rowmax_k, logw, None, seg, log_eps, m, common, traced)
+        s_sums, z_sums, seg_max = _split_key_sums(k, v, w, rowmax_k, logw, seg, log_eps, m, common, traced)
         s_carry, z_carry = torch.empty_like(s_sums), torch.empty_like(z_sums)
         enter = torch.empty_like(seg_max)
         group = splits // 32 + 1  # segments per _carry program (no max(): symbolic under torch.compile)
@@ -361,19 +356,25 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
             h, length, m, log_eps, seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
             num_warps=warps, **{**common, "BLOCK_L": block})
         return out
-    if key_mask is not None:  # padded keys weigh exp(_NEG - frame) = 0
+    if key_mask is not None:  # padded keys weigh exp(_NEG - M) = 0 once a real key sets the frame M
         logw.masked_fill_(~key_mask[:, None, :].expand(b, h, length).reshape(bh, length), _NEG)
-    frame = logw.amax(dim=1)
     splits = max(1, min(SPLITS, triton.cdiv(length, BLOCK_L)))
     per_split = triton.cdiv(triton.cdiv(length, splits), BLOCK_L) * BLOCK_L
-    s_part, z_part, _ = _split_key_sums(k, v, w, rowmax_k, logw, frame, per_split, log_eps, m, common, traced)
+    s_part, z_part, frames = _split_key_sums(k, v, w, rowmax_k, logw, per_split, log_eps, m, common, traced)
     s = torch.empty(bh, m_pad, d_pad, device=q.device, dtype=q.dtype)
     z = torch.empty(bh, m_pad, device=q.device, dtype=q.dtype)
     (wrap_triton(_sum_splits) if traced else _sum_splits)[(bh, m_pad // _SUM_ROWS)](
-        s_part, z_part, s, z, length, s_part.shape[1], D_PAD=d_pad, M_PAD=m_pad, ROWS=_SUM_ROWS, SPLITS_PAD=SPLITS)
+        s_part, z_part, frames, s, z, length, s_part.shape[1], D_PAD=d_pad, M_PAD=m_pad, ROWS=_SUM_ROWS,
+        SPLITS_PAD=SPLITS)
     (wrap_triton(_query_out) if traced else _query_out)[grid](
         q, w, rowmax_q, s, z, out, h, length, m, log_eps, *q.stride()[:3], **common)
     return out
+
+
+def scale_projection(projection: torch.Tensor, d: int, dtype: torch.dtype) -> torch.Tensor:
+    """W D^-1/4 (x W^T D^-1/4 = x' W^T) in float32, rounded once to ``dtype``."""
+    same = projection.dtype in (dtype, torch.float32)
+    return torch.mul(projection if same else projection.float(), d**-0.25).to(dtype).contiguous()
 
 
 def _segments(length: int, bh: int, block: int) -> tuple[int, int]:
@@ -385,16 +386,15 @@ def _segments(length: int, bh: int, block: int) -> tuple[int, int]:
     return seg, triton.cdiv(length, seg)
 
 
-def _split_key_sums(k, v, w, rowmax_k, logw, frame, per_split, log_eps, m, common, traced):
-    """float32 (S (BH, splits, M_PAD, D_PAD), z (BH, splits, M_PAD), frames) of the key splits of
-    ``per_split`` tokens. ``frame``: (BH,) the frame of every split (non-causal; returned as
-    the frames), or None (causal): each split in the max of l over it, the frames (BH, splits)."""
+def _split_key_sums(k, v, w, rowmax_k, logw, per_split, log_eps, m, common, traced):
+    """float32 (S (BH, splits, M_PAD, D_PAD), z (BH, splits, M_PAD), frames (BH, splits)) of the
+    key splits of ``per_split`` tokens, each split in its own frame (the max of l over it)."""
     bh, length = logw.shape
     splits = triton.cdiv(length, per_split)
     s_part = torch.empty(bh, splits, common["M_PAD"], common["D_PAD"], device=k.device, dtype=torch.float32)
     z_part = torch.empty(bh, splits, common["M_PAD"], device=k.device, dtype=torch.float32)
-    frames = frame if frame is not None else torch.empty(bh, splits, device=k.device, dtype=torch.float32)
+    frames = torch.empty(bh, splits, device=k.device, dtype=torch.float32)
     (wrap_triton(_key_sums) if traced else _key_sums)[(bh, common["M_PAD"] // common["BLOCK_M"], splits)](
         k, v, w, rowmax_k, logw, frames, s_part, z_part, k.shape[1], length, m, log_eps,
-        *k.stride()[:3], *v.stride()[:3], per_split, CAUSAL=frame is None, **common)
+        *k.stride()[:3], *v.stride()[:3], per_split, **common)
     return s_part, z_part, frames
