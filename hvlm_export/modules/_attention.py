@@ -29,6 +29,7 @@ __all__ = [
     "check_sequence",
     "kernels_allowed_here",
     "exporting",
+    "tracing",
     "zero_padding",
     "merge_heads",
     "split_heads",
@@ -117,7 +118,7 @@ def exporting() -> bool:
     return torch.compiler.is_exporting() if flag is None else bool(flag)
 
 
-def _traced() -> bool:
+def tracing() -> bool:
     """Whether torch.compile, torch.export or torch.jit is tracing this call."""
     return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
 
@@ -240,7 +241,7 @@ class MultiHeadProjections(Streamable):
         fused = getattr(self, "_fused_qkv", None)  # None in layers pickled before it existed
         projections = (self.q_proj, self.k_proj, self.v_proj)
         if (fused is not None and fused.linears == projections  # a replaced projection ends the fusion
-                and not autograd_on(x, self.q_proj.weight) and not _traced()):
+                and not autograd_on(x, self.q_proj.weight) and not tracing()):
             return fused(x)
         return tuple(proj(x) for proj in projections)
 

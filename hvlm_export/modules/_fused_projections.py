@@ -6,10 +6,10 @@ costs about as much host time as its GEMM takes on the device. ``fuse_projection
 makes every attention layer in ``model`` project q, k and v with one GEMM of their stacked
 weights, as diffusers' ``fuse_qkv_projections`` does.
 
-The stacked weight is a copy, rebuilt when any of the three layers' parameters is replaced or
-changed in place (their ``data_ptr`` or autograd version counter moves: ``load_state_dict``,
-optimizer steps, ``.to()``, ``torch.no_grad()`` writes). Writes through ``.data`` move neither:
-after ``layer.q_proj.weight.data.copy_(w)``, call ``fuse_projections`` again. Replacing a
+The stacked weight is a copy (hvlm_export.modules._derived.Derived), rebuilt when any of the
+three layers' parameters is replaced, moved or changed in place (``load_state_dict``, optimizer
+steps, ``.to()``, ``torch.no_grad()`` writes). Writes through ``.data`` go unseen: after
+``layer.q_proj.weight.data.copy_(w)``, call ``fuse_projections`` again. Replacing a
 projection module (an adapter wrapping it, say) ends the fusion: the layer goes back to its
 three projections. Only plain ``nn.Linear`` projections fuse. Calls that record autograd, and
 torch.compile / torch.export / torch.jit tracing, keep the three projections.
@@ -20,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from hvlm_export.modules._derived import Derived
 
 __all__ = ["FusedProjections", "fuse_projections", "unfuse_projections"]
 
@@ -34,22 +36,18 @@ class FusedProjections:
                                  "are their weight's GEMM.")
         self.linears = linears
         self.sizes = [lin.out_features for lin in linears]
-        self._key: tuple | None = None
-        self.weight = self.bias = None
+        self._stacked = Derived(self._stack)
 
-    def _params(self) -> list[torch.Tensor]:
-        return [p for lin in self.linears for p in (lin.weight, lin.bias) if p is not None]
+    def _stack(self, *_params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = torch.cat([lin.weight for lin in self.linears])
+        bias = None if all(lin.bias is None for lin in self.linears) else torch.cat(
+            [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features) for lin in self.linears])
+        return weight, bias
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self._params())
-        if key != self._key:
-            with torch.no_grad():
-                self.weight = torch.cat([lin.weight for lin in self.linears])
-                self.bias = None if all(lin.bias is None for lin in self.linears) else torch.cat(
-                    [lin.bias if lin.bias is not None else lin.weight.new_zeros(lin.out_features)
-                     for lin in self.linears])
-            self._key = key
-        return F.linear(x, self.weight, self.bias).split(self.sizes, dim=-1)
+        params = [p for lin in self.linears for p in (lin.weight, lin.bias) if p is not None]
+        weight, bias = self._stacked(*params)
+        return F.linear(x, weight, bias).split(self.sizes, dim=-1)
 
 
 def fuse_projections(model: nn.Module) -> int:

@@ -35,12 +35,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvlm_export.modules._attention import (
+    autograd_on,
     check_mask,
     check_positive_int,
     check_sequence,
     fused_cuda_inference,
+    tracing,
     zero_padding,
 )
+from hvlm_export.modules._derived import Derived
 from hvlm_export.modules._streaming import StateSpec, Streamable
 from hvlm_export.ops.selective_scan import selective_scan
 from hvlm_export.ops.causal_conv import conv_silu
@@ -48,6 +51,11 @@ from hvlm_export.ops.causal_conv import conv_silu
 __all__ = ["MambaLayer"]
 
 ScanImpl = Literal["op", "reference"]
+
+
+def _scan_params(a_log: torch.Tensor, d: torch.Tensor, delta_bias: torch.Tensor):
+    """The scan's float32 parameters from the layer's: A = -exp(A_log), D, delta_bias."""
+    return -torch.exp(a_log.float()), d.float(), delta_bias.float()
 
 
 def _project(weight: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -185,15 +193,22 @@ class MambaLayer(Streamable):
     def _scan_out(self, xs, delta, b_in, c_in, z, h0):
         """The scan of xs (B, Di, L) with delta (B, Di, L), B / C (B, N, L) and gate z (delta_bias
         and softplus inside), then the output projection: (y (B, L, E), last state or None)."""
+        params = (self.A_log, self.D, self.dt_proj.bias)
+        if tracing() or any(autograd_on(xs, p) for p in params):
+            a, d, delta_bias = _scan_params(*params)
+        else:  # inference: kept while the parameters are unchanged (a launch each, in host-bound calls)
+            if getattr(self, "_kept_params", None) is None:  # None in layers pickled before it existed
+                self._kept_params = Derived(_scan_params)
+            a, d, delta_bias = self._kept_params(*params)
         y, last = selective_scan(
             xs,
             delta,
-            -torch.exp(self.A_log.float()),
+            a,
             b_in,
             c_in,
-            D=self.D.float(),
+            D=d,
             z=z,
-            delta_bias=self.dt_proj.bias.float(),
+            delta_bias=delta_bias,
             delta_softplus=True,
             return_last_state=True,
             impl=self.scan_impl,

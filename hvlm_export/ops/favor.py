@@ -21,7 +21,7 @@ __all__ = ["favor_softmax", "favor_softmax_op", "TRITON_AVAILABLE", "MAX_LENGTH"
 #: (favor_triton.BLOCK_L) on an axis CUDA limits to 65535 blocks
 MAX_LENGTH = 64 * 65535
 
-#: scaled projections of recent eager calls (``_scaled``): key -> (projection, W D^-1/4)
+#: scaled projections of recent eager calls (``_scaled``): key -> (a view of the projection, W D^-1/4)
 _SCALED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _SCALED_SIZE = 8
 
@@ -45,8 +45,8 @@ def _scaled(projection: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """The kernels' pre-scaled W (favor_triton.scale_projection) for eager calls, kept while
     ``projection`` is unchanged: the same storage, dtype, shape and autograd version (a redraw,
     ``load_state_dict`` or ``.to()`` moves one of them; a write through ``.data`` does not, as
-    for every cache keyed on parameters). Each entry holds its projection, so a freed
-    projection's storage never comes back under a cached key; at most ``_SCALED_SIZE`` entries,
+    for every cache keyed on parameters). Each entry holds a view of its projection's storage, so
+    that storage is never freed and reused under a cached key; at most ``_SCALED_SIZE`` entries,
     the oldest dropped first. Saves a launch per call, which short sequences pay in host time."""
     key = (projection.data_ptr(), projection._version, projection.dtype, projection.device,
            tuple(projection.shape), projection.stride(), q.dtype, q.shape[-1])
@@ -54,7 +54,7 @@ def _scaled(projection: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     if hit is None:
         while len(_SCALED) >= _SCALED_SIZE:
             _SCALED.pop(next(iter(_SCALED)), None)
-        hit = _SCALED[key] = (projection, scale_projection(projection, q.shape[-1], q.dtype))
+        hit = _SCALED[key] = (projection.detach(), scale_projection(projection, q.shape[-1], q.dtype))
     return hit[1]
 
 

@@ -41,7 +41,7 @@ def test_favor_softmax_fake_gives_the_layers_layout():
 def test_favor_keeps_the_scaled_projection_while_it_is_unchanged(monkeypatch):
     """Eager calls reuse W D^-1/4 while the projection keeps its storage, dtype and version;
     a redraw in place, another dtype or a new tensor rescales; the cache stays bounded and
-    holds its projections (a freed storage can never come back under a cached key)."""
+    holds its projections' storage (a freed storage can never come back under a cached key)."""
     from hvlm_export.ops import favor
 
     scaled = []
@@ -62,8 +62,8 @@ def test_favor_keeps_the_scaled_projection_while_it_is_unchanged(monkeypatch):
     for other in kept:
         favor._scaled(other, q)
     assert len(favor._SCALED) == favor._SCALED_SIZE
-    assert all(entry[0] is other for entry, other in zip(favor._SCALED.values(), kept[-favor._SCALED_SIZE:],
-                                                          strict=True))
+    assert all(entry[0].data_ptr() == other.data_ptr()
+               for entry, other in zip(favor._SCALED.values(), kept[-favor._SCALED_SIZE:], strict=True))
 
 
 _INTERPRETED = """

@@ -1,0 +1,103 @@
+"""Tensors derived from parameters and kept between inference calls (hvlm_export/modules/_derived.py):
+recomputed whenever a source changes in place, moves or is replaced; MambaLayer's scan
+parameters use it in inference only."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from hvlm_export.modules import MambaLayer
+from hvlm_export.modules import mamba as mamba_module
+from hvlm_export.modules._derived import Derived
+
+
+def _counting(fn):
+    calls = []
+
+    def compute(*args):
+        calls.append(1)
+        return fn(*args)
+
+    return compute, calls
+
+
+def test_kept_until_a_source_changes():
+    compute, calls = _counting(lambda a, b: a * 2 + b)
+    derived = Derived(compute)
+    a, b = torch.nn.Parameter(torch.randn(5)), torch.randn(5)
+    first = derived(a, b)
+    assert derived(a, b) is first and len(calls) == 1
+    with torch.no_grad():
+        a.add_(1.0)  # in place: the version moves
+    torch.testing.assert_close(derived(a, b), a.detach() * 2 + b)
+    a.data = torch.randn(5)  # other storage, same object
+    torch.testing.assert_close(derived(a, b), a.detach() * 2 + b)
+    torch.testing.assert_close(derived(a.double(), b.double()), a.detach().double() * 2 + b.double())
+    torch.testing.assert_close(derived(a[:4], b[:4]), a.detach()[:4] * 2 + b[:4])  # shape
+    assert len(calls) == 5
+    derived.invalidate()
+    derived(a[:4], b[:4])
+    assert len(calls) == 6
+
+
+def test_holds_the_storage_of_what_it_kept():
+    """The kept sources' storage stays alive, so a new tensor can never take its address and
+    pass for the old one (a parameter moved away and back, changed on the way)."""
+    derived = Derived(lambda a: a.clone())
+    a = torch.nn.Parameter(torch.randn(1024))
+    derived(a)
+    old = a.data_ptr()
+    a.data = torch.randn(1024)
+    assert a.data_ptr() != old  # the old storage is still held, so it was not reused
+    torch.testing.assert_close(derived(a), a.detach())
+
+
+def test_writes_through_data_go_unseen_until_invalidated():
+    derived = Derived(lambda a: a.clone())
+    a = torch.nn.Parameter(torch.zeros(3))
+    derived(a)
+    a.data.copy_(torch.ones(3))
+    assert derived(a).sum() == 0  # the documented limit
+    derived.invalidate()
+    assert derived(a).sum() == 3
+
+
+def test_mamba_keeps_its_scan_parameters_in_inference_only(monkeypatch):
+    compute, calls = _counting(mamba_module._scan_params)
+    monkeypatch.setattr(mamba_module, "_scan_params", compute)
+    torch.manual_seed(0)
+    layer = MambaLayer(dim=16, state_size=4).eval()
+    fresh = copy.deepcopy(layer)
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        layer(x)
+        layer(x)
+        assert len(calls) == 1
+        layer.load_state_dict({k: v + 0.1 if k in ("A_log", "D", "dt_proj.bias") else v
+                               for k, v in layer.state_dict().items()})
+        fresh.load_state_dict(layer.state_dict())
+        torch.testing.assert_close(layer(x), fresh(x))  # fresh computes its own: both see the new values
+        assert len(calls) == 3
+    y = layer(x)  # autograd: computed in the graph each call, gradients reach the parameters
+    y.sum().backward()
+    assert len(calls) == 4 and layer.D.grad is not None and layer.A_log.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_mamba_after_a_round_trip_through_another_dtype(dtype):
+    """Weights changed while the layer was in another dtype are what it computes with after it
+    comes back (the kept parameters are rebuilt, not served from the old storage)."""
+    torch.manual_seed(1)
+    layer = MambaLayer(dim=16, state_size=4).eval()
+    x = torch.randn(1, 7, 16)
+    with torch.no_grad():
+        layer(x)
+        layer.to(dtype)
+        layer.D.add_(1.0)
+        layer.to(torch.float32)
+        want = copy.deepcopy(layer)
+        want._kept_params = None
+        torch.testing.assert_close(layer(x), want(x))
