@@ -32,7 +32,7 @@ import statistics
 import time
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from pathlib import Path
 
@@ -69,6 +69,7 @@ class Record:
     ratio: float | None = None
     host_ms: float | None = None  # CUDA, eager: enqueue time per call
     gpu_ms: float | None = None  # CUDA, eager: device time per call (its kernels, torch.profiler)
+    ratios: list[float] | None = None  # several runs: each run's ratio (``ratio`` is their median)
 
 
 class LiveBytes(TorchDispatchMode):
@@ -246,27 +247,57 @@ def check_request(device: str, names: list[str], modes: list[str]) -> None:
 
 @torch.no_grad()
 def run_scaling(device: str, dtype: str, lengths: list[int], names: list[str] | None = None,
-                repeats: int = 10, modes: Iterable[str] = ("eager",), fuse: bool = False) -> list[Record]:
+                repeats: int = 10, modes: Iterable[str] = ("eager",), fuse: bool = False,
+                runs: int = 1) -> list[Record]:
     """Latency, peak memory and ratio to the dense module of every case, length and mode;
-    ``fuse``: every attention module with fused q / k / v projections (``fuse_projections``)."""
+    ``fuse``: every attention module with fused q / k / v projections (``fuse_projections``).
+    Each length measures the cases back to back, the dense module last, so that a ratio's two
+    times are near in time; ``runs`` > 1 repeats that, and each record gives the median over
+    the runs (the ratio: the median of the runs' ratios, each within one run; ``ratios``: all)."""
     from rich.progress import Progress
 
     names, modes = list(names or case_names()), list(modes)
     check_request(device, names, modes)
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise BenchError(f"runs must be a positive int, got {runs!r}")
     measured = names if BASELINE in names else [*names, BASELINE]
-    records = []
+    by_run: list[list[Record]] = [[] for _ in range(runs)]
     with Progress(transient=True) as progress:
-        task = progress.add_task(f"bench {device} {dtype}", total=len(measured) * len(lengths) * len(modes))
+        task = progress.add_task(f"bench {device} {dtype}", total=len(measured) * len(lengths) * len(modes) * runs)
         for mode in modes:
-            for name, make in _cases(device, DTYPES[dtype], measured, mode, fuse).items():
+            cases = _cases(device, DTYPES[dtype], measured, mode, fuse)
+            for records in by_run:
                 for L in lengths:
-                    progress.update(task, description=f"{name} {mode} L={L}")
-                    if L > LIMITS.get((name, device), math.inf):
-                        records.append(Record(name, device, dtype, L, None, None, "skipped: too slow at this L", mode))
-                    else:
-                        records.append(_measure(name, make, device, dtype, L, repeats, mode))
-                    progress.advance(task)
-    return _with_ratios(records)
+                    for name, make in cases.items():
+                        progress.update(task, description=f"{name} {mode} L={L}")
+                        if L > LIMITS.get((name, device), math.inf):
+                            records.append(Record(name, device, dtype, L, None, None, "skipped: too slow at this L", mode))
+                        else:
+                            records.append(_measure(name, make, device, dtype, L, repeats, mode))
+                        progress.advance(task)
+    return _median_runs([_with_ratios(records) for records in by_run])
+
+
+def _median_runs(runs: list[list[Record]]) -> list[Record]:
+    """One record per case, mode and length: the runs' medians (one run: itself)."""
+    if len(runs) == 1:
+        return runs[0]
+    out = []
+    for group in zip(*runs, strict=True):
+        ok = [r for r in group if r.ms is not None]
+        if not ok:
+            out.append(group[0])
+            continue
+        ratios = [r.ratio for r in ok if r.ratio is not None]
+        out.append(replace(ok[0], ms=_median(ok, "ms"), peak_mib=max(r.peak_mib for r in ok),
+                           ratio=_median(ok, "ratio"), host_ms=_median(ok, "host_ms"),
+                           gpu_ms=_median(ok, "gpu_ms"), ratios=ratios or None))
+    return out
+
+
+def _median(records: list[Record], field: str) -> float | None:
+    values = [getattr(r, field) for r in records if getattr(r, field) is not None]
+    return statistics.median(values) if values else None
 
 
 def _with_ratios(records: list[Record]) -> list[Record]:

@@ -11,6 +11,8 @@ def _cell(r: dict | None) -> str:
     if r is None or r.get("ms") is None:
         return "-" if r is None else r.get("status", "-")
     ratio = f" ({r['ratio']:.2f}x)" if r.get("ratio") is not None else ""
+    if r.get("ratios") and len(r["ratios"]) > 1:  # several runs: the median and the runs' range
+        ratio = f" ({r['ratio']:.2f}x, {min(r['ratios']):.2f}-{max(r['ratios']):.2f})"
     return f"{r['ms']:.3g} ms{ratio} / {r['peak_mib']:.0f} MiB"
 
 
@@ -32,6 +34,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for name, mode in keys:
         lines.append(f"| {name} | {mode} | " + " | ".join(_cell(cell.get((name, mode, L))) for L in lengths) + " |")
     note = "\nRatios are to the dense attention module (cross_memory) of the same mode and length, same run.\n"
+    runs = max((len(r.get("ratios") or ()) for r in rows), default=0)
+    if runs > 1:
+        note += f"Each cell: the median of {runs} runs; the ratio's median over the runs, then its range.\n"
     return head + "\n".join(lines) + "\n" + note + _split_table(rows, lengths)
 
 

@@ -219,6 +219,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         if args.fuse_projections:
             raise BenchError("--fuse-projections applies to the scaling suite, not to --suite onnx",
                              "ONNX exports always take the three projections.")
+        if args.runs != 1:
+            raise BenchError("--runs applies to the scaling suite, not to --suite onnx", "use --repeats.")
     bench.check_output_dir(out)  # before minutes of measuring, not after
     if args.suite == "onnx":
         rows = bench.run_onnx(args.names, dim=args.dim, length=args.lengths[0] if args.lengths else 2048,
@@ -227,7 +229,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     else:
         lengths = args.lengths or [1024, 2048, 4096, 8192, 16384, 32768, 65536]
         records = bench.run_scaling(args.device, args.dtype, lengths, args.names, repeats=args.repeats,
-                                    modes=args.modes, fuse=args.fuse_projections)
+                                    modes=args.modes, fuse=args.fuse_projections, runs=args.runs)
         paths = bench.write_results(records, out, f"scaling-{args.device}-{args.dtype}", command)
     print(paths[1].read_text())
     print("wrote " + ", ".join(str(p) for p in paths))
@@ -334,6 +336,9 @@ def _add_tool_commands(sub) -> None:
                    help="eager, compiled (torch.compile) and/or cudagraphs (CUDA graphs); default eager")
     p.add_argument("--dim", type=int, default=256, help="model width for the onnx suite (default 256)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per case, median reported (default 10)")
+    p.add_argument("--runs", type=int, default=1,
+                   help="scaling suite: measure everything this many times; each cell gives the medians and "
+                        "the range of its ratio over the runs (default 1)")
     p.add_argument("--fuse-projections", action="store_true",
                    help="q / k / v of every attention module (the dense one included) in one GEMM: "
                         "hvlm_export.modules.fuse_projections; eager calls only")

@@ -54,6 +54,24 @@ def test_scaling_suite_writes_results_with_ratios(tmp_path, monkeypatch):
     assert all(p.stat().st_size > 1000 for p in paths[2:])
 
 
+
+def test_several_runs_give_medians_and_each_runs_ratio(tmp_path, monkeypatch):
+    """--runs 3: one record per case and length; its ratio is the median of the three runs'
+    ratios (each taken within one run), all three kept; the table gives the range."""
+    small = {n: s.__class__(**{**s.__dict__, "defaults": {**s.defaults, **s.small}}) for n, s in REGISTRY.items()}
+    monkeypatch.setattr(bench, "REGISTRY", small)
+    times = iter([4.0, 2.0, 9.0, 3.0, 1.0, 2.0])  # (strided, dense) of runs 1-3: ratios 2.0, 3.0, 0.5
+    monkeypatch.setattr(bench, "_time", lambda *a, **k: next(times))
+    records = bench.run_scaling("cpu", "fp32", [16], ["strided"], repeats=1, runs=3)
+    by = {r.name: r for r in records}
+    assert len(records) == 2 and by["strided"].ratios == [2.0, 3.0, 0.5]
+    assert by["strided"].ratio == 2.0 and by["strided"].ms == 4.0 and by[bench.BASELINE].ms == 2.0
+    table = bench.write_results(records, tmp_path, "s", "test")[1].read_text()
+    assert "(2.00x, 0.50-3.00)" in table and "median of 3 runs" in table
+    with pytest.raises(BenchError, match="runs must be a positive int"):
+        bench.run_scaling("cpu", "fp32", [16], ["strided"], repeats=1, runs=0)
+
+
 def test_fuse_builds_every_attention_module_with_fused_projections():
     modules = {name: make() for name, make in bench._module_cases("cpu", torch.float32, fuse=True).items()}
     for name, model in modules.items():
