@@ -119,8 +119,14 @@ def exporting() -> bool:
 
 
 def tracing() -> bool:
-    """Whether torch.compile, torch.export or torch.jit is tracing this call."""
-    return torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
+    """Whether torch.compile, torch.export or torch.jit is tracing this call, or a dispatch mode
+    (make_fx / AOT tracing, FakeTensorMode, FlopCounterMode, ...) watches it: then tensors
+    derived from parameters are computed in the call, never served from a cache kept between
+    calls (a traced graph must compute them, and fake tensors have no storage to key on)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    return (torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
+            or _get_current_dispatch_mode() is not None)
 
 
 def kernels_allowed_here() -> bool:

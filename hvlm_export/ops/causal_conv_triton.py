@@ -3,7 +3,9 @@
 One program per (block of steps, block of channels, batch row): K shifted (BLOCK_T, BLOCK_D)
 tiles of x (in its layout: channels or steps contiguous) are weighted and summed in float32, SiLU applied,
 and the tile is written once. Memory-bound: x is read about once (the shifted tiles overlap
-in cache) and the output written once.
+in cache) and the output written once. The tile is long along x's contiguous axis
+(``tile``): MambaLayer's steps-contiguous rows are read 128 steps (256 bytes in half
+precision) at a time, not 32.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from torch.library import wrap_triton
 
 __all__ = ["causal_conv1d_silu_triton"]
 
-BLOCK_T, BLOCK_D = 32, 128
+#: (steps, channels, warps) of a program's tile, by x's contiguous axis (benchmarks/conv_tuning.py)
+CHANNELS_TILE = (32, 128, 4)
+STEPS_TILE = (64, 64, 4)
+
+
+def tile(x: torch.Tensor) -> tuple[int, int, int]:
+    """The tile for x (B, L, D): long along steps when they are its contiguous axis."""
+    return STEPS_TILE if x.shape[1] > 1 and x.stride(1) == 1 and x.stride(2) != 1 else CHANNELS_TILE
 
 
 @triton.jit
@@ -42,9 +51,10 @@ def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, length, dim, sx_b, sx_t, 
 
 
 def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                              traced: bool = False) -> torch.Tensor:
+                              traced: bool = False, config: tuple[int, int, int] | None = None) -> torch.Tensor:
     """x (B, L, D) any strides; weight (D, 1, K); bias (D,) or None -> (B, L, D) in the
-    layout of ``conv_output``; ``traced``: called as the op's body (``hvlm_export.ops.triton_backed``)."""
+    layout of ``conv_output``; ``traced``: called as the op's body (``hvlm_export.ops.triton_backed``);
+    ``config``: (steps, channels, warps) of the tile instead of ``tile(x)`` (tuning)."""
     from hvlm_export.ops.causal_conv import conv_output  # not at the top: that module imports this one
 
     batch, length, dim = x.shape
@@ -52,8 +62,9 @@ def causal_conv1d_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch
     if out.numel() == 0:
         return out
     w = weight.reshape(dim, -1).contiguous()
-    grid = (triton.cdiv(length, BLOCK_T), triton.cdiv(dim, BLOCK_D), batch)
-    (wrap_triton(_conv_silu_kernel) if traced else _conv_silu_kernel)[grid](x, w, bias if bias is not None else w, out, length, dim, *x.stride(), *out.stride(),
-                            K=w.shape[1],
-                            HAS_BIAS=bias is not None, BLOCK_T=BLOCK_T, BLOCK_D=BLOCK_D, num_warps=4)
+    block_t, block_d, warps = config or tile(x)
+    grid = (triton.cdiv(length, block_t), triton.cdiv(dim, block_d), batch)
+    (wrap_triton(_conv_silu_kernel) if traced else _conv_silu_kernel)[grid](
+        x, w, bias if bias is not None else w, out, length, dim, *x.stride(), *out.stride(), K=w.shape[1],
+        HAS_BIAS=bias is not None, BLOCK_T=block_t, BLOCK_D=block_d, num_warps=warps)
     return out

@@ -101,3 +101,25 @@ def test_mamba_after_a_round_trip_through_another_dtype(dtype):
         want = copy.deepcopy(layer)
         want._kept_params = None
         torch.testing.assert_close(layer(x), want(x))
+
+
+def test_mamba_computes_its_parameters_in_the_call_under_a_dispatch_mode(monkeypatch):
+    """A dispatch mode watching (make_fx / AOT tracing, FakeTensorMode, a FlopCounterMode) sees
+    the parameters' ops in every call: nothing is served from the cache (fake tensors have no
+    storage to key on, and a traced graph must compute them)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    compute, calls = _counting(mamba_module._scan_params)
+    monkeypatch.setattr(mamba_module, "_scan_params", compute)
+    layer = MambaLayer(dim=16, state_size=4).eval()
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        layer(x)
+        with Watch():
+            layer(x)
+            layer(x)
+    assert len(calls) == 3
