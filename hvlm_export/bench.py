@@ -260,7 +260,7 @@ def run_scaling(device: str, dtype: str, lengths: list[int], names: list[str] | 
     check_request(device, names, modes)
     if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
         raise BenchError(f"runs must be a positive int, got {runs!r}")
-    measured = names if BASELINE in names else [*names, BASELINE]
+    measured = [*(n for n in names if n != BASELINE), BASELINE]  # the dense module last at each length
     by_run: list[list[Record]] = [[] for _ in range(runs)]
     with Progress(transient=True) as progress:
         task = progress.add_task(f"bench {device} {dtype}", total=len(measured) * len(lengths) * len(modes) * runs)

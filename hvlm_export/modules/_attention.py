@@ -119,14 +119,18 @@ def exporting() -> bool:
 
 
 def tracing() -> bool:
-    """Whether torch.compile, torch.export or torch.jit is tracing this call, or a dispatch mode
-    (make_fx / AOT tracing, FakeTensorMode, FlopCounterMode, ...) watches it: then tensors
-    derived from parameters are computed in the call, never served from a cache kept between
-    calls (a traced graph must compute them, and fake tensors have no storage to key on)."""
+    """Whether anything traces, transforms or records this call: torch.compile, torch.export,
+    torch.jit, a dispatch mode (make_fx / AOT tracing, FakeTensorMode, FlopCounterMode, ...), a
+    torch.func transform (vmap, grad, jvp) or a CUDA graph capture. Then tensors derived from
+    parameters are computed in the call, never served from a cache kept between calls: a traced
+    graph or a captured CUDA graph must compute them itself (a replay after a weight update
+    would read stale or freed memory), and fake or wrapped tensors have no storage to key on."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
+    functorch = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
     return (torch.compiler.is_compiling() or exporting() or torch.jit.is_tracing()
-            or _get_current_dispatch_mode() is not None)
+            or _get_current_dispatch_mode() is not None or functorch()
+            or (torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing()))
 
 
 def kernels_allowed_here() -> bool:
@@ -247,7 +251,8 @@ class MultiHeadProjections(Streamable):
         fused = getattr(self, "_fused_qkv", None)  # None in layers pickled before it existed
         projections = (self.q_proj, self.k_proj, self.v_proj)
         if (fused is not None and fused.linears == projections  # a replaced projection ends the fusion
-                and not autograd_on(x, self.q_proj.weight) and not tracing()):
+                and not any(autograd_on(x, p) for proj in projections for p in proj.parameters())
+                and not tracing()):
             return fused(x)
         return tuple(proj(x) for proj in projections)
 

@@ -28,32 +28,38 @@ __all__ = ["Derived"]
 
 class Derived:
     """``value = derived(*sources)``: ``compute(*sources)`` (under no_grad), recomputed only when
-    a source has changed since the last call (module docstring)."""
+    a source has changed since the last call (module docstring). Inference tensors (made under
+    ``torch.inference_mode``) have no version counter to watch: with any among the sources the
+    value is computed in the call and nothing is kept. Callers use it only for plain eager
+    inference: not under autograd or while anything traces or captures the call
+    (``hvlm_export.modules._attention.tracing``)."""
 
     def __init__(self, compute: Callable[..., object]) -> None:
         self._compute = compute
-        self._held: tuple[torch.Tensor, ...] = ()
-        self._versions: tuple[int, ...] = ()
-        self._value: object = None
+        self._state: tuple[tuple[torch.Tensor, ...], tuple[int, ...], object] = ((), (), None)
 
     def invalidate(self) -> None:
         """Drop the kept value (and the storage views it holds)."""
-        self._held, self._versions, self._value = (), (), None
+        self._state = ((), (), None)
 
-    def _fresh(self, sources: tuple[torch.Tensor, ...]) -> bool:
-        if len(sources) != len(self._held):
+    @staticmethod
+    def _fresh(sources: tuple[torch.Tensor, ...], held: tuple[torch.Tensor, ...], versions: tuple[int, ...]) -> bool:
+        if len(sources) != len(held):
             return False
-        for src, held, version in zip(sources, self._held, self._versions, strict=True):
-            if (src.data_ptr() != held.data_ptr() or src._version != version or src.dtype != held.dtype
-                    or src.device != held.device or src.shape != held.shape or src.stride() != held.stride()):
+        for src, kept, version in zip(sources, held, versions, strict=True):
+            if (src.data_ptr() != kept.data_ptr() or src._version != version or src.dtype != kept.dtype
+                    or src.device != kept.device or src.shape != kept.shape or src.stride() != kept.stride()):
                 return False
         return True
 
     def __call__(self, *sources: torch.Tensor):
-        if not self._fresh(sources):
+        if any(src.is_inference() for src in sources):
+            with torch.no_grad():
+                return self._compute(*sources)
+        held, versions, value = self._state  # one read: a concurrent refresh replaces the whole state
+        if not self._fresh(sources, held, versions):
             with torch.no_grad():
                 value = self._compute(*sources)
-            self._held = tuple(src.detach() for src in sources)  # a view: keeps the storage alive
-            self._versions = tuple(src._version for src in sources)
-            self._value = value
-        return self._value
+            # views keep the storage alive; the state is replaced in one assignment
+            self._state = (tuple(src.detach() for src in sources), tuple(src._version for src in sources), value)
+        return value

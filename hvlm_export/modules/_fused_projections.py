@@ -38,6 +38,14 @@ class FusedProjections:
         self.sizes = [lin.out_features for lin in linears]
         self._stacked = Derived(self._stack)
 
+    def __setstate__(self, state: dict) -> None:
+        """Layers pickled before the Derived cache kept their stacked copy in _key / weight / bias."""
+        for old in ("_key", "weight", "bias"):
+            state.pop(old, None)
+        self.__dict__.update(state)
+        if "_stacked" not in state:
+            self._stacked = Derived(self._stack)
+
     def _stack(self, *_params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight = torch.cat([lin.weight for lin in self.linears])
         bias = None if all(lin.bias is None for lin in self.linears) else torch.cat(

@@ -36,6 +36,7 @@ Reference implementation read: lucidrains/performer-pytorch.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Literal
 
@@ -52,9 +53,11 @@ from hvlm_export.modules._attention import (
     check_sequence,
     crop,
     merge_heads,
+    tracing,
     use_fused,
     zero_padding,
 )
+from hvlm_export.modules._derived import Derived
 from hvlm_export.modules._streaming import StateSpec
 from hvlm_export.ops.favor import MAX_LENGTH, favor_softmax
 
@@ -149,7 +152,8 @@ class PerformerAttention(MultiHeadProjections):
         keys = None if self.causal else mask
         if self._use_triton(x):
             q, k, v = self._qkv(x)
-            y = favor_softmax(q, k, v, self.projection_matrix, _SOFTMAX_EPS, self.causal, keys)
+            y = favor_softmax(q, k, v, self.projection_matrix, _SOFTMAX_EPS, self.causal, keys,
+                              scaled=self._scaled_projection(q.dtype))
             return zero_padding(self.out_proj(y), mask)
         if self.causal:
             return zero_padding(self._causal(x, None)[0], mask)
@@ -196,6 +200,19 @@ class PerformerAttention(MultiHeadProjections):
     def _use_triton(self, x: torch.Tensor) -> bool:
         """Whether this call runs the fused kernel (see ``impl``)."""
         return use_fused(self.impl, x, self.q_proj.weight, "the 'softmax' kernel", lambda: self._misfit(x))
+
+    def _scaled_projection(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """W D^-1/4 in ``dtype`` for the fused kernels, kept between eager calls while the
+        projection is unchanged (hvlm_export/modules/_derived.py; a redraw moves its version);
+        None while anything traces the call (the op then scales W in its graph)."""
+        if tracing():
+            return None
+        from hvlm_export.ops.favor import scale_projection  # with Triton only, as the fused path
+
+        kept = self.__dict__.setdefault("_kept_projection", {})  # per dtype; absent in older pickles
+        if dtype not in kept:
+            kept[dtype] = Derived(functools.partial(scale_projection, d=self.head_dim, dtype=dtype))
+        return kept[dtype](self.projection_matrix)
 
     def _misfit(self, x: torch.Tensor) -> str | None:
         """Why the fused kernel cannot serve this call, or None."""

@@ -33,6 +33,7 @@ from hvlm_export.modules._attention import (
     check_positive_int,
     check_sequence,
     crop,
+    exporting,
     merge_heads,
     split_heads,
     use_fused,
@@ -65,7 +66,7 @@ def _group_keys(mask: torch.Tensor, n, s: int, h: int) -> torch.Tensor:
 def _pad_tokens(x: torch.Tensor, amount) -> torch.Tensor:
     """x (B, L, E) with ``amount`` zero tokens appended; eager calls with nothing to append
     return x itself (F.pad would copy it), traced graphs always keep the Pad."""
-    if not torch.compiler.is_compiling() and amount == 0:
+    if not (torch.compiler.is_compiling() or exporting()) and amount == 0:
         return x
     return F.pad(x, (0, 0, 0, amount))
 
@@ -160,14 +161,15 @@ class StridedAttention(MultiHeadProjections):
         discarded.
         """
         n = q.shape[2]
-        if not torch.compiler.is_compiling() and full == q.shape[1]:
+        if not (torch.compiler.is_compiling() or exporting()) and full == q.shape[1]:
             # eager only (traced graphs keep both calls): every group is full, so one call is
             # the whole answer; it also avoids CUDA SDPA, which returns None instead of an empty
             # tensor for an empty half-precision batch (seen with torch 2.11 on an H200)
             return self._attend(q, k, v, None).transpose(1, 2)
-        short_len = torch.sym_max(n - 1, 1)
-        short = self._attend(q[:, full:, :short_len], k[:, full:, :short_len], v[:, full:, :short_len], None)
-        whole = self._attend(q[:, :full], k[:, :full], v[:, :full], None)
+        short_len, rest = torch.sym_max(n - 1, 1), q.shape[1] - full
+        # narrow, not slices: a slice's end clamping would guard an exported graph on rest == 0
+        short = self._attend(*(t.narrow(1, full, rest).narrow(2, 0, short_len) for t in (q, k, v)), None)
+        whole = self._attend(*(t.narrow(1, 0, full) for t in (q, k, v)), None)
         return torch.cat([whole.transpose(1, 2), F.pad(short, (0, 0, 0, n - short_len)).transpose(1, 2)], dim=2)
 
     def streaming_error(self) -> str | None:

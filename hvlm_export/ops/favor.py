@@ -21,41 +21,22 @@ __all__ = ["favor_softmax", "favor_softmax_op", "TRITON_AVAILABLE", "MAX_LENGTH"
 #: (favor_triton.BLOCK_L) on an axis CUDA limits to 65535 blocks
 MAX_LENGTH = 64 * 65535
 
-#: scaled projections of recent eager calls (``_scaled``): key -> (a view of the projection, W D^-1/4)
-_SCALED: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
-_SCALED_SIZE = 8
-
 if TRITON_AVAILABLE:  # named at module level so that torch finds the op's kernels (triton_backed)
-    from hvlm_export.ops.favor_triton import favor_softmax_triton, scale_projection
+    from hvlm_export.ops.favor_triton import favor_softmax_triton, scale_projection  # noqa: F401 (PerformerAttention)
 
 
 def favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
-                  eps: float, causal: bool = False, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+                  eps: float, causal: bool = False, key_mask: torch.Tensor | None = None,
+                  scaled: torch.Tensor | None = None) -> torch.Tensor:
     """The op (see ``favor_softmax_op``); plain eager calls launch the kernels directly (the
     custom op's dispatch is host time short sequences pay), else it is the op
-    (``direct_launch_ok``)."""
+    (``direct_launch_ok``). ``scaled``: ``scale_projection(projection, D, q.dtype)`` where the
+    caller keeps it between calls (PerformerAttention does), used by direct launches."""
     if not direct_launch_ok():
         return favor_softmax_op(q, k, v, projection, eps, causal, key_mask)
     require_kernel("hvlm::favor_softmax", q)
     _check_length(q)
-    return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask, scaled=_scaled(projection, q))
-
-
-def _scaled(projection: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The kernels' pre-scaled W (favor_triton.scale_projection) for eager calls, kept while
-    ``projection`` is unchanged: the same storage, dtype, shape and autograd version (a redraw,
-    ``load_state_dict`` or ``.to()`` moves one of them; a write through ``.data`` does not, as
-    for every cache keyed on parameters). Each entry holds a view of its projection's storage, so
-    that storage is never freed and reused under a cached key; at most ``_SCALED_SIZE`` entries,
-    the oldest dropped first. Saves a launch per call, which short sequences pay in host time."""
-    key = (projection.data_ptr(), projection._version, projection.dtype, projection.device,
-           tuple(projection.shape), projection.stride(), q.dtype, q.shape[-1])
-    hit = _SCALED.get(key)
-    if hit is None:
-        while len(_SCALED) >= _SCALED_SIZE:
-            _SCALED.pop(next(iter(_SCALED)), None)
-        hit = _SCALED[key] = (projection.detach(), scale_projection(projection, q.shape[-1], q.dtype))
-    return hit[1]
+    return favor_softmax_triton(q, k, v, projection, eps, causal, key_mask, scaled=scaled)
 
 
 def _check_length(q: torch.Tensor) -> None:

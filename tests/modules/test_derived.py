@@ -17,9 +17,9 @@ from hvlm_export.modules._derived import Derived
 def _counting(fn):
     calls = []
 
-    def compute(*args):
+    def compute(*args, **kwargs):
         calls.append(1)
-        return fn(*args)
+        return fn(*args, **kwargs)
 
     return compute, calls
 
@@ -123,3 +123,86 @@ def test_mamba_computes_its_parameters_in_the_call_under_a_dispatch_mode(monkeyp
             layer(x)
             layer(x)
     assert len(calls) == 3
+
+
+def test_performer_keeps_its_scaled_projection_per_layer(monkeypatch):
+    """Each PerformerAttention keeps W D^-1/4 for the fused kernels: twelve layers called in turn
+    scale twelve times, not once per call; a redraw rescales; while anything traces the call
+    it is None (the op scales W in its graph)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from hvlm_export.modules import PerformerAttention
+    from hvlm_export.ops import favor
+
+    compute, calls = _counting(lambda w, d, dtype: (w * d**-0.25).to(dtype))
+    monkeypatch.setattr(favor, "scale_projection", compute, raising=False)
+    layers = [PerformerAttention(dim=32, num_heads=2, nb_features=8) for _ in range(12)]
+    for _ in range(10):
+        for layer in layers:
+            w = layer._scaled_projection(torch.float16)
+    assert len(calls) == 12
+    torch.testing.assert_close(w.float(), layers[-1].projection_matrix * 16**-0.25, rtol=1e-3, atol=1e-3)
+    layers[0].redraw_projection()
+    torch.testing.assert_close(layers[0]._scaled_projection(torch.float16).float(),
+                               layers[0].projection_matrix * 16**-0.25, rtol=1e-3, atol=1e-3)
+    assert len(calls) == 13
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Watch():
+        assert layers[0]._scaled_projection(torch.float16) is None
+
+
+def test_layers_made_under_inference_mode_run_and_keep_nothing():
+    """Inference tensors have no version counter: their derived values are computed per call."""
+    with torch.inference_mode():
+        layer = MambaLayer(dim=16, state_size=4).eval()
+        x = torch.randn(2, 8, 16)
+        first = layer(x)
+        torch.testing.assert_close(layer(x), first)
+        copy.deepcopy(layer)(x)
+    assert layer._kept_params._state[0] == ()
+
+
+def test_a_functorch_transform_leaves_the_layer_usable():
+    """torch.func transforms wrap tensors without storage: nothing is kept from inside them, and
+    plain calls afterwards still work."""
+    from torch.func import functional_call, jvp
+
+    layer = MambaLayer(dim=16, state_size=4).eval()
+    x = torch.randn(1, 6, 16)
+    params = dict(layer.named_parameters())
+    tangents = {k: torch.zeros_like(v) for k, v in params.items()}
+    jvp(lambda p: functional_call(layer, p, (x,)), (params,), (tangents,))
+    with torch.no_grad():
+        want = copy.deepcopy(layer)(x)
+        torch.testing.assert_close(layer(x), want)
+
+
+def test_fused_projections_pickled_before_the_cache_still_run():
+    import pickle
+
+    from hvlm_export.modules import CrossMemoryAttention
+
+    layer = CrossMemoryAttention(dim=16, num_heads=2).eval()
+    layer.fuse_projections()
+    fused = layer._fused_qkv
+    del fused._stacked  # the older form: the stacked copy in _key / weight / bias
+    fused.__dict__.update(_key=None, weight=None, bias=None)
+    again = pickle.loads(pickle.dumps(layer))
+    x = torch.randn(1, 5, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), layer.unfuse_projections() or layer(x))
+
+
+def test_fused_projections_keep_gradients_of_every_projection():
+    """A frozen q_proj does not make the call 'no autograd' while k / v still train."""
+    from hvlm_export.modules import CrossMemoryAttention
+
+    layer = CrossMemoryAttention(dim=16, num_heads=2)
+    layer.fuse_projections()
+    layer.q_proj.requires_grad_(False)
+    layer(torch.randn(1, 5, 16)).sum().backward()
+    assert layer.k_proj.weight.grad is not None and layer.v_proj.weight.grad is not None

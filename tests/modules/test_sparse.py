@@ -258,3 +258,20 @@ def test_exporting_reads_the_flag_not_the_folded_call(monkeypatch):
     assert exporting()
     monkeypatch.setattr(torch.compiler, "is_exporting", lambda: False)
     assert not exporting()
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+def test_exported_strided_graph_keeps_the_general_path(causal):
+    """torch.export (non-strict, as the exporter runs it) at a length the stride divides keeps
+    the general graph, the pad and (non-causal) both SDPA calls, not the eager shortcuts taken
+    when s divides L: the graph must compute any L. (The program itself still carries guards
+    that torch's own stride logic adds on these shapes; the ONNX exports are validated at other
+    lengths, tests/exporters.)"""
+    from torch.export import Dim
+
+    layer = StridedAttention(dim=32, num_heads=4, stride=3, causal=causal).eval()
+    program = torch.export.export(layer, (torch.randn(2, 48, 32),), strict=False,
+                                  dynamic_shapes={"x": {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}})
+    targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
+    assert sum("pad" in t for t in targets) >= 1, targets
+    assert sum("scaled_dot_product" in t for t in targets) == (1 if causal else 2), targets

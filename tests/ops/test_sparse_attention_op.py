@@ -38,34 +38,6 @@ def test_favor_softmax_fake_gives_the_layers_layout():
 
 
 
-def test_favor_keeps_the_scaled_projection_while_it_is_unchanged(monkeypatch):
-    """Eager calls reuse W D^-1/4 while the projection keeps its storage, dtype and version;
-    a redraw in place, another dtype or a new tensor rescales; the cache stays bounded and
-    holds its projections' storage (a freed storage can never come back under a cached key)."""
-    from hvlm_export.ops import favor
-
-    scaled = []
-    monkeypatch.setattr(favor, "scale_projection", lambda w, d, dtype: scaled.append(w) or (w * d**-0.25).to(dtype),
-                        raising=False)
-    monkeypatch.setattr(favor, "_SCALED", {})
-    w = torch.randn(20, 16)
-    q = torch.empty(1, 2, 5, 16, dtype=torch.float16)
-    first = favor._scaled(w, q)
-    assert favor._scaled(w, q) is first and len(scaled) == 1
-    assert torch.allclose(first.float(), w * 0.5, atol=1e-3)
-    with torch.no_grad():
-        w.copy_(torch.randn(20, 16))  # a redraw: the version moves
-    assert torch.allclose(favor._scaled(w, q).float(), w * 0.5, atol=1e-3) and len(scaled) == 2
-    favor._scaled(w, q.bfloat16())
-    assert len(scaled) == 3
-    kept = [torch.randn(20, 16) for _ in range(3 * favor._SCALED_SIZE)]
-    for other in kept:
-        favor._scaled(other, q)
-    assert len(favor._SCALED) == favor._SCALED_SIZE
-    assert all(entry[0].data_ptr() == other.data_ptr()
-               for entry, other in zip(favor._SCALED.values(), kept[-favor._SCALED_SIZE:], strict=True))
-
-
 _INTERPRETED = """
 import torch
 from hvlm_export.ops.sparse_attention_triton import CONFIGS, SparseConfig, sparse_attention_triton
