@@ -10,11 +10,17 @@ precision) at a time, not 32.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from hvlm_export.ops.triton_backed import source_hash
+
+#: this file's and the op's Python as a number one kernel reads (triton_backed: the cache key)
+OP_SOURCE: tl.constexpr = tl.constexpr(source_hash(__file__, Path(__file__).with_name("causal_conv.py")))
 
 __all__ = ["causal_conv1d_silu_triton"]
 
@@ -31,6 +37,7 @@ def tile(x: torch.Tensor) -> tuple[int, int, int]:
 @triton.jit
 def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, length, dim, sx_b, sx_t, sx_d, so_b, so_t, so_d,
                       K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    tl.static_assert(OP_SOURCE >= 0)  # this module's Python, in torch.compile's cache key (triton_backed)
     t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     b = tl.program_id(2).to(tl.int64)

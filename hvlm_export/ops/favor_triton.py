@@ -27,27 +27,31 @@ hvlm_export.modules.performer, "Numerics"):
    for finite inputs the output is exactly causal, as the torch path is (an inf or NaN in a
    later key or value of the same block reaches the earlier rows through 0 * inf).
 
-Launches per call (host time bounds 8K tokens on the project's GPU machine, BENCHMARKS.md),
-no key mask, W unchanged since the last call: non-causal 4 (row stats, key sums, split sums,
-output), causal 4 (row stats, key sums, carry, output); a new W adds its scaling (and a cast
-when it is neither float32 nor the inputs' dtype), a key mask three small ops.
+Launches per call (host time bounds 8K tokens on the H200, BENCHMARKS.md), no key mask, W kept
+by the caller: 4 (row stats, key sums, then split sums and output, or carry and output); W's
+scaling adds one (two when W is neither float32 nor the inputs' dtype), a key mask three.
 
 The writes go to the (B, L, H * D) layout the output projection reads. Matmuls run on
 half-precision operands with float32 accumulation (the carried S is unbounded and stays
 float32; its product with the query features reads S / max|S tile|, in [-1, 1]); logits,
-maxima and exp are float32. Forward only (no autograd):
-PerformerAttention uses it for CUDA inference and keeps the torch path for training, export,
-streaming steps and other devices.
+maxima and exp are float32. Forward only: PerformerAttention uses it for CUDA inference and
+keeps the torch path for training, export, streaming steps and other devices.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
+
+from hvlm_export.ops.triton_backed import source_hash
+
+#: this file's and the op's Python as a number one kernel reads (triton_backed: the cache key)
+OP_SOURCE: tl.constexpr = tl.constexpr(source_hash(__file__, Path(__file__).with_name("favor.py")))
 
 __all__ = ["favor_softmax_triton", "scale_projection"]
 
@@ -59,8 +63,8 @@ CAUSAL_CONFIG = (32, 64, 4)
 CAUSAL_PROGRAMS = 256
 _SUM_ROWS = 8  # features per program of _sum_splits (every split's rows at once: 16 x 8 x 64 floats)
 _NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
-# sizes (H, L, per-program lengths) are not specialised on (== 1, % 16): one compiled kernel
-# per configuration serves every length, no compile of seconds mid-serving
+# sizes (H, L, per-program lengths) are not specialised on (== 1, % 16): one compiled kernel per
+# configuration serves every length, no compile of seconds mid-serving
 
 
 @triton.jit
@@ -72,8 +76,7 @@ def _load_rows(ptr, rows, d, stride_l, L, D: tl.constexpr):
 
 @triton.jit
 def _proj_tile(x, w_ptr, m0, d, m, D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """x (BLOCK_L, D_PAD) @ W[m0:m0+T]^T -> (BLOCK_L, T) float32; W (m, D) is pre-scaled by
-    D^-1/4, so this is x' W^T."""
+    """x (BLOCK_L, D_PAD) @ W[m0:m0+T]^T -> (BLOCK_L, T) float32: x' W^T (W pre-scaled by D^-1/4)."""
     f = m0 + tl.arange(0, BLOCK_M)
     w = tl.load(w_ptr + f[:, None] * D + d[None, :], mask=(f[:, None] < m) & (d[None, :] < D), other=0.0)
     return tl.dot(x, tl.trans(w)), f
@@ -101,7 +104,8 @@ def _row_stats(
     sq_b, sq_h, sq_l, sk_b, sk_h, sk_l,
     D: tl.constexpr, D_PAD: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
-    """Queries (program axis 2 = 0) and keys (= 1) in one launch."""
+    """Queries (program axis 2 = 0) and keys (= 1) in one launch; reads OP_SOURCE (triton_backed)."""
+    tl.static_assert(OP_SOURCE >= 0)
     half_sq_scale = tl.cast(half_sq_scale, tl.float32)  # Inductor passes Python floats as float64
     bh, blk = tl.program_id(0).to(tl.int64), tl.program_id(1)  # int64: (b h) offsets pass 2**31
     rows = blk * BLOCK_L + tl.arange(0, BLOCK_L)
@@ -301,8 +305,7 @@ def _causal_out(
 def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                          eps: float, causal: bool = False, key_mask: torch.Tensor | None = None,
                          traced: bool = False, scaled: torch.Tensor | None = None) -> torch.Tensor:
-    """FAVOR+ softmax attention, fused (module docstring); launched on q's device (Triton
-    launches on the current one)."""
+    """FAVOR+ softmax attention, fused (module docstring), launched on q's device."""
     with torch.cuda.device(q.device):
         return _favor_softmax(q, k, v, projection, eps, causal, key_mask, traced, scaled)
 
@@ -310,7 +313,8 @@ def favor_softmax_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, proj
 def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection: torch.Tensor,
                    eps: float, causal: bool = False, key_mask: torch.Tensor | None = None,
                    traced: bool = False, scaled: torch.Tensor | None = None) -> torch.Tensor:
-    """favor_softmax_triton on the current device.
+    """favor_softmax_triton on the current device: (B, L, H * D) in q's dtype, the heads merged
+    for the output projection.
 
     Args:
         q, k, v: (B, H, L, D) float16/bfloat16 on CUDA (any strides with a unit last one).
@@ -320,9 +324,6 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         key_mask: (B, L) bool, the tokens that may be keys (non-causal only; None: all).
         traced: called as the op's body (``hvlm_export.ops.triton_backed``: torch.compile traces the launches).
         scaled: ``scale_projection(projection, D, q.dtype)`` if the caller keeps it, or None.
-
-    Returns:
-        (B, L, H * D) in q's dtype: the heads already merged for the output projection.
     """
     b, h, length, d = q.shape
     m = projection.shape[0]
@@ -378,9 +379,8 @@ def scale_projection(projection: torch.Tensor, d: int, dtype: torch.dtype) -> to
 
 
 def _segments(length: int, bh: int, block: int) -> tuple[int, int]:
-    """(tokens per segment, segments) of the causal pass: about CAUSAL_PROGRAMS programs, segments
-    a multiple of ``block`` and BLOCK_L. No min / max of sizes: under torch.compile's dynamic
-    shapes they become sympy Min / Max that Inductor could not tile (InductorError, torch 2.11)."""
+    """(tokens per segment, segments) of the causal pass: about CAUSAL_PROGRAMS programs, segments a
+    multiple of ``block`` and BLOCK_L; no min / max of sizes (sympy Min / Max Inductor cannot tile)."""
     unit = max(block, BLOCK_L)
     seg = triton.cdiv(triton.cdiv(length, unit), triton.cdiv(CAUSAL_PROGRAMS, bh)) * unit
     return seg, triton.cdiv(length, seg)

@@ -29,11 +29,16 @@ keep the torch path (which exports) for everything else.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from hvlm_export.ops.triton_backed import source_hash
+
+#: this file's and the op's Python as a number one kernel reads (triton_backed: the cache key)
+OP_SOURCE: tl.constexpr = tl.constexpr(source_hash(__file__, Path(__file__).with_name("sparse_attention.py")))
 
 __all__ = ["sparse_attention_triton", "SparseConfig", "CONFIGS"]
 
@@ -98,6 +103,7 @@ def _sparse_fwd(
     D: tl.constexpr, D_PAD: tl.constexpr, G_PAD: tl.constexpr, CAUSAL: tl.constexpr, WINDOW: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    tl.static_assert(OP_SOURCE >= 0)  # this module's Python, in torch.compile's cache key (triton_backed)
     scale = tl.cast(scale, tl.float32)  # Inductor passes Python floats as float64
     pid_m, pid_z = tl.program_id(0), tl.program_id(1)
     if CAUSAL:  # the longest query blocks first: less of a tail

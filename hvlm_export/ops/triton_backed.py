@@ -22,21 +22,38 @@ the kernel itself for a direct eager launch (wrap_triton's eager call path costs
 the order of the launch itself, measured on the H200 machine: docs/BENCHMARKS.md).
 tests/ops/test_triton_backed.py checks that every kernel is found.
 
+That cache key holds the kernels' source and the global constants they read, not the Python
+between them (the op's body: block sizes, tiles, the torch ops around the launches): a change
+there alone would let a compiled graph built before it be served after it, for example after
+upgrading hvlm-export. So each kernel module defines ``OP_SOURCE``, a constexpr hash of its own
+source and its op module's (``source_hash``), and one kernel of each op reads it.
+
 The Gluon scan kernel of ``hvlm::selective_scan`` is not traceable this way (Inductor compiles
 ``triton.jit`` kernels only), so that op stays an opaque custom op.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
-__all__ = ["TRITON_AVAILABLE", "direct_launch_ok", "require_kernel", "triton_backed_op"]
+__all__ = ["TRITON_AVAILABLE", "direct_launch_ok", "require_kernel", "source_hash", "triton_backed_op"]
 
 #: whether the Triton kernels can be imported (a constant, so torch.compile folds checks of it)
 TRITON_AVAILABLE = importlib.util.find_spec("triton") is not None
+
+
+def source_hash(*paths: str | Path) -> int:
+    """A 62-bit hash of these files' bytes (with this file's: the op wrapper is glue too), for
+    a kernel to read as a constexpr (module docstring: torch.compile's cache key)."""
+    digest = hashlib.sha256(Path(__file__).read_bytes())
+    for path in paths:
+        digest.update(Path(path).read_bytes())
+    return int.from_bytes(digest.digest()[:8], "big") >> 2
 
 
 def triton_backed_op(name: str) -> Callable:

@@ -6,6 +6,7 @@ On a GPU: tests/gpu/test_attention_paths.py::test_compiled_fused_layers_launch_f
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.util
 
 import pytest
@@ -72,6 +73,41 @@ def test_torch_finds_every_kernel_of_each_op(op, kernels):
     assert found == kernels
 
 
+
+def test_source_hash_follows_every_byte(tmp_path):
+    a, b = tmp_path / "a.py", tmp_path / "b.py"
+    a.write_text("x = 1\n")
+    b.write_text("y = 2\n")
+    first = triton_backed.source_hash(a, b)
+    assert 0 <= first < 2**62 and triton_backed.source_hash(a, b) == first
+    b.write_text("y = 3\n")
+    assert triton_backed.source_hash(a, b) != first
+
+
+@NEEDS_TRITON
+@pytest.mark.parametrize("op, module, op_module", [
+    ("hvlm::sparse_attention", "sparse_attention_triton", "sparse_attention.py"),
+    ("hvlm::favor_softmax", "favor_triton", "favor.py"),
+    ("hvlm::causal_conv1d_silu", "causal_conv_triton", "causal_conv.py"),
+])
+def test_the_ops_python_is_in_the_compile_cache_key(op, module, op_module):
+    """torch.compile's cache key holds each triton_op's kernels' source and the constants they
+    read (the transitive closure torch computes), not the Python between them: one kernel of
+    each op reads OP_SOURCE, the hash of its module's and its op module's source."""
+    from pathlib import Path
+
+    from torch._inductor.codegen.wrapper import user_defined_triton_kernel_transitive_closure_source_code
+    from torch._library.triton import get_triton_kernels_for_op
+
+    kernels_module = importlib.import_module(f"hvlm_export.ops.{module}")
+    path = Path(kernels_module.__file__)
+    want = triton_backed.source_hash(path, path.with_name(op_module))
+    assert kernels_module.OP_SOURCE.value == want
+    closure = "".join(user_defined_triton_kernel_transitive_closure_source_code(k)
+                      for k in get_triton_kernels_for_op(op))
+    assert f"tl.constexpr({want!r})" in closure
+
+
 class _Tuple(torch.nn.Module):
     def __init__(self, layer: torch.nn.Module) -> None:
         super().__init__()
@@ -134,3 +170,32 @@ def test_favor_op_refuses_sequences_longer_than_its_grid():
     favor._check_length(torch.empty(1, 2, favor.MAX_LENGTH, 8, device="meta"))
     with pytest.raises(ValueError, match="at most 4194240 tokens"):
         favor._check_length(torch.empty(1, 2, favor.MAX_LENGTH + 1, 8, device="meta"))
+
+
+@NEEDS_TRITON
+def test_the_kernels_reading_op_source_compile_for_sm90():
+    """The kernels that read OP_SOURCE (one per op) compile for an H100 / H200 with Triton's
+    own toolchain: no GPU needed."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from hvlm_export.ops import causal_conv_triton, favor_triton, sparse_attention_triton
+
+    def signature(kernel, floats=(), float_ptrs=()):
+        return {p.name: ("*fp32" if p.name in float_ptrs else "*fp16") if p.name.endswith("_ptr")
+                else ("fp32" if p.name in floats else "i32") for p in kernel.params if not p.is_constexpr}
+
+    cases = [
+        (causal_conv_triton._conv_silu_kernel, signature(causal_conv_triton._conv_silu_kernel),
+         dict(K=4, HAS_BIAS=True, BLOCK_T=64, BLOCK_D=64)),
+        (favor_triton._row_stats, signature(favor_triton._row_stats, ("half_sq_scale",),
+                                            ("rowmax_q_ptr", "rowmax_k_ptr", "logw_ptr")),
+         dict(D=64, D_PAD=64, BLOCK_L=64, BLOCK_M=64)),
+        (sparse_attention_triton._sparse_fwd, signature(sparse_attention_triton._sparse_fwd, ("scale",)),
+         dict(D=64, D_PAD=64, G_PAD=16, CAUSAL=False, WINDOW=False, BLOCK_M=128, BLOCK_N=64)),
+    ]
+    for kernel, sig, constexprs in cases:
+        compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        assert ".entry" in compiled.asm["ptx"], kernel.__name__
