@@ -135,6 +135,8 @@ class StridedAttention(MultiHeadProjections):
             return zero_padding(self.out_proj(fused_sparse(self, x, self.stride, -1)), mask)
         b, length, e = x.shape
         s, h = self.stride, self.num_heads
+        if not (torch.compiler.is_compiling() or exporting()):
+            s = min(s, length)  # exact (a stride >= L leaves each token alone); no s - L padding rows
         n = (length + s - 1) // s  # tokens per full group
         xp = _pad_tokens(x, n * s - length)
         # (B, n s, E) = (B, n, s H, Dh): the groups' heads, a view (each projection its own buffer)

@@ -275,3 +275,12 @@ def test_exported_strided_graph_keeps_the_general_path(causal):
     targets = [str(node.target) for node in program.graph.nodes if node.op == "call_function"]
     assert sum("pad" in t for t in targets) >= 1, targets
     assert sum("scaled_dot_product" in t for t in targets) == (1 if causal else 2), targets
+
+
+def test_a_stride_longer_than_the_sequence_pads_nothing():
+    """Eager calls clamp the stride to L (exact: each token is alone in its group), so a stride
+    far beyond L allocates no padding and still matches the dense reference."""
+    layer = StridedAttention(dim=32, num_heads=4, stride=10**9).double().eval()
+    x = _x(2, 5, 32)
+    want = dense_attention(layer, x, strided_mask(5, 10**9, False))
+    assert (layer(x) - want).abs().max().item() < ATOL
