@@ -265,3 +265,43 @@ def test_compiled_fused_layers_launch_from_inductor(monkeypatch, name):
         got = compiled(x)
         assert torch.isfinite(got).all() and torch.equal(got, before)
         assert _rel(got, expected) < 1e-2, f"{name} {tuple(x.shape)}: rel err {_rel(got, expected):.3g}"
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", ["mamba", "performer", "performer_causal", "fused_projections"])
+def test_captured_cuda_graphs_read_the_current_weights(name):
+    """A call captured in a CUDA graph (torch.cuda.graph, as serving code does by hand) computes
+    the values the layers otherwise keep between eager calls (Mamba's float32 scan parameters,
+    Performer's scaled features, the stacked q / k / v weight) inside the graph: after the
+    weights change in place and an eager call refreshes the kept copies, a replay gives what a
+    fresh eager call gives, never stale or freed memory (hvlm_export/modules/_derived.py)."""
+    from hvlm_export.modules import CrossMemoryAttention, MambaLayer
+
+    torch.manual_seed(0)
+    layer = {"mamba": lambda: MambaLayer(dim=192, state_size=8),
+             "performer": lambda: PerformerAttention(192, 3, nb_features=70),
+             "performer_causal": lambda: PerformerAttention(192, 3, nb_features=70, causal=True),
+             "fused_projections": lambda: CrossMemoryAttention(192, 3)}[name]().cuda().half().eval()
+    if name == "fused_projections":
+        layer.fuse_projections()
+    x = torch.randn(1, 700, 192, device="cuda", dtype=torch.float16)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            layer(x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = layer(x)
+    if name == "mamba":
+        layer.A_log.add_(0.1)
+        layer.D.add_(0.5)
+    elif name == "fused_projections":
+        layer.k_proj.weight.mul_(1.5)
+    else:
+        layer.redraw_projection()
+    want = layer(x)  # eager: the kept copies are rebuilt (the old ones freed)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert _rel(captured, want) < 1e-3, f"{name}: a replay read stale weights ({_rel(captured, want):.3g})"
