@@ -28,11 +28,11 @@ __all__ = ["Derived"]
 
 class Derived:
     """``value = derived(*sources)``: ``compute(*sources)`` (under no_grad), recomputed only when
-    a source has changed since the last call (module docstring). Inference tensors (made under
-    ``torch.inference_mode``) have no version counter to watch: with any among the sources the
-    value is computed in the call and nothing is kept. Callers use it only for plain eager
-    inference: not under autograd or while anything traces or captures the call
-    (``hvlm_export.modules._attention.tracing``)."""
+    a source has changed since the last call (module docstring). Nothing is kept, and the value
+    is computed in the call, where keeping it would be wrong: while anything traces, transforms
+    or captures the call (``hvlm_export.modules._attention.tracing``: a graph must compute it
+    itself), when a source records autograd (the value must carry its gradient), and for
+    inference tensors (made under ``torch.inference_mode``: no version counter to watch)."""
 
     def __init__(self, compute: Callable[..., object]) -> None:
         self._compute = compute
@@ -53,7 +53,11 @@ class Derived:
         return True
 
     def __call__(self, *sources: torch.Tensor):
-        if any(src.is_inference() for src in sources):
+        from hvlm_export.modules._attention import tracing  # not at the top: _attention imports this module
+
+        if torch.is_grad_enabled() and any(src.requires_grad for src in sources):
+            return self._compute(*sources)
+        if tracing() or any(src.is_inference() for src in sources):
             with torch.no_grad():
                 return self._compute(*sources)
         held, versions, value = self._state  # one read: a concurrent refresh replaces the whole state

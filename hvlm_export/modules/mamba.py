@@ -35,12 +35,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from hvlm_export.modules._attention import (
-    autograd_on,
     check_mask,
     check_positive_int,
     check_sequence,
     fused_cuda_inference,
-    tracing,
     zero_padding,
 )
 from hvlm_export.modules._derived import Derived
@@ -193,13 +191,11 @@ class MambaLayer(Streamable):
     def _scan_out(self, xs, delta, b_in, c_in, z, h0):
         """The scan of xs (B, Di, L) with delta (B, Di, L), B / C (B, N, L) and gate z (delta_bias
         and softplus inside), then the output projection: (y (B, L, E), last state or None)."""
-        params = (self.A_log, self.D, self.dt_proj.bias)
-        if tracing() or any(autograd_on(xs, p) for p in params):
-            a, d, delta_bias = _scan_params(*params)
-        else:  # inference: kept while the parameters are unchanged (a launch each, in host-bound calls)
-            if getattr(self, "_kept_params", None) is None:  # None in layers pickled before it existed
-                self._kept_params = Derived(_scan_params)
-            a, d, delta_bias = self._kept_params(*params)
+        # kept while the parameters are unchanged (a launch each, in host-bound calls); computed in
+        # the call under autograd and tracing (Derived)
+        if getattr(self, "_kept_params", None) is None:  # None in layers pickled before it existed
+            self._kept_params = Derived(_scan_params)
+        a, d, delta_bias = self._kept_params(self.A_log, self.D, self.dt_proj.bias)
         y, last = selective_scan(
             xs,
             delta,

@@ -63,10 +63,16 @@ def _group_keys(mask: torch.Tensor, n, s: int, h: int) -> torch.Tensor:
     return keys[:, :, None, None, :].expand(b, s, h, 1, n).reshape(b, s * h, 1, n)
 
 
+def _graph_traced() -> bool:
+    """Whether torch.compile or torch.export traces this call: sizes are symbolic, so the eager
+    shortcuts that test them (no pad, one SDPA call, a clamped stride) must not shape the graph."""
+    return torch.compiler.is_compiling() or exporting()
+
+
 def _pad_tokens(x: torch.Tensor, amount) -> torch.Tensor:
     """x (B, L, E) with ``amount`` zero tokens appended; eager calls with nothing to append
     return x itself (F.pad would copy it), traced graphs always keep the Pad."""
-    if not (torch.compiler.is_compiling() or exporting()) and amount == 0:
+    if not _graph_traced() and amount == 0:
         return x
     return F.pad(x, (0, 0, 0, amount))
 
@@ -135,7 +141,7 @@ class StridedAttention(MultiHeadProjections):
             return zero_padding(self.out_proj(fused_sparse(self, x, self.stride, -1)), mask)
         b, length, e = x.shape
         s, h = self.stride, self.num_heads
-        if not (torch.compiler.is_compiling() or exporting()):
+        if not _graph_traced():
             s = min(s, length)  # exact (a stride >= L leaves each token alone); no s - L padding rows
         n = (length + s - 1) // s  # tokens per full group
         xp = _pad_tokens(x, n * s - length)
@@ -163,7 +169,7 @@ class StridedAttention(MultiHeadProjections):
         discarded.
         """
         n = q.shape[2]
-        if not (torch.compiler.is_compiling() or exporting()) and full == q.shape[1]:
+        if not _graph_traced() and full == q.shape[1]:
             # eager only (traced graphs keep both calls): every group is full, so one call is
             # the whole answer; it also avoids CUDA SDPA, which returns None instead of an empty
             # tensor for an empty half-precision batch (seen with torch 2.11 on an H200)

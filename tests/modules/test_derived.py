@@ -24,6 +24,7 @@ def _counting(fn):
     return compute, calls
 
 
+@torch.no_grad()
 def test_kept_until_a_source_changes():
     compute, calls = _counting(lambda a, b: a * 2 + b)
     derived = Derived(compute)
@@ -43,6 +44,28 @@ def test_kept_until_a_source_changes():
     assert len(calls) == 6
 
 
+def test_computed_in_the_call_under_autograd_and_tracing():
+    """A source that records autograd gets a value that carries its gradient, and nothing is
+    kept; so does a call while a dispatch mode (a tracer) watches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Watch(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    compute, calls = _counting(lambda a: a * 3)
+    derived = Derived(compute)
+    a = torch.nn.Parameter(torch.ones(4))
+    derived(a).sum().backward()
+    derived(a)
+    assert len(calls) == 2 and torch.equal(a.grad, torch.full((4,), 3.0))
+    with torch.no_grad(), Watch():
+        derived(a)
+        derived(a)
+    assert len(calls) == 4 and derived._state[0] == ()
+
+
+@torch.no_grad()
 def test_holds_the_storage_of_what_it_kept():
     """The kept sources' storage stays alive, so a new tensor can never take its address and
     pass for the old one (a parameter moved away and back, changed on the way)."""
@@ -55,6 +78,7 @@ def test_holds_the_storage_of_what_it_kept():
     torch.testing.assert_close(derived(a), a.detach())
 
 
+@torch.no_grad()
 def test_writes_through_data_go_unseen_until_invalidated():
     derived = Derived(lambda a: a.clone())
     a = torch.nn.Parameter(torch.zeros(3))
