@@ -15,7 +15,7 @@ y and of the final state), then timed with ``triton.testing.do_bench`` (median):
   each kernel (torch.profiler medians), current and previous kernel, next to the
   special-function floor: the hardware exp2 rate measured in the same run times the
   exponentials a call takes;
-* ``--plugin``: the TensorRT AOT plugin's kernel, fp32 and fp16.
+* ``--plugin``: the TensorRT AOT plugin's kernel against the op's launcher, each dtype, L = 8192 and 8000.
 
 Usage: python benchmarks/scan_tuning.py [--out DIR] [--quick | --sweep-only | --no-sweep | --graph | --plugin]
 Every mode writes DIR/scan_tuning-h200.json (docs/benchmarks/ keeps copies renamed per mode).
@@ -168,29 +168,38 @@ def graph_times(rows, length=8192, d=1536, n=16):
         print(f"graph {name}: {rows[-1]['ms']:.4f} ms,", ", ".join(f"{k[:14]} {v:.1f} us" for k, v in kernels))
 
 
-def plugin(rows, length=8192, d=1536, n=16):
-    """The TensorRT AOT plugin's kernel (the same program, no gate), fp32 and fp16."""
-    from hvlm_export.ops import selective_scan_triton as sst
+def plugin(rows, d=1536, n=16):
+    """The TensorRT AOT plugin's kernel (the same program, no gate; it splits L into whole chunks
+    and a masked tail itself) against the op's launcher on the same call (initial state, no
+    gate: ``op_ms``), fp32 / fp16 / bf16, L a multiple of the chunk and not. Error: the plugin's
+    y gated after it against the float64 loop, and its last state."""
+    from hvlm_export.ops.scan_aot import scan_plugin_kernel
+    from hvlm_export.ops.scan_config import plugin_config
 
-    cfg = sst.plugin_config(n)
-    for name in ("fp32", "fp16"):
-        inp = inputs(length, d, n, dtype=DTYPES[name])
-        h0 = torch.zeros(1, d, n, device="cuda")
-        y_ref, _ = reference(length, d, n, name)
-        y, state = torch.empty_like(inp["u"]), torch.empty_like(h0)
+    cfg = plugin_config(n)
+    for length in (8192, 8000):
+        for name in DTYPES:
+            inp = inputs(length, d, n, dtype=DTYPES[name])
+            h0 = torch.zeros(1, d, n, device="cuda")
+            y_ref, s_ref = reference(length, d, n, name)
+            y, state = torch.empty_like(inp["u"]), torch.empty_like(h0)
 
-        def run(inp=inp, y=y, state=state, h0=h0):
-            sst.scan_plugin_kernel[(triton.cdiv(d, cfg.warps), 1)](
-                inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], h0, d, length, n,
-                y, state, SOFTPLUS=True, BLOCK_N=n, ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
-                maxnreg=cfg.maxnreg)
+            def run(inp=inp, y=y, state=state, h0=h0, length=length):
+                scan_plugin_kernel[(triton.cdiv(d, cfg.warps), 1)](
+                    inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"], inp["D"], inp["delta_bias"], h0, d, length,
+                    n, y, state, SOFTPLUS=True, BLOCK_N=n, ITEMS=cfg.items, NBUF=cfg.buffers, num_warps=cfg.warps,
+                    maxnreg=cfg.maxnreg)
 
-        run()
-        z = inp["z"].float()
-        y_gated = y.float() * z * torch.sigmoid(z)  # the plugin's node has no gate: applied after it
-        err = ((y_gated.double() - y_ref).abs().max() / y_ref.abs().max()).item()
-        rows.append({"table": "plugin", "config": repr(cfg), "L": length, "dtype": name, "ms": bench(run),
-                     "rel_err": err})
+            run()
+            z = inp["z"].float()
+            y_gated = y.float() * z * torch.sigmoid(z)  # the plugin's node has no gate: applied after it
+            rel = lambda a, b: ((a.double() - b).abs().max() / b.abs().max()).item()  # noqa: E731
+            op = functools.partial(selective_scan_triton, inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"],
+                                   inp["D"], None, inp["delta_bias"], True, initial_state=h0)
+            rows.append({"table": "plugin", "config": repr(cfg), "L": length, "dtype": name, "ms": bench(run),
+                         "op_ms": bench(op), "rel_err": max(rel(y_gated, y_ref), rel(state, s_ref))})
+            print(f"plugin {name} L={length}: {rows[-1]['ms']:.4f} ms, op launcher {rows[-1]['op_ms']:.4f} ms, "
+                  f"err {rows[-1]['rel_err']:.1e}", flush=True)
 
 
 def over_lengths(rows, bandwidth, lengths):

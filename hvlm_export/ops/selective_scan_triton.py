@@ -30,7 +30,8 @@ benchmarks/scan_variants.py; numbers in docs/BENCHMARKS.md):
 * **Unmasked form** (``EVEN``): where D is a multiple of W and N a power of two, the whole
   chunks run without bounds masks (the last one's prefetch loads itself again): a 17 % shorter
   chunk loop, no spills. The steps after them, and other shapes, take the masked form (for the
-  tail, a second launch from the first one's end state); the TensorRT plugin is always masked.
+  tail, a second launch from the first one's end state). The TensorRT plugin's kernel makes the
+  same split inside one launch (``hvlm_export.ops.scan_aot.scan_plugin_kernel``).
 
 Inputs are read in place when their steps are adjacent in memory ((B, rows, L) memory, what
 MambaLayer's CUDA path produces); the launcher copies other layouts to that one first (on an
@@ -40,7 +41,7 @@ Numerics: float32 state and arithmetic whatever the input dtype (fp16 / bf16 are
 natively); exp2 / log2 are the hardware's approximate ones (``ex2.approx.ftz``: decays below
 2^-126 flush to zero), softplus through them has an absolute error of ~1e-7.
 
-The TensorRT AOT plugin launches the same program (``scan_plugin_kernel``): one kernel.
+The TensorRT AOT plugin launches the same program (``scan_aot.scan_plugin_kernel``): one kernel.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 
 from hvlm_export.ops.scan_config import MAX_GRID_Y, ScanConfig, default_config, plugin_config
 
-__all__ = ["selective_scan_triton", "ScanConfig", "default_config", "scan_kernel", "scan_plugin_kernel", "plugin_config"]
+__all__ = ["selective_scan_triton", "ScanConfig", "default_config", "scan_kernel", "plugin_config"]
 
 _LOG2E, _LN2 = gl.constexpr(1.4426950408889634), gl.constexpr(0.6931471805599453)
 
@@ -309,22 +310,6 @@ def scan_kernel(
     _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, z_ptr, y_ptr, state_ptr, init_ptr, dim,
                   length, nstate, su_b, su_d, su_t, sd_b, sd_d, sd_t, sz_b, sz_d, sz_t, sy_b, sy_d, sy_t, sB_b, sB_n,
                   sB_t, sC_b, sC_n, sC_t, SOFTPLUS, HAS_Z, HAS_INIT, BLOCK_N, ITEMS, NBUF, EVEN)
-
-
-@gluon.jit(do_not_specialize=["dim", "length", "nstate"])  # int64 arithmetic on them, even when 1
-def scan_plugin_kernel(
-    u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, init_ptr,
-    dim, length, nstate,
-    y_ptr, state_ptr,
-    SOFTPLUS: gl.constexpr, BLOCK_N: gl.constexpr, ITEMS: gl.constexpr, NBUF: gl.constexpr,
-):
-    """The same program for contiguous (B, D, L) / (B, N, L) tensors with an initial state and
-    no gate, in the TensorRT AOT plugin's argument order (inputs, ints, outputs); grid
-    (ceil(D / W), B)."""
-    dl, nl = dim.to(gl.int64) * length, nstate.to(gl.int64) * length  # batch strides, past 2**31 allowed
-    _scan_program(u_ptr, delta_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, u_ptr, y_ptr, state_ptr, init_ptr, dim,
-                  length, nstate, dl, length, 1, dl, length, 1, dl, length, 1, dl, length, 1, nl, length, 1, nl,
-                  length, 1, SOFTPLUS, False, True, BLOCK_N, ITEMS, NBUF)
 
 
 def _unit_l_stride(t: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from hvlm_export.ops import causal_conv_triton as conv
 torch.manual_seed(0)
 worst = 0.0
 for layout, want_tile in (("steps", conv.STEPS_TILE), ("channels", conv.CHANNELS_TILE)):
-    for batch, length, dim in ((1, 1, 5), (2, 7, 70), (1, 65, 129), (3, 130, 64)):
+    for batch, length, dim in ((1, 1, 5), (2, 7, 70), (1, 65, 129), (3, 130, 64), (2, 160, 48)):
         rows = torch.randn(batch, dim, length)
         x = rows.transpose(1, 2) if layout == "steps" else rows.transpose(1, 2).contiguous()
         assert conv.tile(x) == (want_tile if length > 1 else conv.CHANNELS_TILE), (layout, length)
