@@ -9,8 +9,8 @@ call), median ms per call (``triton.testing.do_bench``) of:
 * ``aot``: the same kernel compiled ahead of time as the plugin compiles it
   (``scan_aot.compile_ahead``: no assumption on sizes or addresses) and launched directly:
   the kernel TensorRT would run;
-* ``aot, u misaligned``: ``aot`` with u 4 bytes past a 16-byte boundary (a view into a larger
-  buffer), which the kernel must detect (its masked form);
+* ``aot, u misaligned``: ``aot`` with u one element past a 16-byte boundary (a view into a
+  larger buffer), which the kernel must detect (its masked form);
 * each ``--baseline`` file's ``scan_plugin_kernel`` through the JIT (an earlier commit's
   hvlm_export/ops/selective_scan_triton.py or scan_aot.py);
 

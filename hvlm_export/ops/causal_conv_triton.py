@@ -58,7 +58,8 @@ def _conv_silu_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, length, dim, sx_b, sx_t, 
     for k in tl.static_range(K):
         src = t - (K - 1) + k
         mask = (src >= 0)[:, None] & (src < length)[:, None] & dmask[None, :]
-        x = tl.load(x_ptr + b * sx_b + src.to(tl.int64)[:, None] * sx_t + d[None, :] * sx_d, mask=mask, other=0.0)
+        x = tl.load(x_ptr + b * sx_b + src.to(tl.int64)[:, None] * sx_t + d[None, :].to(tl.int64) * sx_d, mask=mask,
+                    other=0.0)
         w = tl.load(w_ptr + d * K + k, mask=dmask, other=0.0).to(tl.float32)
         acc += x.to(tl.float32) * w[None, :]
     out = acc / (1.0 + tl.exp(-acc))

@@ -67,31 +67,27 @@ def scan_plugin_kernel(
                       ITEMS, NBUF, False)
 
 
-def compile_ahead(kernel, dtype: str, constexprs: dict, cfg: ScanConfig, target=None, unit_l_strides: bool = False,
-                  aligned: bool = False):
+def compile_ahead(kernel, dtype: str, constexprs: dict, cfg: ScanConfig, target=None, unit_l_strides: bool = False):
     """Compile ``scan_kernel`` or ``scan_plugin_kernel`` (flags ``constexprs``) for ``target``
     (a ``GPUTarget``; None: the current GPU). Pointers u, delta, B, C, z, y of ``dtype``
     ('float32', 'float16' or 'bfloat16'), the others float32; integers int32, or with
-    ``unit_l_strides`` the strides along L fixed to 1, as a launch on L-contiguous tensors.
-    ``aligned``: every pointer is 16-byte aligned, as Triton assumes of a JIT launch on
-    torch's allocations (vector loads); without it the kernel makes no assumption."""
+    ``unit_l_strides`` the strides along L fixed to 1, as a launch on L-contiguous tensors. No
+    assumption on alignment (a JIT launch gets one from Triton's specialisation)."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    signature, attrs = {}, {}
-    for index, param in enumerate(kernel.params):
+    signature = {}
+    for param in kernel.params:
         if param.is_constexpr:
             continue
         if param.name.endswith("_ptr"):
             signature[param.name] = _TRITON_PTR[dtype if param.name in _DATA_PTRS else "float32"]
-            if aligned:
-                attrs[(index,)] = [["tt.divisibility", 16]]
         elif unit_l_strides and param.name.endswith("_t"):
             signature[param.name], constexprs = "constexpr", {**constexprs, param.name: 1}
         else:
             signature[param.name] = "i32"
     options = {"num_warps": cfg.warps, **({"maxnreg": cfg.maxnreg} if cfg.maxnreg else {})}
-    return triton.compile(GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=attrs),
-                          target=target, options=options)
+    return triton.compile(GluonASTSource(fn=kernel, signature=signature, constexprs=constexprs), target=target,
+                          options=options)
 
 
 def compile_plugin_ptx(dtype: str, block_n: int, delta_softplus: bool) -> tuple[str, str, int, int]:

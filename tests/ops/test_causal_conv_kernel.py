@@ -44,3 +44,33 @@ def test_conv_kernel_in_the_triton_interpreter():
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.split()[-1]) < 1e-5, done.stdout
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (it ships with CUDA torch builds)")
+def test_align16_gives_vector_loads_where_the_strides_are_symbols():
+    """Built for sm_90 with L and the row strides as int32 arguments of unknown divisibility (as
+    torch.compile's dynamic shapes pass them; the pointers, D and the batch strides, D L with D
+    static, marked divisible by 16, as Inductor marks them), the kernel reads steps-contiguous
+    rows with 16-byte vector loads only with ALIGN16 (the launcher sets it where L and the
+    strides are multiples of 16)."""
+    import re
+
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from hvlm_export.ops.causal_conv_triton import STEPS_TILE, _conv_silu_kernel
+
+    names = [p.name for p in _conv_silu_kernel.params]
+    signature = {n: "*fp16" if n.endswith("_ptr") else "i32" for n in names}
+    constexprs = {"sx_t": 1, "so_t": 1, "K": 4, "HAS_BIAS": True, "BLOCK_T": STEPS_TILE[0], "BLOCK_D": STEPS_TILE[1]}
+    signature.update({n: "constexpr" for n in [*constexprs, "ALIGN16"]})
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in ("x_ptr", "w_ptr", "bias_ptr", "out_ptr", "dim",
+                                                                         "sx_b", "so_b")}
+    vectors = {}
+    for align in (False, True):
+        source = ASTSource(fn=_conv_silu_kernel, signature=signature, constexprs={**constexprs, "ALIGN16": align},
+                           attrs=attrs)
+        ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": STEPS_TILE[2]}).asm["ptx"]
+        vectors[align] = len(re.findall(r"ld\.global(\.\w+)*\.v[24]\.b32", ptx))
+    assert vectors[False] == 0 and vectors[True] > 0, vectors
