@@ -50,6 +50,9 @@ __all__ = ["MambaLayer"]
 
 ScanImpl = Literal["op", "reference"]
 
+#: the fused CUDA path pads L to a multiple of this many steps (``MambaLayer._fused_forward``)
+ROW_ALIGN = 16
+
 
 def _scan_params(a_log: torch.Tensor, d: torch.Tensor, delta_bias: torch.Tensor):
     """The scan's float32 parameters from the layer's: A = -exp(A_log), D, delta_bias."""
@@ -171,14 +174,22 @@ class MambaLayer(Streamable):
     def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
         """CUDA inference, channel-first (as mamba-ssm): each projection is one GEMM writing
         (B, rows, L) memory, the scan kernel's fast layout (L-contiguous rows); conv + SiLU is
-        one kernel that keeps that layout."""
+        one kernel that keeps that layout. Rows are padded to a multiple of 16 steps (x padded
+        with zeros after its last token; every step is causal, so the first L outputs are
+        those of the unpadded input): the kernels' vector loads and cuBLAS's fast paths need
+        16-element aligned rows (H200, fp16, dim 768: 0.94 ms at L = 8001 unpadded, 0.32 ms
+        padded, 0.28 ms at 8192; docs/BENCHMARKS.md). The output projection runs over every
+        step and is then cut to L (a GEMM over an odd row count is slow)."""
+        length = x.shape[1]
+        if length % ROW_ALIGN:
+            x = F.pad(x, (0, 0, 0, ROW_ALIGN - length % ROW_ALIGN))
         xz = _project(self.in_proj.weight, x.transpose(1, 2), self.in_proj.bias)  # (B, 2 Di, L)
         xs, z = xz.chunk(2, dim=1)
         xs = conv_silu(xs.transpose(1, 2), self.conv1d.weight, self.conv1d.bias)
         xs = xs.transpose(1, 2)  # (B, Di, L), L-contiguous
         x_dbl = _project(self.x_proj.weight, xs, self.x_proj.bias)  # (B, R + 2N, L)
         dt, b_in, c_in = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=1)
-        return self._scan_out(xs, _project(self.dt_proj.weight, dt), b_in, c_in, z, None)[0]
+        return self._scan_out(xs, _project(self.dt_proj.weight, dt), b_in, c_in, z, None, length)[0]
 
     def _ssm(self, xs: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None):
         """The selective SSM and output projection of the conv output xs (B, Di, L) and gate z,
@@ -188,9 +199,10 @@ class MambaLayer(Streamable):
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, Di, L), bias added in the scan
         return self._scan_out(xs, delta, b_in.transpose(1, 2), c_in.transpose(1, 2), z, h0)
 
-    def _scan_out(self, xs, delta, b_in, c_in, z, h0):
+    def _scan_out(self, xs, delta, b_in, c_in, z, h0, length: int | None = None):
         """The scan of xs (B, Di, L) with delta (B, Di, L), B / C (B, N, L) and gate z (delta_bias
-        and softplus inside), then the output projection: (y (B, L, E), last state or None)."""
+        and softplus inside), then the output projection, cut to its first ``length`` steps
+        (None: all): (y (B, length, E), last state or None)."""
         # kept while the parameters are unchanged (a launch each, in host-bound calls); computed in
         # the call under autograd and tracing (Derived)
         if getattr(self, "_kept_params", None) is None:  # None in layers pickled before it existed
@@ -210,7 +222,10 @@ class MambaLayer(Streamable):
             impl=self.scan_impl,
             initial_state=h0,
         )
-        return self.out_proj(y.transpose(1, 2)), (None if h0 is None else last)
+        out = self.out_proj(y.transpose(1, 2))
+        if length is not None and length < out.shape[1]:  # over every step, then cut: an odd row count is slow in cuBLAS
+            out = out[:, :length].contiguous()
+        return out, (None if h0 is None else last)
 
     def state_specs(self) -> list[StateSpec]:
         """The last K - 1 conv inputs and the SSM state h (float32): a fixed size."""

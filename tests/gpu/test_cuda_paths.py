@@ -155,19 +155,22 @@ def test_causal_conv1d_silu_matches_conv1d(dtype, length):
                                atol=1e-2 if dtype == torch.float16 else 1e-5)
 
 
+@pytest.mark.parametrize("length", [777, 800])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_mamba_fused_path_matches_training_path(dtype):
-    """Inference on CUDA takes the fused conv and in-place scan; with autograd on it takes
-    the nn.Conv1d path: same numbers, and torch.compile keeps both ops whole."""
+def test_mamba_fused_path_matches_training_path(dtype, length):
+    """Inference on CUDA takes the fused conv and in-place scan (L padded to a multiple of 16
+    at 777); with autograd on it takes the nn.Conv1d path: same numbers, and torch.compile
+    keeps both ops whole."""
     from hvlm_export.modules import MambaLayer, cast_module
 
     torch.manual_seed(0)
     layer = cast_module(MambaLayer(dim=96), dtype).cuda()
-    x = torch.randn(2, 777, 96, device="cuda", dtype=dtype)
+    x = torch.randn(2, length, 96, device="cuda", dtype=dtype)
     with torch.no_grad():
         assert layer._fused(x)
         fused = layer(x)
         compiled = torch.compile(layer, fullgraph=True)(x)
+    assert fused.shape == x.shape and fused.is_contiguous()
     reference = layer(x.requires_grad_(True))  # autograd on: the unfused path
     tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.float16 else dict(rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(fused, reference.detach(), **tol)
