@@ -26,7 +26,6 @@ and the largest relative error of y and the last state of each against the op's.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -36,18 +35,12 @@ import triton
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.scan_tuning import DTYPES, bench, inputs  # noqa: E402
+from benchmarks.scan_versions import load  # noqa: E402
 from hvlm_export.ops.scan_aot import compile_ahead, scan_plugin_kernel  # noqa: E402
 from hvlm_export.ops.scan_config import ScanConfig, plugin_config  # noqa: E402
 from hvlm_export.ops.selective_scan_triton import selective_scan_triton  # noqa: E402
 
 D, N = 1536, 16
-
-
-def load(path: Path):
-    spec = importlib.util.spec_from_file_location(f"plugin_baseline_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def rel(got: torch.Tensor, want: torch.Tensor) -> float:

@@ -1,7 +1,8 @@
 """What a length that is not a multiple of 16 costs the CUDA scan and MambaLayer, on a GPU.
 
-Rows of (B, D, L) memory start 16-byte aligned only where L is a multiple of 16 elements (8 in
-fp16), and the scan kernel's vector loads need that; other lengths run scalar loads. For
+The scan kernel's vector loads need rows of (B, D, L) memory that Triton knows are 16-byte
+aligned, which it assumes only where L (the row stride) is a multiple of 16 elements; other
+lengths run scalar loads (fp16 at L = 8008 too, although its rows are 16-byte aligned). For
 each dtype and length (B = 1, D = 1536, N = 16, with z, D, delta_bias and softplus, as
 MambaLayer calls it), the device time of one call (a CUDA graph replayed, ``triton.testing``
 median) of:

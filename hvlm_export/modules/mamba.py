@@ -189,7 +189,8 @@ class MambaLayer(Streamable):
         xs = xs.transpose(1, 2)  # (B, Di, L), L-contiguous
         x_dbl = _project(self.x_proj.weight, xs, self.x_proj.bias)  # (B, R + 2N, L)
         dt, b_in, c_in = torch.split(x_dbl, [self.dt_rank, self.state_size, self.state_size], dim=1)
-        return self._scan_out(xs, _project(self.dt_proj.weight, dt), b_in, c_in, z, None, length)[0]
+        out = self._scan_out(xs, _project(self.dt_proj.weight, dt), b_in, c_in, z, None)[0]
+        return out if out.shape[1] == length else out[:, :length].contiguous()
 
     def _ssm(self, xs: torch.Tensor, z: torch.Tensor, h0: torch.Tensor | None):
         """The selective SSM and output projection of the conv output xs (B, Di, L) and gate z,
@@ -199,10 +200,9 @@ class MambaLayer(Streamable):
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, Di, L), bias added in the scan
         return self._scan_out(xs, delta, b_in.transpose(1, 2), c_in.transpose(1, 2), z, h0)
 
-    def _scan_out(self, xs, delta, b_in, c_in, z, h0, length: int | None = None):
+    def _scan_out(self, xs, delta, b_in, c_in, z, h0):
         """The scan of xs (B, Di, L) with delta (B, Di, L), B / C (B, N, L) and gate z (delta_bias
-        and softplus inside), then the output projection, cut to its first ``length`` steps
-        (None: all): (y (B, length, E), last state or None)."""
+        and softplus inside), then the output projection: (y (B, L, E), last state or None)."""
         # kept while the parameters are unchanged (a launch each, in host-bound calls); computed in
         # the call under autograd and tracing (Derived)
         if getattr(self, "_kept_params", None) is None:  # None in layers pickled before it existed
@@ -222,10 +222,7 @@ class MambaLayer(Streamable):
             impl=self.scan_impl,
             initial_state=h0,
         )
-        out = self.out_proj(y.transpose(1, 2))
-        if length is not None and length < out.shape[1]:  # over every step, then cut: an odd row count is slow in cuBLAS
-            out = out[:, :length].contiguous()
-        return out, (None if h0 is None else last)
+        return self.out_proj(y.transpose(1, 2)), (None if h0 is None else last)
 
     def state_specs(self) -> list[StateSpec]:
         """The last K - 1 conv inputs and the SSM state h (float32): a fixed size."""
