@@ -4,16 +4,18 @@ Suites (``hvlm-export bench --suite ...``):
 
 * ``scaling``: every registry benchmark case (``ModelSpec.bench``: B = 1, dim 768, 12 heads)
   plus three reference points (the dense SDPA core, the sequential eager scan and the scan op)
-  over sequence lengths, on CPU or CUDA, in one or more modes: ``eager``, ``compiled``
-  (``torch.compile(module)``) and ``cudagraphs`` (``torch.compile(mode="reduce-overhead")``,
-  CUDA only: no per-kernel launch cost). Every time is also given as a ratio to the dense
+  over sequence lengths, on CPU or CUDA, in one or more modes (``COMPILE``): ``eager``,
+  ``compiled`` (``torch.compile(module)``, a graph specialised to each length, as a model
+  deployed at one length runs), ``compiled-dynamic`` (one graph with symbolic sizes serves
+  every length) and ``cudagraphs`` (``mode="reduce-overhead", dynamic=True``, a graph recorded
+  per length; CUDA only: no per-kernel launch cost). Every time is also given as a ratio to the dense
   attention module (``cross_memory`` as self-attention: the same four projections, flash
   SDPA) measured in the same run, mode and length. Timing: warm-up (which compiles), then the
   median of ``repeats`` runs (CUDA events on the GPU). Peak memory:
   ``torch.cuda.max_memory_allocated`` on the GPU; on the CPU the peak of live tensor bytes
-  seen by a TorchDispatchMode. On CUDA, eager calls are also split into host and device
-  time (as trtexec reports enqueue and GPU compute time): ``host_ms``, the host's enqueue time
-  per call in a back-to-back loop, and ``gpu_ms``, the device time of one call (its kernels'
+  seen by a TorchDispatchMode. On CUDA, calls are also split into host and device time (as
+  trtexec reports enqueue and GPU compute time): ``host_ms``, the host's enqueue time per call
+  in a back-to-back loop, and ``gpu_ms``, the device time of one call (its kernels'
   durations, torch.profiler). A call whose host time exceeds its device time is launch-bound
   at that length: its latency is the host's, whatever its kernels cost.
 * ``onnx``: per mechanism, export time, node count, and ONNX Runtime vs eager latency.
@@ -26,8 +28,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
-import platform
 import statistics
 import time
 import weakref
@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from hvlm_export.bench_report import check_output_dir, machine
 from hvlm_export.errors import BenchError
 from hvlm_export.registry import DTYPES, REGISTRY
 
@@ -48,7 +49,11 @@ __all__ = ["Record", "LiveBytes", "run_scaling", "run_onnx", "write_results", "c
 
 #: the case every ratio is taken against: dense attention with the mechanisms' projections
 BASELINE = "cross_memory"
-MODES = ("eager", "compiled", "cudagraphs")
+#: torch.compile's arguments per mode (eager: none); static graphs recompile per length (CUDA
+#: graphs are recorded per length either way)
+COMPILE = {"compiled": {"dynamic": False}, "compiled-dynamic": {"dynamic": True},
+           "cudagraphs": {"mode": "reduce-overhead", "dynamic": True}}
+MODES = ("eager", *COMPILE)
 #: reference points that are not mechanisms (no ratio target): dense SDPA core, scans
 EXTRA_CASES = ("dense_sdpa", "scan_op", "scan_naive")
 #: skip cases whose cost explodes (the record says so): (name, device) -> max L
@@ -67,8 +72,8 @@ class Record:
     status: str = "ok"
     mode: str = "eager"
     ratio: float | None = None
-    host_ms: float | None = None  # CUDA, eager: enqueue time per call
-    gpu_ms: float | None = None  # CUDA, eager: device time per call (its kernels, torch.profiler)
+    host_ms: float | None = None  # CUDA: enqueue time per call
+    gpu_ms: float | None = None  # CUDA: device time per call (its kernels, torch.profiler)
     ratios: list[float] | None = None  # several runs: each run's ratio (``ratio`` is their median)
 
 
@@ -205,14 +210,12 @@ def _cases(device: str, dtype: torch.dtype, names: Iterable[str], mode: str,
     def rand(*shape):
         return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    # dynamic=True: one compilation serves every length (instead of one per length)
-    compile_kwargs = {"compiled": {"dynamic": True}, "cudagraphs": {"mode": "reduce-overhead", "dynamic": True}}
     modules = _module_cases(device, dtype, fuse)
     cases: dict[str, Callable[[int], Callable]] = {}
     for name in names:
         if name in modules:
             model = modules[name]()
-            fn = model if mode == "eager" else torch.compile(model, **compile_kwargs[mode])
+            fn = model if mode == "eager" else torch.compile(model, **COMPILE[mode])
             cases[name] = lambda L, fn=fn, dim=model.dim: functools.partial(fn, rand(1, L, dim))
     if mode != "eager":
         return cases  # the extra cases are eager reference points
@@ -262,7 +265,11 @@ def run_scaling(device: str, dtype: str, lengths: list[int], names: list[str] | 
         raise BenchError(f"runs must be a positive int, got {runs!r}")
     measured = [*(n for n in names if n != BASELINE), BASELINE]  # the dense module last at each length
     by_run: list[list[Record]] = [[] for _ in range(runs)]
-    with Progress(transient=True) as progress:
+    # a static graph per case and length (and what the process compiled before): no silent fall
+    # back to eager past Dynamo's limit of graphs per function
+    limit = 64 + len(lengths) * len(measured)
+    with Progress(transient=True) as progress, torch._dynamo.config.patch(
+            recompile_limit=limit, accumulated_recompile_limit=max(256, 4 * limit), fail_on_recompile_limit_hit=True):
         task = progress.add_task(f"bench {device} {dtype}", total=len(measured) * len(lengths) * len(modes) * runs)
         for mode in modes:
             cases = _cases(device, DTYPES[dtype], measured, mode, fuse)
@@ -314,7 +321,7 @@ def _measure(name, make, device, dtype, L, repeats, mode) -> Record:
         ms = _time(fn, device, repeats)
         peak = _peak_mib(fn, device)
         record = Record(name, device, dtype, L, ms, peak, mode=mode)
-        if device == "cuda" and mode == "eager":
+        if device == "cuda":
             record.host_ms, record.gpu_ms = _host_ms(fn, max(repeats, 10)), _gpu_ms(fn, 3)
         return record
     except torch.OutOfMemoryError:
@@ -356,12 +363,6 @@ def run_onnx(names: list[str] | None = None, dim: int = 256, length: int = 2048,
     return rows
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads (torch {torch.__version__})"
-
-
 def check_onnx_names(names: list[str] | None) -> list[str]:
     """The onnx suite's mechanisms (default all); BenchError naming the unknown ones."""
     names = list(names or REGISTRY)
@@ -369,16 +370,6 @@ def check_onnx_names(names: list[str] | None) -> list[str]:
     if unknown:
         raise BenchError(f"unknown mechanism(s) {unknown}", f"valid names are {', '.join(REGISTRY)}.")
     return names
-
-
-def check_output_dir(out: Path) -> None:
-    """Refuse an output directory that cannot be created or written, before any measurement."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BenchError(f"cannot create the output directory {str(out)!r}: {err.strerror}") from err
-    if not os.access(out, os.W_OK):
-        raise BenchError(f"the output directory {str(out)!r} is not writable", "choose another --out.")
 
 
 def write_results(records: list[Record] | list[dict], out: Path, stem: str, command: str) -> list[Path]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
-__all__ = ["markdown", "plots"]
+import torch
+
+from hvlm_export.errors import BenchError
+
+__all__ = ["markdown", "plots", "machine", "check_output_dir"]
 
 
 def _cell(r: dict | None) -> str:
@@ -41,20 +47,20 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def _split_table(rows: list[dict], lengths: list[int]) -> str:
-    """CUDA eager calls: host enqueue time and device time per call, where measured."""
-    split = {(r["name"], r["length"]): r for r in rows if r.get("host_ms") is not None}
+    """CUDA calls: host enqueue time and device time per call, per case and mode, where measured."""
+    split = {(r["name"], r.get("mode", "eager"), r["length"]): r for r in rows if r.get("host_ms") is not None}
     if not split:
         return ""
-    lines = ["", "Host and GPU time per eager call (ms): the host's enqueue time in a back-to-back loop / the",
+    lines = ["", "Host and GPU time per call (ms): the host's enqueue time in a back-to-back loop / the",
              "durations of the call's kernels (torch.profiler). Host above GPU: launch-bound at that length.", "",
-             "| case | " + " | ".join(f"L={L}" for L in lengths) + " |", "|---|" + "---|" * len(lengths)]
-    for name in dict.fromkeys(n for n, _ in split):
+             "| case | mode | " + " | ".join(f"L={L}" for L in lengths) + " |", "|---|---|" + "---|" * len(lengths)]
+    for name, mode in dict.fromkeys((n, m) for n, m, _ in split):
         cells = []
         for L in lengths:
-            r = split.get((name, L))
+            r = split.get((name, mode, L))
             gpu = "-" if r is None or r.get("gpu_ms") is None else f"{r['gpu_ms']:.3g}"
             cells.append("-" if r is None else f"{r['host_ms']:.3g} / {gpu}")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {mode} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -91,3 +97,19 @@ def plots(rows: list[dict], out: Path, stem: str) -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads (torch {torch.__version__})"
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output directory that cannot be created or written, before any measurement."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BenchError(f"cannot create the output directory {str(out)!r}: {err.strerror}") from err
+    if not os.access(out, os.W_OK):
+        raise BenchError(f"the output directory {str(out)!r} is not writable", "choose another --out.")

@@ -332,8 +332,9 @@ def _add_tool_commands(sub) -> None:
     p.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32")
     p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (onnx suite: the first one)")
     p.add_argument("--names", nargs="+", help="cases to run (default all; see the error for the list)")
-    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled", "cudagraphs"],
-                   help="eager, compiled (torch.compile) and/or cudagraphs (CUDA graphs); default eager")
+    p.add_argument("--modes", nargs="+", default=["eager"], choices=["eager", "compiled", "compiled-dynamic", "cudagraphs"],
+                   help="eager, compiled (torch.compile per length), compiled-dynamic (one graph for every "
+                        "length) and/or cudagraphs (CUDA graphs); default eager")
     p.add_argument("--dim", type=int, default=256, help="model width for the onnx suite (default 256)")
     p.add_argument("--repeats", type=int, default=10, help="timed runs per case, median reported (default 10)")
     p.add_argument("--runs", type=int, default=1,

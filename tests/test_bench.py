@@ -112,7 +112,9 @@ def test_markdown_gives_the_host_and_gpu_split_where_measured():
     base = {"device": "cuda", "dtype": "fp16", "peak_mib": 1.0, "status": "ok", "ratio": 1.0}
     rows = [{**base, "name": "strided", "mode": "eager", "length": 8192, "ms": 0.33, "host_ms": 0.196, "gpu_ms": 0.218},
             {**base, "name": "strided", "mode": "eager", "length": 32768, "ms": 2.3, "host_ms": 0.286, "gpu_ms": None},
-            {**base, "name": "strided", "mode": "compiled", "length": 8192, "ms": 0.4, "host_ms": None, "gpu_ms": None}]
+            {**base, "name": "strided", "mode": "compiled", "length": 8192, "ms": 0.4, "host_ms": 0.25, "gpu_ms": 0.2},
+            {**base, "name": "strided", "mode": "cudagraphs", "length": 8192, "ms": 0.3, "host_ms": None, "gpu_ms": None}]
     table = markdown(rows, {"command": "c", "machine": "m", "date": "d"})
-    assert "| strided | 0.196 / 0.218 | 0.286 / - |" in table, table
-    assert table.split("Host and GPU time")[1].count("| strided |") == 1, "compiled rows have no split"
+    assert "| strided | eager | 0.196 / 0.218 | 0.286 / - |" in table, table
+    assert "| strided | compiled | 0.25 / 0.2 | - |" in table, table
+    assert table.split("Host and GPU time")[1].count("| strided |") == 2, "unmeasured rows have no split"

@@ -56,10 +56,10 @@ OP_SOURCE: tl.constexpr = tl.constexpr(source_hash(__file__, Path(__file__).with
 __all__ = ["favor_softmax_triton", "scale_projection"]
 
 BLOCK_L, BLOCK_M, SPLITS = 64, 64, 16
-#: the causal pass's (feature tile, tokens per block, warps) and programs (segments x B x H: the
-#: 132 SMs twice). benchmarks/favor_tuning.py on the H200: (32, 64, 4) the fastest from 16K on;
-#: (64, 128, 8) 10% faster at 8K but wrong sums at head width 32 (docs/BENCHMARKS.md).
-CAUSAL_CONFIG = (32, 64, 4)
+#: the causal pass's (feature tile, tokens per block, warps, pipeline stages) and programs (segments x
+#: B x H: the 132 SMs twice). benchmarks/favor_tuning.py on the H200: (32, 64, 4) the fastest from 16K
+#: on; (64, 128, 8) 10% faster at 8K but wrong sums at head width 32 (docs/BENCHMARKS.md).
+CAUSAL_CONFIG = (32, 64, 4, 3)
 CAUSAL_PROGRAMS = 256
 _SUM_ROWS = 8  # features per program of _sum_splits (every split's rows at once: 16 x 8 x 64 floats)
 _NEG = -1e30  # the frame of "no key yet": exp(_NEG - real) == 0 and finite arithmetic
@@ -328,7 +328,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
     b, h, length, d = q.shape
     m = projection.shape[0]
     d_pad = max(16, triton.next_power_of_2(d))
-    block_m, block, warps = CAUSAL_CONFIG
+    block_m, block, warps, stages = CAUSAL_CONFIG
     if not causal:
         block_m = BLOCK_M
     m_pad = triton.cdiv(m, block_m) * block_m
@@ -355,7 +355,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         (wrap_triton(_causal_out) if traced else _causal_out)[(bh, splits)](
             q, k, v, w, rowmax_q, rowmax_k, logw, enter, s_carry, z_carry, out,
             h, length, m, log_eps, seg, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
-            num_warps=warps, **{**common, "BLOCK_L": block})
+            num_warps=warps, num_stages=stages, **{**common, "BLOCK_L": block})
         return out
     if key_mask is not None:  # padded keys weigh exp(_NEG - M) = 0 once a real key sets the frame M
         logw.masked_fill_(~key_mask[:, None, :].expand(b, h, length).reshape(bh, length), _NEG)
