@@ -78,8 +78,8 @@ def plots(rows: list[dict], out: Path, stem: str) -> list[Path]:
         fig, ax = plt.subplots(figsize=(8, 5))
         ax.set_prop_cycle(color=plt.cm.tab20.colors)
         for name, mode in series:
-            pts = [(r["length"], r[key]) for r in rows
-                   if (r["name"], r.get("mode", "eager")) == (name, mode) and r.get(key) is not None and r[key] > 0]
+            pts = sorted((r["length"], r[key]) for r in rows  # by L: merged runs come in any order
+                         if (r["name"], r.get("mode", "eager")) == (name, mode) and r.get(key) is not None and r[key] > 0)
             if pts:
                 ax.plot(*zip(*pts, strict=True), marker="o", label=name if mode == "eager" else f"{name} ({mode})")
         if key == "ratio":

@@ -118,3 +118,19 @@ def test_markdown_gives_the_host_and_gpu_split_where_measured():
     assert "| strided | eager | 0.196 / 0.218 | 0.286 / - |" in table, table
     assert "| strided | compiled | 0.25 / 0.2 | - |" in table, table
     assert table.split("Host and GPU time")[1].count("| strided |") == 2, "unmeasured rows have no split"
+
+
+def test_plots_draw_each_series_in_order_of_length(tmp_path, monkeypatch):
+    """Merged runs (benchmarks/break_even.py) list 8K, 32K, then 2K, 64K: a line must still
+    run from the shortest length to the longest, not zigzag."""
+    import matplotlib.axes
+
+    from hvlm_export.bench_report import plots
+
+    drawn = []
+    real = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda ax, *a, **k: (drawn.append(list(a[0])), real(ax, *a, **k))[1])
+    base = {"name": "strided", "mode": "eager", "peak_mib": 1.0, "ratio": 0.5}
+    rows = [{**base, "length": L, "ms": L / 1000} for L in (8192, 32768, 2048, 65536)]
+    assert len(plots(rows, tmp_path, "merged")) == 3
+    assert drawn and all(xs == [2048, 8192, 32768, 65536] for xs in drawn), drawn
