@@ -12,7 +12,8 @@ For each case (registry bench cases, fp16, B = 1) at each length, four times per
 and the number of kernels one call launches (torch.profiler). ``--cprofile DIR`` also writes each
 case's Python profile (cProfile, 300 calls at the first length, top functions by own time), and
 ``--micro`` times the host cost of single launches (an aten op, a Triton kernel through its JIT
-and through its compiled handle).
+and through its compiled handle); ``--compiled`` adds each case under ``torch.compile(model,
+dynamic=False)``, as the bench's ``compiled`` mode runs it.
 
     python benchmarks/host_overhead.py --names cross_memory strided performer --lengths 8192
 """
@@ -136,6 +137,8 @@ def main() -> None:
     p.add_argument("--cprofile", type=Path, help="write each case's Python profile under this folder")
     p.add_argument("--micro", action="store_true", help="also time single launches")
     p.add_argument("--fuse-projections", action="store_true", help="q / k / v in one GEMM (fuse_projections)")
+    p.add_argument("--compiled", action="store_true",
+                   help="also each case under torch.compile(model, dynamic=False) (the bench's 'compiled')")
     args = p.parse_args()
     if args.micro:
         micro()
@@ -143,18 +146,20 @@ def main() -> None:
     rows = []
     for name in args.names:
         model = cases[name]()
-        for i, length in enumerate(args.lengths):
-            x = torch.randn(1, length, model.dim, device="cuda", dtype=torch.float16)
-            fn = functools.partial(model, x)
-            for _ in range(5):
-                fn()
-            queued, host = queued_and_host_ms(fn)
-            row = (name, length, _time(fn, "cuda", 30), queued, host, graph_ms(fn), kernel_count(fn))
-            rows.append(row)
-            print(*row, flush=True)
-            if args.cprofile and i == 0:
-                args.cprofile.mkdir(parents=True, exist_ok=True)
-                (args.cprofile / f"{name}-{length}.txt").write_text(python_profile(fn))
+        variants = {name: model} | ({f"{name} compiled": torch.compile(model, dynamic=False)} if args.compiled else {})
+        for label, call in variants.items():
+            for i, length in enumerate(args.lengths):
+                x = torch.randn(1, length, model.dim, device="cuda", dtype=torch.float16)
+                fn = functools.partial(call, x)
+                for _ in range(5):
+                    fn()
+                queued, host = queued_and_host_ms(fn)
+                row = (label, length, _time(fn, "cuda", 30), queued, host, graph_ms(fn), kernel_count(fn))
+                rows.append(row)
+                print(*row, flush=True)
+                if args.cprofile and i == 0:
+                    args.cprofile.mkdir(parents=True, exist_ok=True)
+                    (args.cprofile / f"{label.replace(' ', '-')}-{length}.txt").write_text(python_profile(fn))
     print(f"\nms per call, fp16, B = 1, {torch.cuda.get_device_name()} (torch {torch.__version__})")
     print("| case | L | synced | queued | host | gpu (graph) | kernels |\n|---|---|---|---|---|---|---|")
     for name, length, *t, kernels in rows:

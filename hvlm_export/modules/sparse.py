@@ -24,6 +24,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from hvlm_export.modules._attention import (
     FusedImpl,
@@ -169,10 +170,12 @@ class StridedAttention(MultiHeadProjections):
         discarded.
         """
         n = q.shape[2]
-        if not _graph_traced() and full == q.shape[1]:
-            # eager only (traced graphs keep both calls): every group is full, so one call is
-            # the whole answer; it also avoids CUDA SDPA, which returns None instead of an empty
-            # tensor for an empty half-precision batch (seen with torch 2.11 on an H200)
+        if statically_known_true(full == q.shape[1]):
+            # known without a guard (eager, or a graph traced with static shapes; symbolic sizes
+            # keep both calls): every group is full, so one call is the whole answer. It also
+            # avoids the empty batch, for which CUDA SDPA returns None instead of an empty
+            # half-precision tensor (torch 2.11, H200) and which broke torch.compile's static
+            # graph in three there
             return self._attend(q, k, v, None).transpose(1, 2)
         short_len, rest = torch.sym_max(n - 1, 1), q.shape[1] - full
         # narrow, not slices: a slice's end clamping would guard an exported graph on rest == 0

@@ -277,6 +277,27 @@ def test_exported_strided_graph_keeps_the_general_path(causal):
     assert sum("scaled_dot_product" in t for t in targets) == (1 if causal else 2), targets
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compiled_strided_graph_is_one_graph(dynamic):
+    """torch.compile at a length the stride divides: one graph. With static shapes it makes the
+    one SDPA call eager calls make (the empty second batch broke the static CUDA graph in three,
+    torch 2.11 on the H200); with symbolic sizes it keeps both calls (any L)."""
+    graphs = []
+
+    def capture(gm, example_inputs):
+        graphs.append([str(node.target) for node in gm.graph.nodes if node.op == "call_function"])
+        return gm.forward
+
+    layer = StridedAttention(dim=32, num_heads=4, stride=4).eval()
+    x = torch.randn(2, 64, 32)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        got = torch.compile(layer, backend=capture, dynamic=dynamic, fullgraph=True)(x)
+        torch.testing.assert_close(got, layer(x))
+    assert len(graphs) == 1
+    assert sum("scaled_dot_product" in t for t in graphs[0]) == (2 if dynamic else 1), graphs
+
+
 def test_a_stride_longer_than_the_sequence_pads_nothing():
     """Eager calls clamp the stride to L (exact: each token is alone in its group), so a stride
     far beyond L allocates no padding and still matches the dense reference."""
