@@ -188,22 +188,10 @@ def causal_with_features(q, k, v, projection, eps):
     return out
 
 
-def kernel_times(fn) -> str:
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    rows = sorted(((e.key[:24], e.device_time_total / 1e3) for e in prof.key_averages() if e.device_time_total > 0),
-                  key=lambda r: -r[1])
-    return "; ".join(f"{name} {ms:.3f}" for name, ms in rows[:7])
-
-
 @torch.no_grad()
 def main() -> None:
     from benchmarks.favor_tuning import case, rel
+    from benchmarks.favor_versions import kernel_times
     from benchmarks.host_overhead import graph_ms
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -51,6 +51,19 @@ def test_bench_rejects_unknown_case_before_measuring(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
 
 
+def test_bench_modes_are_the_bench_modes(capsys):
+    """The CLI lists its --modes without importing torch; they must be hvlm_export.bench's."""
+    from hvlm_export import bench
+    from hvlm_export.cli import build_parser
+
+    action = next(a for a in build_parser()._subparsers._group_actions[0].choices["bench"]._actions
+                  if a.dest == "modes")
+    assert tuple(action.choices) == bench.MODES
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--modes", "compild"])
+    assert "invalid choice: 'compild'" in capsys.readouterr().err
+
+
 def test_flags_reach_the_api(tmp_path, monkeypatch):
     seen = {}
 
