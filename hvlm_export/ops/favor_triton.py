@@ -348,7 +348,7 @@ def _favor_softmax(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, projection
         s_sums, z_sums, seg_max = _split_key_sums(k, v, w, rowmax_k, logw, seg, log_eps, m, common, traced)
         s_carry, z_carry = torch.empty_like(s_sums), torch.empty_like(z_sums)
         enter = torch.empty_like(seg_max)
-        group = splits // 32 + 1  # segments per _carry program (no max(): symbolic under torch.compile)
+        group = splits // 32 + 3  # per _carry program: 3 of 22 segments, 11 of 256 (BENCHMARKS); no max() (symbolic)
         (wrap_triton(_carry) if traced else _carry)[(bh, m_pad // block_m, triton.cdiv(splits, group))](
             seg_max, s_sums, z_sums, s_carry, z_carry, enter, splits, group, D_PAD=d_pad, M_PAD=m_pad,
             BLOCK_M=block_m)

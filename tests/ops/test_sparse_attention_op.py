@@ -119,7 +119,7 @@ print(max(errors) if all(e == e for e in errors) else float("nan"))  # NaN (e !=
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed (it ships with CUDA torch builds)")
 def test_favor_kernels_in_the_triton_interpreter():
     """The FAVOR+ kernels, non-causal (with and without padded keys) and causal (one segment,
-    several, a single token, 35 and 66 segments: carries over groups of 2 and 3), padded head
+    several, a single token, 35 and 66 segments: carries over groups of 4 and 5), padded head
     widths and feature counts, against the layer's torch path in float64: within fp16
     rounding of q, k and v; a NaN fails."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
